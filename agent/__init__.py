@@ -1,0 +1,1 @@
+"""MLLM backends that turn requests and images into layouts (not implemented yet)."""

@@ -1,0 +1,1 @@
+"""Everything that touches weights: layouts, regions, regional attention, sampling."""

@@ -1,0 +1,102 @@
+"""Layout -> image: the EliGen generation pipeline on diffusers FLUX components."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FluxPipeline
+from PIL import Image
+
+from . import model_info
+from .encode import Conditioning, PromptEncoder, conditioning
+from .layout import Layout
+from .models import Offload, load_flux, pick_device, pick_dtype
+from .regions import check_canvas, entity_masks, token_masks
+from .sampler import StepCallback, denoise, get_noise, get_schedule, image_ids, pack, unpack
+
+
+class EligenPipeline:
+    """A loaded FLUX model that renders layouts with entity-level regional attention."""
+
+    def __init__(self, flux: FluxPipeline, model: str) -> None:
+        self.flux = flux
+        self.model = model
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str, *, device: str | None = None, dtype: str | None = None, offload: Offload = "none"
+    ) -> EligenPipeline:
+        """Load a diffusers FLUX folder or hub id (`black-forest-labs/FLUX.1-dev`)."""
+        target = pick_device(device)
+        return cls(load_flux(model, target, pick_dtype(dtype, target), offload), model)
+
+    @property
+    def scale_factor(self) -> int:
+        """Pixels per latent pixel (8 for FLUX.1-dev)."""
+        return 2 ** (len(self.flux.vae.config.block_out_channels) - 1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.flux.transformer.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.flux._execution_device
+
+    def max_sequence_length(self, layout: Layout) -> int:
+        """The layout's T5 length per prompt group, else the model folder's default."""
+        return layout.max_sequence_length or model_info.default_max_sequence_length(self.model)
+
+    def token_regions(self, layout: Layout, base_dir: Path, source: str = "<layout>") -> np.ndarray:
+        """(k, n_tokens) bool token regions of the layout's entities, validated for this model."""
+        check_canvas(layout, self.scale_factor, source)
+        return token_masks(entity_masks(layout, base_dir, source), self.scale_factor, layout, source)
+
+    def conditionings(self, layout: Layout, regions: np.ndarray) -> tuple[Conditioning, Conditioning | None]:
+        """Positive and negative conditioning, encoded once for every seed of the layout."""
+        encode = PromptEncoder(self.flux, self.max_sequence_length(layout))
+        prompts = [e.prompt for e in layout.entities]
+        token_regions = torch.from_numpy(regions) if prompts else None
+        positive = conditioning(encode, layout.prompt, prompts, token_regions)
+        if layout.cfg <= 1.0:
+            return positive, None
+        if layout.regions_on_negative and prompts:
+            negative = conditioning(encode, layout.negative_prompt, [layout.negative_prompt] * len(prompts),
+                                    token_regions)
+        else:
+            negative = conditioning(encode, layout.negative_prompt, [], None)
+        return positive, negative
+
+    def sample(
+        self, layout: Layout, positive: Conditioning, negative: Conditioning | None, seed: int,
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Denoised packed latents for one seed."""
+        transformer = self.flux.transformer
+        latent_h, latent_w = layout.height // self.scale_factor, layout.width // self.scale_factor
+        channels = transformer.config.in_channels // 4
+        x = pack(get_noise(seed, channels, latent_h, latent_w, self.dtype)).to(self.device)
+        ids = image_ids(latent_h, latent_w, self.device, self.dtype)
+        sigmas, timesteps = get_schedule(layout.schedule, layout.steps, x.shape[1], self.flux.scheduler.config)
+        guidance = layout.guidance if transformer.config.guidance_embeds else None
+        return denoise(transformer, x, ids, sigmas, timesteps, positive, negative, layout.cfg, guidance, on_step)
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, layout: Layout) -> Image.Image:
+        """Packed latents -> PIL image through the VAE."""
+        vae = self.flux.vae
+        latents = unpack(tokens, layout.height // self.scale_factor, layout.width // self.scale_factor)
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        return self.flux.image_processor.postprocess(image, output_type="pil")[0]
+
+    def generate(
+        self, layout: Layout, seeds: list[int], base_dir: Path = Path("."), source: str = "<layout>",
+        on_step: StepCallback | None = None,
+    ) -> list[Image.Image]:
+        """One image per seed for a validated layout (mask paths resolve against `base_dir`)."""
+        regions = self.token_regions(layout, base_dir, source)
+        positive, negative = self.conditionings(layout, regions)
+        return [self.decode(self.sample(layout, positive, negative, seed, on_step), layout) for seed in seeds]

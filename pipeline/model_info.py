@@ -1,0 +1,47 @@
+"""What can be known about a model without loading it (no torch): where it is and its defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .layout import LayoutError
+
+DEFAULT_MAX_SEQUENCE_LENGTH = 512  # T5 tokens per prompt group for FLUX.1-dev
+DEFAULT_SCALE_FACTOR = 8  # FLUX.1-dev's VAE
+EXTRA_CONFIG = "eligen.json"  # optional per-folder defaults, e.g. {"max_sequence_length": 32}
+
+
+def resolve_model(model: str, base_dir: Path, source: str = "<layout>", field: str = "model") -> str:
+    """A local folder (absolute path, resolved against `base_dir`) or a hub id, unchanged.
+
+    A value that exists as a folder relative to `base_dir` is local; one that looks like a path
+    (starts with `.`, `/` or `~`) but does not exist is an error; anything else is a hub id.
+    """
+    candidate = (base_dir / Path(model).expanduser()).resolve()
+    if candidate.is_dir():
+        return str(candidate)
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise LayoutError(source, field, f"expected a model folder or a hub id, {candidate} does not exist")
+    return model
+
+
+def _local_json(model: str, relative: str) -> dict | None:
+    path = Path(model) / relative
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def default_max_sequence_length(model: str) -> int:
+    """The folder's declared T5 length (eligen.json), else FLUX.1-dev's 512."""
+    extra = _local_json(model, EXTRA_CONFIG) or {}
+    return int(extra.get("max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH))
+
+
+def scale_factor(model: str) -> int:
+    """The VAE's spatial scale factor from a local folder's config, else FLUX.1-dev's 8."""
+    vae = _local_json(model, "vae/config.json")
+    if vae is None:
+        return DEFAULT_SCALE_FACTOR
+    return 2 ** (len(vae["block_out_channels"]) - 1)

@@ -1,0 +1,52 @@
+"""The EliGen regional attention mask (paper Eq. 4-5; DESIGN §3, rule table).
+
+The joint sequence is `[entity_1 | ... | entity_k | global | image tokens]`. One (1, 1, N, N)
+additive mask (0 = attend, -inf = blocked) is built once per generation and shared by every
+dual- and single-stream block at every step:
+
+* a prompt group sees itself and never another prompt group;
+* entity i's prompt and the image tokens of region i see each other;
+* the global prompt and every image token see each other;
+* image tokens see all image tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def allowed_attention(token_regions: torch.Tensor, group_lengths: Sequence[int]) -> torch.Tensor:
+    """Boolean (N, N) matrix, True where query row may attend to key column.
+
+    `token_regions` is (k, n_image) bool, one row per entity; `group_lengths` holds the k entity
+    prompt lengths followed by the global prompt length.
+    """
+    k, n_image = token_regions.shape
+    if len(group_lengths) != k + 1:
+        raise ValueError(f"expected {k + 1} prompt groups (k entities + global), got {len(group_lengths)}")
+    device = token_regions.device
+    lengths = torch.tensor(group_lengths, device=device)
+    group_of_text = torch.repeat_interleave(torch.arange(k + 1, device=device), lengths)
+    regions = torch.cat([token_regions.bool(), torch.ones(1, n_image, dtype=torch.bool, device=device)])
+    text_to_image = regions[group_of_text]  # (n_text, n_image): row of the token's group
+    text_to_text = group_of_text[:, None] == group_of_text[None, :]
+    image_to_image = torch.ones(n_image, n_image, dtype=torch.bool, device=device)
+    return torch.cat(
+        [torch.cat([text_to_text, text_to_image], dim=1), torch.cat([text_to_image.T, image_to_image], dim=1)]
+    )
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, N) bool -> (1, 1, N, N) float mask: 0 where allowed, -inf where blocked (4-D: no silent broadcasting)."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, float("-inf"))
+    return mask[None, None]
+
+
+def regional_attention_mask(
+    token_regions: torch.Tensor, group_lengths: Sequence[int], dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
+    """The (1, 1, N, N) additive EliGen mask for `token_regions` (k, n_image) and prompt group lengths."""
+    return additive_mask(allowed_attention(token_regions.to(device), group_lengths), dtype)

@@ -1,0 +1,126 @@
+"""The sampler: noise, schedules, and the Euler loop with true classifier-free guidance.
+
+Small pure functions in the manner of black-forest-labs/flux `sampling.py`. The transformer is a
+diffusers `FluxTransformer2DModel`; regional attention reaches every block through
+`joint_attention_kwargs={"attention_mask": ...}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+from .encode import Conditioning
+
+Schedule = Literal["flux", "diffsynth"]
+StepCallback = Callable[[int, int], None]
+
+
+def get_noise(seed: int, channels: int, latent_height: int, latent_width: int, dtype: torch.dtype) -> torch.Tensor:
+    """`randn(1, C, H/f, W/f)` from a CPU generator: the same start as diffusers and the reference on any device."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn((1, channels, latent_height, latent_width), generator=generator, dtype=dtype)
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) latents -> (B, H/2 * W/2, 4C) tokens, row-major over 2x2 patches."""
+    b, c, h, w = latents.shape
+    patches = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
+    """Inverse of `pack`."""
+    b, _, d = tokens.shape
+    patches = tokens.view(b, latent_height // 2, latent_width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return patches.reshape(b, d // 4, latent_height, latent_width)
+
+
+def image_ids(latent_height: int, latent_width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Rotary position ids (n, 3) of the image tokens: (0, row, column)."""
+    ids = torch.zeros(latent_height // 2, latent_width // 2, 3)
+    ids[..., 1] = torch.arange(latent_height // 2)[:, None]
+    ids[..., 2] = torch.arange(latent_width // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def flux_schedule(steps: int, n_image_tokens: int, scheduler_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers FluxPipeline's schedule: linear sigmas with the resolution-dependent (dynamic) shift.
+
+    Returns (sigmas with a final 0, length steps + 1; timesteps in 0..1000, length steps).
+    """
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    mu = calculate_shift(
+        n_image_tokens,
+        scheduler.config.get("base_image_seq_len", 256),
+        scheduler.config.get("max_image_seq_len", 4096),
+        scheduler.config.get("base_shift", 0.5),
+        scheduler.config.get("max_shift", 1.15),
+    )
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    return scheduler.sigmas.float().cpu(), scheduler.timesteps.float().cpu()
+
+
+def diffsynth_schedule(steps: int, shift: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's schedule: s linear from 1 to 0.003/1.002, sigma = shift*s / (1 + (shift-1)*s)."""
+    sigma_min, sigma_max = 0.003 / 1.002, 1.0
+    s = torch.linspace(sigma_min + (sigma_max - sigma_min) * 1.0, sigma_min, steps)
+    sigmas = shift * s / (1 + (shift - 1) * s)
+    return torch.cat([sigmas, torch.zeros(1)]), sigmas * 1000
+
+
+def get_schedule(schedule: Schedule, steps: int, n_image_tokens: int, scheduler_config: dict) -> tuple:
+    """(sigmas, timesteps) of the named schedule."""
+    if schedule == "diffsynth":
+        return diffsynth_schedule(steps)
+    return flux_schedule(steps, n_image_tokens, scheduler_config)
+
+
+def predict(
+    transformer: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
+    img_ids: torch.Tensor, guidance: torch.Tensor | None,
+) -> torch.Tensor:
+    """One transformer pass: the velocity for tokens `x` at `timestep` (0..1000) under `cond`."""
+    attention = {"attention_mask": cond.attention_mask} if cond.attention_mask is not None else None
+    return transformer(
+        hidden_states=x,
+        timestep=timestep.expand(x.shape[0]).to(x.dtype) / 1000,
+        guidance=guidance,
+        pooled_projections=cond.pooled,
+        encoder_hidden_states=cond.prompt_embeds,
+        txt_ids=cond.text_ids,
+        img_ids=img_ids,
+        joint_attention_kwargs=attention,
+        return_dict=False,
+    )[0]
+
+
+@torch.inference_mode()
+def denoise(
+    transformer: torch.nn.Module,
+    x: torch.Tensor,
+    img_ids: torch.Tensor,
+    sigmas: torch.Tensor,
+    timesteps: torch.Tensor,
+    positive: Conditioning,
+    negative: Conditioning | None,
+    cfg: float,
+    guidance: float | None,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """Euler steps from sigmas[0] to sigmas[-1]; true CFG `v = v_neg + cfg (v_pos - v_neg)` when cfg > 1."""
+    g = torch.full((x.shape[0],), guidance, device=x.device, dtype=torch.float32) if guidance is not None else None
+    for i, t in enumerate(timesteps.to(x.device)):
+        v = predict(transformer, x, t, positive, img_ids, g)
+        if negative is not None and cfg > 1.0:
+            v_neg = predict(transformer, x, t, negative, img_ids, g)
+            v = v_neg + cfg * (v - v_neg)
+        x = (x.float() + (sigmas[i + 1] - sigmas[i]).item() * v).to(v.dtype)
+        if on_step is not None:
+            on_step(i + 1, len(timesteps))
+    return x
