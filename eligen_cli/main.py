@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from eligen import __version__
-from eligen.pipeline.layout import LayoutError
-from eligen.pipeline.outputs import OutputError, check_writable, save_png
 from rich.console import Console
 from rich.progress import Progress, ProgressColumn, Task, TaskID
 from rich.text import Text
+
+from eligen import __version__
+from eligen.pipeline.layout import LayoutError
+from eligen.pipeline.outputs import OutputError, check_writable, save_png
 
 from .sources import LayoutSource, load_source
 
@@ -27,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -154,10 +155,11 @@ class _SpeedColumn(ProgressColumn):
 
 def _render(jobs: list, *, device: str | None, dtype: str | None, offload: str) -> None:
     """Load each distinct model once and render every job's seeds with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
     from eligen.pipeline.generate import EligenPipeline
     from eligen.pipeline.models import ModelLoadError
     from eligen.pipeline.regions import inline_masks
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
     pipes: dict[str, EligenPipeline] = {}
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(),

@@ -54,7 +54,9 @@ def draw_preview(
     for i, (entity, mask) in enumerate(zip(layout.entities, pixel_masks, strict=True)):
         ys, xs = np.nonzero(mask)
         label = f"{i + 1}: {entity.prompt[:40]}"
-        x, y = int(xs.min()) * scale + 3, int(ys.min()) * scale + 3
+        width_px = draw.textlength(label, font=font)
+        x = max(0, min(int(xs.min()) * scale + 3, int(image.width - width_px - 3)))
+        y = int(ys.min()) * scale + 3
         box = draw.textbbox((x, y), label, font=font)
         draw.rectangle(box, fill=(*PALETTE[i % len(PALETTE)], 220))
         draw.text((x, y), label, fill=(255, 255, 255), font=font)

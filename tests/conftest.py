@@ -1,0 +1,23 @@
+"""Shared fixtures: a tiny random-weight FLUX folder built offline, loaded like a real model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eligen.pipeline.tiny_model import build_tiny_flux
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny FLUX folder in the diffusers layout (T5 length 32, VAE factor 8)."""
+    return build_tiny_flux(tmp_path_factory.mktemp("models") / "tiny-flux", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model: Path):
+    """The tiny model loaded through EligenPipeline.from_pretrained on the CPU in float32."""
+    from eligen.pipeline.generate import EligenPipeline
+
+    return EligenPipeline.from_pretrained(str(tiny_model), device="cpu", dtype="fp32")
