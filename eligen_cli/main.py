@@ -6,21 +6,24 @@ and `eligen preview` start fast.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, ProgressColumn, Task, TaskID
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from eligen import __version__
 from eligen.pipeline.layout import LayoutError
 from eligen.pipeline.outputs import OutputError, check_writable, save_png
 
-from .sources import LayoutSource, load_source
+from .sources import LayoutSource, load_edits, load_source
+
+if TYPE_CHECKING:
+    from eligen.pipeline.generate import EligenPipeline
 
 app = typer.Typer(
     help="Entity-level controlled image generation (EliGen) on FLUX.",
@@ -28,7 +31,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+# Options shared by the commands that render.
+SeedOpt = Annotated[list[int] | None, typer.Option(help="Seed; repeat for one image per seed.")]
+StepsOpt = Annotated[int | None, typer.Option(help="Sampling steps [file default: 50].")]
+CfgOpt = Annotated[float | None, typer.Option(help="True CFG scale, 1 turns it off [file default: 3.0].")]
+GuidanceOpt = Annotated[float | None, typer.Option(help="FLUX embedded guidance [file default: 3.5].")]
+ScheduleOpt = Annotated[Literal["flux", "diffsynth"] | None, typer.Option(help="Sigma schedule [file default: flux].")]
+ModelOpt = Annotated[str | None, typer.Option(help="Diffusers FLUX folder or hub id (overrides the file).")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cuda, mps or cpu [default: the best available].")]
+DtypeOpt = Annotated[Literal["bf16", "fp16", "fp32"] | None,
+                     typer.Option(help="Weights dtype [default: bf16 on GPU, fp32 on CPU].")]
+OffloadOpt = Annotated[Literal["none", "model", "sequential"], typer.Option(help="CPU offload of the weights.")]
+PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write <output stem>.preview.png.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing output files.")]
 
 
 def _version(value: bool) -> None:
@@ -46,20 +63,25 @@ def main(
     """Entity-level controlled image generation (EliGen) on FLUX."""
 
 
+def _fail(message: object, code: int) -> typer.Exit:
+    err.print(Text.assemble(("error: ", "bold red"), str(message)))
+    return typer.Exit(code)
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn the errors a person can fix into one clear line and the documented exit status."""
+    """Turn the errors a person can fix into one clear message and the documented exit status."""
+    from eligen.pipeline.model_info import ModelLoadError
+
     try:
         yield
     except LayoutError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True)
-        raise typer.Exit(2) from None
-    except OutputError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True)
-        raise typer.Exit(1) from None
+        raise _fail(exc, 2) from None
+    except (OutputError, ModelLoadError) as exc:
+        raise _fail(exc, 1) from None
 
 
-def _preview_image(src: LayoutSource, scale_factor: int):
+def _preview_image(src: LayoutSource, scale_factor: int) -> tuple[list[Any], Any]:
     """Rasterise and validate the regions of a layout, and draw its preview."""
     from eligen.pipeline.preview import draw_preview
     from eligen.pipeline.regions import check_canvas, entity_masks, token_masks
@@ -74,13 +96,46 @@ def _preview_path(image_path: Path) -> Path:
     return image_path.with_name(f"{image_path.stem}.preview.png")
 
 
+class _SpeedColumn(ProgressColumn):
+    """Steps per second."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
+
+
+@contextmanager
+def _progress(description: str, steps: int) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar over sampling steps; yields the sampler's `on_step` callback."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(description, total=steps)
+        yield lambda done, _total: progress.update(task, completed=done)
+
+
+class _Models:
+    """Loads each distinct model once per command."""
+
+    def __init__(self, device: str | None, dtype: str | None, offload: str) -> None:
+        self.options = {"device": device, "dtype": dtype, "offload": offload}
+        self.loaded: dict[str, EligenPipeline] = {}
+
+    def __call__(self, model: str) -> EligenPipeline:
+        from eligen.pipeline.generate import EligenPipeline
+
+        if model not in self.loaded:
+            with err.status(f"loading {model}"):
+                self.loaded[model] = EligenPipeline.from_pretrained(model, **self.options)
+        return self.loaded[model]
+
+
 @app.command()
 def preview(
     layout: Annotated[Path, typer.Argument(help="Layout YAML file (or a PNG written by eligen).")],
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Preview PNG [default: <stem>.preview.png].")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Draw a layout's regions and the token cells the model will see, without loading a model."""
     from eligen.pipeline.model_info import scale_factor
@@ -101,33 +156,27 @@ def generate(
         "-o", "--output",
         help="Output PNG (one layout only) [default: <layout stem>.png, <stem>-<seed>.png for several seeds].",
     )] = None,
-    seed: Annotated[list[int] | None, typer.Option(help="Seed; repeat for one image per seed.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Sampling steps [layout default: 50].")] = None,
-    cfg: Annotated[float | None, typer.Option(help="True CFG scale, 1 turns it off [layout default: 3.0].")] = None,
-    guidance: Annotated[float | None, typer.Option(help="FLUX embedded guidance [layout default: 3.5].")] = None,
-    schedule: Annotated[
-        str | None, typer.Option(help="Sigma schedule: flux or diffsynth [layout default: flux].")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Diffusers FLUX folder or hub id (overrides the layout).")] = None,
-    device: Annotated[str | None, typer.Option(help="cuda, mps or cpu [default: the best available].")] = None,
-    dtype: Annotated[
-        str | None, typer.Option(help="bf16, fp16 or fp32 [default: bf16 on GPU, fp32 on CPU].")
-    ] = None,
-    offload: Annotated[str, typer.Option(help="none, model or sequential CPU offload.")] = "none",
-    preview: Annotated[bool, typer.Option("--preview", help="Also write <output stem>.preview.png.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    cfg: CfgOpt = None,
+    guidance: GuidanceOpt = None,
+    schedule: ScheduleOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offload: OffloadOpt = "none",
+    preview: PreviewOpt = False,
+    overwrite: OverwriteOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and write the preview only.")] = False,
 ) -> None:
     """Render layout files to PNGs with entity-level regional attention."""
     from eligen.pipeline.model_info import scale_factor
 
+    if output is not None and len(layouts) > 1:
+        raise typer.BadParameter("names one file; with several layouts leave it out", param_hint="-o/--output")
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "schedule": schedule,
                  "model": model}
     with _user_errors():
-        if offload not in ("none", "model", "sequential"):
-            raise typer.BadParameter(f"expected none, model or sequential, got {offload!r}", param_hint="--offload")
-        if output is not None and len(layouts) > 1:
-            raise typer.BadParameter("names one file; with several layouts leave it out", param_hint="-o/--output")
         jobs = []
         for path in layouts:
             src = load_source(path, overrides)
@@ -143,60 +192,88 @@ def generate(
         if dry_run:
             err.print(f"{len(jobs)} layout(s) valid; dry run, no image generated")
             return
-        _render(jobs, device=device, dtype=dtype, offload=offload)
+        models = _Models(device, dtype, offload)
+        for src, masks, _, outs in jobs:
+            _render(models(src.layout.model), src, masks, outs)
 
 
-class _SpeedColumn(ProgressColumn):
-    """Steps per second."""
-
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
-
-
-def _render(jobs: list, *, device: str | None, dtype: str | None, offload: str) -> None:
-    """Load each distinct model once and render every job's seeds with a progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
-    from eligen.pipeline.generate import EligenPipeline
-    from eligen.pipeline.models import ModelLoadError
+def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: list[Path]) -> None:
+    """Render every seed of one layout, writing each PNG with the resolved layout embedded."""
     from eligen.pipeline.regions import inline_masks
 
-    pipes: dict[str, EligenPipeline] = {}
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(),
-               TimeRemainingColumn()]
-    for src, masks, _, outs in jobs:
-        layout = src.layout
-        if layout.model not in pipes:
-            with err.status(f"loading {layout.model}"):
-                try:
-                    pipes[layout.model] = EligenPipeline.from_pretrained(
-                        layout.model, device=device, dtype=dtype, offload=offload
-                    )
-                except ModelLoadError as exc:
-                    err.print(f"[bold red]error:[/] {exc}", markup=True)
-                    raise typer.Exit(1) from None
-        pipe = pipes[layout.model]
-        resolved = inline_masks(layout, masks).model_copy(
-            update={"max_sequence_length": pipe.max_sequence_length(layout)}
-        )
-        regions = pipe.token_regions(layout, src.base_dir, src.source)
-        positive, negative = pipe.conditionings(layout, regions)
-        for seed, out in zip(src.seeds, outs, strict=True):
-            with Progress(*columns, console=err, transient=True) as progress:
-                task = progress.add_task(f"{src.path.name} seed {seed}", total=layout.steps)
+    layout = src.layout
+    resolved = inline_masks(layout, masks).model_copy(update={"max_sequence_length": pipe.max_sequence_length(layout)})
+    positive, negative = pipe.conditionings(layout, pipe.token_regions(layout, src.base_dir, src.source))
+    for seed, out in zip(src.seeds, outs, strict=True):
+        with _progress(f"{src.path.name} seed {seed}", layout.steps) as on_step:
+            tokens = pipe.sample(layout, positive, negative, seed, on_step=on_step)
+        metadata = {
+            "eligen_version": __version__,
+            "model": layout.model,
+            "seed": seed,
+            "layout": resolved.model_copy(update={"seed": seed}).model_dump(mode="json", exclude_none=True),
+        }
+        save_png(pipe.decode(tokens, layout), out, metadata)
+        err.print(f"wrote {out}")
 
-                def advance(done: int, _total: int, progress: Progress = progress, task: TaskID = task) -> None:
-                    progress.update(task, completed=done)
 
-                tokens = pipe.sample(layout, positive, negative, seed, on_step=advance)
-            image = pipe.decode(tokens, layout)
-            metadata = {
-                "eligen_version": __version__,
-                "model": layout.model,
-                "seed": seed,
-                "layout": resolved.model_copy(update={"seed": seed}).model_dump(mode="json", exclude_none=True),
-            }
-            save_png(image, out, metadata)
+@app.command()
+def inpaint(
+    image: Annotated[Path, typer.Argument(help="The image to edit (PNG, JPEG, WebP...).")],
+    edits: Annotated[Path, typer.Argument(help="Edits YAML: a layout whose entities are the regions to repaint.")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Output PNG [default: <image stem>-edited.png, -<seed> added for several seeds].",
+    )] = None,
+    fusion: Annotated[Literal["exact", "paper"] | None, typer.Option(
+        help="exact: keep everything outside the regions; paper: the paper's fusion [file default: exact].")] = None,
+    dilate: Annotated[int | None, typer.Option(help="Grow the regions by N px (exact) [file default: 8].")] = None,
+    feather: Annotated[int | None, typer.Option(help="Blend over this many px (exact) [file default: 8].")] = None,
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    cfg: CfgOpt = None,
+    guidance: GuidanceOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offload: OffloadOpt = "none",
+    preview: Annotated[bool, typer.Option("--preview", help="Also write the regions over the source.")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Repaint the regions of an existing image with new entities in one pass, keeping the rest."""
+    from eligen.pipeline.inpaint import inpaint as run_inpaint
+    from eligen.pipeline.inpaint import place, prepare
+    from eligen.pipeline.model_info import scale_factor
+    from eligen.pipeline.preview import draw_preview
+    from eligen.pipeline.regions import PATCH, inline_masks
+
+    overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
+                 "fusion": fusion, "dilate": dilate, "feather": feather}
+    with _user_errors():
+        job = load_edits(image, edits, overrides)
+        outs = job.output_paths(output)
+        check_writable(outs + [_preview_path(p) for p in outs] * preview, overwrite)
+        place(job.edits, job.masks, job.image.size, scale_factor(job.edits.model), job.source)  # fail early
+        pipe = _Models(device, dtype, offload)(job.edits.model)
+        canvas = place(job.edits, job.masks, job.image.size, pipe.scale_factor, job.source)
+        (w, h), (gw, gh) = job.image.size, canvas.layout.size
+        if (w, h) != (gw, gh):
+            note = ", the aspect ratio changes slightly" if abs(w / h - gw / gh) > 1e-3 else ""
+            err.print(f"the model works at {gw}x{gh}; the result is resized back to {w}x{h}{note}")
+        if preview:
+            drawing = draw_preview(canvas.layout, canvas.grid_masks, canvas.regions, pipe.scale_factor * PATCH,
+                                   background=job.image)
+            for out in outs:
+                save_png(drawing, _preview_path(out))
+                err.print(f"wrote {_preview_path(out)}")
+        plan = prepare(pipe, canvas, job.image)
+        resolved = inline_masks(job.edits, job.masks).model_dump(mode="json", exclude_none=True)
+        for seed_value, out in zip(job.seeds, outs, strict=True):
+            with _progress(f"{image.name} seed {seed_value}", plan.layout.steps) as on_step:
+                result = run_inpaint(pipe, plan, seed_value, on_step)
+            metadata = {"eligen_version": __version__, "model": job.edits.model, "seed": seed_value,
+                        "source_image": image.name, "source_sha256": job.sha256,
+                        "edits": {**resolved, "seed": seed_value}}
+            save_png(result, out, metadata)
             err.print(f"wrote {out}")
 
 
@@ -211,6 +288,5 @@ def tiny_model(
     try:
         path = build_tiny_flux(folder, seed=seed)
     except FileExistsError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True)
-        raise typer.Exit(1) from None
+        raise _fail(exc, 1) from None
     err.print(f"wrote {path} (random weights: its images are noise)")

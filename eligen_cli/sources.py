@@ -1,15 +1,43 @@
-"""Where layouts come from: a YAML file, or a PNG that eligen wrote (its embedded layout)."""
+"""Where layouts come from: a YAML file, a PNG that eligen wrote (its embedded layout), or an image
+plus an edits file for inpainting. Everything here is validated before any model is loaded."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eligen.pipeline.layout import Layout, LayoutError, load_layout, parse_layout
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from eligen.pipeline.layout import Edits, Layout, LayoutError, load_layout, parse_layout
 from eligen.pipeline.model_info import resolve_model
 from eligen.pipeline.outputs import read_png_metadata
+from eligen.pipeline.regions import entity_masks
+
+
+def seeded_paths(target: Path, seeds: list[int]) -> list[Path]:
+    """One output per seed: `target` itself for one seed, `<stem>-<seed><suffix>` for several."""
+    if len(seeds) == 1:
+        return [target]
+    return [target.with_name(f"{target.stem}-{seed}{target.suffix or '.png'}") for seed in seeds]
+
+
+def _resolve(layout: Layout, overrides: dict[str, Any], base_dir: Path, source: str) -> Layout:
+    """The layout with its model resolved: a command-line `model` against the current folder,
+    the file's own against the file's folder."""
+    if "model" in overrides:
+        return layout
+    return layout.model_copy(update={"model": resolve_model(layout.model, base_dir, source)})
+
+
+def _cli_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "model" in overrides:
+        overrides["model"] = resolve_model(overrides["model"], Path.cwd(), "--model", "--model")
+    return overrides
 
 
 @dataclass(frozen=True)
@@ -28,10 +56,7 @@ class LayoutSource:
     def output_paths(self, output: Path | None) -> list[Path]:
         """`-o PATH`, else `<stem>.png` in the current folder; several seeds add `-<seed>` to the stem."""
         stem = self.path.stem + ("-rerun" if self.path.suffix.lower() == ".png" else "")
-        target = output or Path(f"{stem}.png")
-        if len(self.seeds) == 1:
-            return [target]
-        return [target.with_name(f"{target.stem}-{seed}{target.suffix or '.png'}") for seed in self.seeds]
+        return seeded_paths(output or Path(f"{stem}.png"), self.seeds)
 
 
 def _png_layout_data(path: Path) -> dict[str, Any]:
@@ -45,20 +70,59 @@ def _png_layout_data(path: Path) -> dict[str, Any]:
 
 
 def load_source(path: Path, overrides: dict[str, Any]) -> LayoutSource:
-    """Read and validate a layout (YAML, or a PNG written by eligen), apply overrides, resolve model and seeds.
-
-    An override `model` is resolved against the current folder; the file's own `model` against the file.
-    """
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if "model" in overrides:
-        overrides["model"] = resolve_model(overrides["model"], Path.cwd(), "--model", "--model")
+    """Read and validate a layout (YAML, or a PNG written by eligen), apply overrides, resolve model and seeds."""
+    overrides = _cli_overrides(overrides)
     if path.suffix.lower() == ".png" and path.is_file():
-        data = {**_png_layout_data(path), **overrides}
-        layout = parse_layout(data, str(path))
+        layout = parse_layout({**_png_layout_data(path), **overrides}, str(path))
     else:
         layout = load_layout(path, overrides)
-    base_dir = path.parent
-    if "model" not in overrides:
-        layout = layout.model_copy(update={"model": resolve_model(layout.model, base_dir, str(path))})
-    seeds = layout.seeds or [secrets.randbelow(2**32)]
-    return LayoutSource(path, layout, base_dir, seeds)
+    layout = _resolve(layout, overrides, path.parent, str(path))
+    return LayoutSource(path, layout, path.parent, layout.seeds or [secrets.randbelow(2**32)])
+
+
+@dataclass(frozen=True)
+class EditsJob:
+    """An inpainting job: the source image, the validated edits and their masks at the image's size."""
+
+    image_path: Path
+    image: Image.Image
+    sha256: str
+    edits_path: Path
+    edits: Edits
+    masks: list[np.ndarray]
+    seeds: list[int]
+
+    @property
+    def source(self) -> str:
+        return str(self.edits_path)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.edits_path.parent
+
+    def output_paths(self, output: Path | None) -> list[Path]:
+        """`-o PATH`, else `<image stem>-edited.png` in the current folder; several seeds add `-<seed>`."""
+        return seeded_paths(output or Path(f"{self.image_path.stem}-edited.png"), self.seeds)
+
+
+def read_source_image(path: Path) -> tuple[Image.Image, str]:
+    """The image to edit, upright (EXIF orientation applied) and RGB, with the SHA-256 of its file."""
+    if not path.is_file():
+        raise LayoutError(str(path), "(image)", "expected an existing image file")
+    data = path.read_bytes()
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise LayoutError(str(path), "(image)", f"expected a readable image ({exc})") from None
+    return image, hashlib.sha256(data).hexdigest()
+
+
+def load_edits(image_path: Path, edits_path: Path, overrides: dict[str, Any]) -> EditsJob:
+    """Read the image and the edits file, validate the edits against the image and rasterise the regions."""
+    image, sha256 = read_source_image(image_path)
+    overrides = _cli_overrides(overrides)
+    edits = load_layout(edits_path, overrides, image_size=image.size)
+    edits = _resolve(edits, overrides, edits_path.parent, str(edits_path))
+    masks = entity_masks(edits, edits_path.parent, str(edits_path), same_size=True)
+    return EditsJob(image_path, image, sha256, edits_path, edits, masks, edits.seeds or [secrets.randbelow(2**32)])

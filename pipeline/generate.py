@@ -14,7 +14,7 @@ from .encode import Conditioning, PromptEncoder, conditioning
 from .layout import Layout
 from .models import Offload, load_flux, pick_device, pick_dtype
 from .regions import check_canvas, entity_masks, token_masks
-from .sampler import StepCallback, denoise, get_noise, get_schedule, image_ids, pack, unpack
+from .sampler import Fuse, StepCallback, denoise, get_noise, get_schedule, image_ids, pack, unpack
 
 
 class EligenPipeline:
@@ -71,9 +71,9 @@ class EligenPipeline:
 
     def sample(
         self, layout: Layout, positive: Conditioning, negative: Conditioning | None, seed: int,
-        on_step: StepCallback | None = None,
+        on_step: StepCallback | None = None, fuse_positive: Fuse | None = None, fuse_negative: Fuse | None = None,
     ) -> torch.Tensor:
-        """Denoised packed latents for one seed."""
+        """Denoised packed latents for one seed (with inpainting fusion when `fuse_*` are given)."""
         transformer = self.flux.transformer
         latent_h, latent_w = layout.height // self.scale_factor, layout.width // self.scale_factor
         channels = transformer.config.in_channels // 4
@@ -81,7 +81,16 @@ class EligenPipeline:
         ids = image_ids(latent_h, latent_w, self.device, self.dtype)
         sigmas, timesteps = get_schedule(layout.schedule, layout.steps, x.shape[1], self.flux.scheduler.config)
         guidance = layout.guidance if transformer.config.guidance_embeds else None
-        return denoise(transformer, x, ids, sigmas, timesteps, positive, negative, layout.cfg, guidance, on_step)
+        return denoise(transformer, x, ids, sigmas, timesteps, positive, negative, layout.cfg, guidance, on_step,
+                       fuse_positive, fuse_negative)
+
+    @torch.inference_mode()
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """An RGB image (at a size the model takes) -> packed, scaled latents (the VAE posterior mean)."""
+        vae = self.flux.vae
+        pixels = self.flux.image_processor.preprocess(image.convert("RGB")).to(self.device, self.dtype)
+        latents = vae.encode(pixels).latent_dist.mode()
+        return pack((latents - vae.config.shift_factor) * vae.config.scaling_factor)
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, layout: Layout) -> Image.Image:

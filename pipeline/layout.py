@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 DATA_URL_PREFIX = "data:image/png;base64,"
 REGION_KEYS = ("box", "polygon", "mask", "color")
+MAX_SIDE = 4096  # px; larger canvases are far outside what FLUX was trained on
 
 
 class LayoutError(ValueError):
@@ -30,8 +31,14 @@ class LayoutError(ValueError):
         super().__init__(message)
 
 
-PositiveInt = Annotated[int, Field(gt=0)]
-Seed = Annotated[int, Field(ge=0, lt=2**64)]
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+Side = Annotated[StrictInt, Field(gt=0, le=MAX_SIDE)]
+SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
+SHAPES = {  # what a wrongly sized list should have been
+    "box": "[x1, y1, x2, y2]",
+    "size": "[width, height]",
+    "polygon": "at least 3 points [[x, y], [x, y], [x, y], ...]",
+}
 
 
 class _Strict(BaseModel):
@@ -96,8 +103,8 @@ class Layout(_Strict):
     version: Literal[1] = 1
     model: str = DEFAULT_MODEL
     loras: list[LoraSpec] = []
-    size: tuple[PositiveInt, PositiveInt] = (1024, 1024)
-    seed: Seed | list[Seed] | None = None
+    size: tuple[Side, Side] = (1024, 1024)
+    seed: int | list[int] | None = None
     steps: PositiveInt = 50
     cfg: float = Field(default=3.0, ge=1.0)
     guidance: float = Field(default=3.5, ge=0.0)
@@ -117,11 +124,13 @@ class Layout(_Strict):
             raise ValueError(f"expected [width, height], both multiples of 16, got {list(value)}")
         return value
 
-    @field_validator("seed")
+    @field_validator("seed", mode="before")
     @classmethod
-    def _seed_list_not_empty(cls, value: int | list[int] | None) -> int | list[int] | None:
-        if isinstance(value, list) and not value:
-            raise ValueError("expected an integer or a non-empty list of integers")
+    def _seeds(cls, value: Any) -> Any:
+        seeds = value if isinstance(value, list) else [value]
+        if value is not None and (not seeds or any(type(s) is not int or not 0 <= s < SEED_LIMIT for s in seeds)):
+            raise ValueError(f"expected a seed (an integer from 0 to 2**64-1) or a non-empty list of seeds, "
+                             f"got {value!r}")
         return value
 
     @field_validator("prompt")
@@ -130,12 +139,6 @@ class Layout(_Strict):
         if not value.strip():
             raise ValueError("expected a non-empty prompt")
         return value
-
-    @model_validator(mode="after")
-    def _colour_mask_given(self) -> Layout:
-        if any(e.color is not None for e in self.entities) and self.color_mask is None:
-            raise ValueError("entities use `color` regions, so the top-level `color_mask` PNG is required")
-        return self
 
     @property
     def width(self) -> int:
@@ -153,8 +156,10 @@ class Layout(_Strict):
         return list(self.seed) if isinstance(self.seed, list) else [self.seed]
 
 
-def _field_name(loc: tuple[int | str, ...]) -> str:
-    """Render a pydantic error location as `entities[2].box`."""
+def _field_name(loc: tuple[int | str, ...], kind: str) -> str:
+    """Render a pydantic error location as `entities[2].box` (a missing tuple item names its tuple)."""
+    if kind == "missing" and loc and isinstance(loc[-1], int):
+        loc = loc[:-1]
     name = ""
     for part in loc:
         if isinstance(part, int):
@@ -166,12 +171,15 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
     return name or "(top level)"
 
 
-def _explain(error: dict[str, Any]) -> tuple[str, str | None]:
+def _explain(error: dict[str, Any], schema: type[BaseModel]) -> tuple[str, str | None]:
     """Turn one pydantic error into an expectation and an optional hint."""
     kind, message = error["type"], error["msg"]
+    shape = next((SHAPES[p] for p in reversed(error["loc"]) if p in SHAPES), None)
+    if shape and kind in ("missing", "too_short", "too_long"):
+        return f"expected {shape}", None
     if kind == "extra_forbidden":
         where = next((p for p in error["loc"] if p in ("entities", "loras")), None)
-        model = {"entities": Entity, "loras": LoraSpec}.get(where, Layout)
+        model = {"entities": Entity, "loras": LoraSpec}.get(where, schema)
         return "unknown key", f"known keys here: {', '.join(model.model_fields)}"
     if kind == "missing":
         return "this key is required", None
@@ -182,22 +190,41 @@ def _explain(error: dict[str, Any]) -> tuple[str, str | None]:
     return f"{message[0].lower()}{message[1:]}, got {error['input']!r}", None
 
 
-def parse_layout(data: Any, source: str = "<layout>") -> Layout:
-    """Validate already-parsed YAML data (a mapping) as a version-1 layout."""
+def parse_layout(data: Any, source: str = "<layout>", schema: type[Layout] = Layout) -> Layout:
+    """Validate already-parsed YAML data (a mapping) as a version-1 layout (or as `schema`)."""
     if not isinstance(data, dict):
         raise LayoutError(source, "(top level)", f"expected a mapping of keys, got {type(data).__name__}")
     if "version" in data and data["version"] != 1:
         raise LayoutError(source, "version", f"expected 1, got {data['version']!r}",
                           "this eligen reads version-1 layouts")
     try:
-        return Layout.model_validate(data)
+        layout = schema.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        expected, hint = _explain(first)
+        expected, hint = _explain(first, schema)
         others = len(exc.errors()) - 1
         if others:
             expected += f" (and {others} more problem{'s' if others > 1 else ''})"
-        raise LayoutError(source, _field_name(first["loc"]), expected, hint) from None
+        raise LayoutError(source, _field_name(first["loc"], first["type"]), expected, hint) from None
+    if any(e.color is not None for e in layout.entities) and layout.color_mask is None:
+        index = next(i for i, e in enumerate(layout.entities) if e.color is not None)
+        raise LayoutError(source, f"entities[{index}].color", "expected a top-level `color_mask` PNG, required "
+                          "by `color` regions", "add `color_mask: regions.png` (relative to the layout file)")
+    return layout
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key: {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def read_layout_data(path: Path) -> dict[str, Any]:
@@ -206,7 +233,7 @@ def read_layout_data(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise LayoutError(source, "(file)", "expected an existing layout file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except UnicodeDecodeError:
         raise LayoutError(source, "(file)", "expected a UTF-8 text YAML file") from None
     except yaml.YAMLError as exc:
@@ -218,15 +245,57 @@ def read_layout_data(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_layout(path: str | Path, overrides: dict[str, Any] | None = None) -> Layout:
-    """Load, merge command-line overrides into, and validate a layout file."""
+def load_layout(
+    path: str | Path, overrides: dict[str, Any] | None = None, image_size: tuple[int, int] | None = None
+) -> Layout:
+    """Load, merge command-line overrides into, and validate a layout file.
+
+    With `image_size` the file is an edits file for inpainting an image of that size.
+    """
     path = Path(path)
     data = read_layout_data(path)
-    if isinstance(data, dict) and overrides:
-        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
-    return parse_layout(data, str(path))
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if isinstance(data, dict):
+        data = {**data, **overrides}
+    try:
+        return parse_edits(data, image_size, str(path)) if image_size else parse_layout(data, str(path))
+    except LayoutError as exc:
+        key = re.split(r"[.\[]", exc.field, maxsplit=1)[0]
+        if key in overrides:
+            raise LayoutError(f"{path} (--{key.replace('_', '-')} on the command line)", exc.field,
+                              exc.expected, exc.hint) from None
+        raise
 
 
-def layout_to_data(layout: Layout) -> dict[str, Any]:
-    """The layout as plain data (what YAML or JSON would hold), defaults included."""
-    return layout.model_dump(mode="json")
+
+
+class Edits(Layout):
+    """An edits file for inpainting: a layout whose entities are the regions to repaint.
+
+    `size` comes from the source image (any size), so `px` coordinates refer to the source image.
+    """
+
+    fusion: Literal["exact", "paper"] = "exact"
+    dilate: Annotated[int, Field(ge=0, le=256)] = 8
+    feather: Annotated[int, Field(ge=0, le=256)] = 8
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_16(cls, value: tuple[int, int]) -> tuple[int, int]:
+        return value  # the source image's own size; the model grid is derived from it
+
+    @model_validator(mode="after")
+    def _has_entities(self) -> Edits:
+        if not self.entities:
+            raise ValueError("an edits file needs at least one entity: the regions to repaint")
+        return self
+
+
+def parse_edits(data: Any, image_size: tuple[int, int], source: str = "<edits>") -> Edits:
+    """Validate edits data for a source image of `image_size` (width, height)."""
+    if isinstance(data, dict) and "size" in data:
+        raise LayoutError(source, "size", "expected no `size` in an edits file",
+                          "the size comes from the image; `px` coordinates refer to the source image")
+    if isinstance(data, dict):
+        data = {**data, "size": list(image_size)}
+    return parse_layout(data, source, Edits)

@@ -12,6 +12,10 @@ DEFAULT_SCALE_FACTOR = 8  # FLUX.1-dev's VAE
 EXTRA_CONFIG = "eligen.json"  # optional per-folder defaults, e.g. {"max_sequence_length": 32}
 
 
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says which and why."""
+
+
 def resolve_model(model: str, base_dir: Path, source: str = "<layout>", field: str = "model") -> str:
     """A local folder (absolute path, resolved against `base_dir`) or a hub id, unchanged.
 

@@ -7,13 +7,11 @@ from typing import Literal
 import torch
 from diffusers import FluxPipeline
 
+from .model_info import ModelLoadError
+
 Offload = Literal["none", "model", "sequential"]
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says which and why."""
 
 
 def pick_device(name: str | None = None) -> torch.device:

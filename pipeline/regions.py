@@ -35,7 +35,8 @@ def read_image(reference: str, base_dir: Path, source: str, field: str) -> Image
     inline = reference.startswith(DATA_URL_PREFIX)
     path = base_dir / reference
     if not inline and not path.is_file():
-        raise LayoutError(source, field, f"expected an image file, {path} does not exist")
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise LayoutError(source, field, f"expected an image file, {path} {problem}")
     try:
         image = Image.open(io.BytesIO(base64.b64decode(reference[len(DATA_URL_PREFIX):])) if inline else path)
         image.load()
@@ -46,10 +47,14 @@ def read_image(reference: str, base_dir: Path, source: str, field: str) -> Image
     return image
 
 
-def _to_canvas(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """An RGB array of the image, resized to the canvas with nearest sampling when its size differs."""
+def _to_canvas(image: Image.Image, size: tuple[int, int], source: str, field: str, same_size: bool) -> np.ndarray:
+    """An RGB array of the image, resized to the canvas with nearest sampling when its size differs
+    (or an error when `same_size` asks for the canvas size exactly)."""
     image = image.convert("RGB")
     if image.size != tuple(size):
+        if same_size:
+            raise LayoutError(source, field, f"expected a mask of the image's size {size[0]}x{size[1]}, "
+                              f"got {image.size[0]}x{image.size[1]}", "was the mask made for another image?")
         image = image.resize(tuple(size), Image.Resampling.NEAREST)
     return np.asarray(image)
 
@@ -108,7 +113,7 @@ def _check_units(layout: Layout, source: str) -> None:
 
 def entity_mask(
     entity: Entity, layout: Layout, base_dir: Path, source: str, field: str,
-    colour_mask: np.ndarray | None = None,
+    colour_mask: np.ndarray | None = None, same_size: bool = False,
 ) -> np.ndarray:
     """The entity's region as a boolean (height, width) pixel mask at canvas size."""
     sx, sy = unit_scale(layout)
@@ -121,15 +126,17 @@ def entity_mask(
         _check_inside(points, layout, source, f"{field}.polygon")
         mask = _polygon_mask([(x * sx, y * sy) for x, y in points], layout.size)
     elif entity.mask is not None:
-        rgb = _to_canvas(read_image(entity.mask, base_dir, source, f"{field}.mask"), layout.size)
+        rgb = _to_canvas(read_image(entity.mask, base_dir, source, f"{field}.mask"), layout.size, source,
+                         f"{field}.mask", same_size)
         mask = rgb.astype(np.float32).mean(axis=2) > 127.5
     else:
         assert colour_mask is not None and entity.color is not None
         target = np.array([int(entity.color[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
         mask = np.all(colour_mask == target, axis=2)
         if not mask.any():
-            present = np.unique(colour_mask.reshape(-1, 3), axis=0)
-            listed = ", ".join("#" + bytes(int(v) for v in c).hex() for c in present[:8])
+            packed = colour_mask.reshape(-1, 3).astype(np.int32) @ np.array([65536, 256, 1], dtype=np.int32)
+            values, counts = np.unique(packed, return_counts=True)
+            listed = ", ".join(f"#{v:06x}" for v in values[np.argsort(-counts)][:8])
             raise LayoutError(source, f"{field}.color", f"expected a colour present in color_mask, "
                               f"{entity.color} is not", f"colours present: {listed}")
     if not mask.any():
@@ -137,14 +144,20 @@ def entity_mask(
     return mask
 
 
-def entity_masks(layout: Layout, base_dir: Path, source: str = "<layout>") -> list[np.ndarray]:
-    """Rasterise every entity's region to a boolean pixel mask at canvas size, validating as it goes."""
+def entity_masks(
+    layout: Layout, base_dir: Path, source: str = "<layout>", same_size: bool = False
+) -> list[np.ndarray]:
+    """Rasterise every entity's region to a boolean pixel mask at canvas size, validating as it goes.
+
+    Mask PNGs of another size are resized with nearest sampling, or refused when `same_size`.
+    """
     _check_units(layout, source)
     colour_mask = None
     if layout.color_mask is not None:
-        colour_mask = _to_canvas(read_image(layout.color_mask, base_dir, source, "color_mask"), layout.size)
+        colour_mask = _to_canvas(read_image(layout.color_mask, base_dir, source, "color_mask"), layout.size,
+                                 source, "color_mask", same_size)
     return [
-        entity_mask(entity, layout, base_dir, source, f"entities[{i}]", colour_mask)
+        entity_mask(entity, layout, base_dir, source, f"entities[{i}]", colour_mask, same_size)
         for i, entity in enumerate(layout.entities)
     ]
 

@@ -19,6 +19,7 @@ from .encode import Conditioning
 
 Schedule = Literal["flux", "diffsynth"]
 StepCallback = Callable[[int, int], None]
+Fuse = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (v, x, sigma) -> fused v (inpainting)
 
 
 def get_noise(seed: int, channels: int, latent_height: int, latent_width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -112,13 +113,24 @@ def denoise(
     cfg: float,
     guidance: float | None,
     on_step: StepCallback | None = None,
+    fuse_positive: Fuse | None = None,
+    fuse_negative: Fuse | None = None,
 ) -> torch.Tensor:
-    """Euler steps from sigmas[0] to sigmas[-1]; true CFG `v = v_neg + cfg (v_pos - v_neg)` when cfg > 1."""
+    """Euler steps from sigmas[0] to sigmas[-1]; true CFG `v = v_neg + cfg (v_pos - v_neg)` when cfg > 1.
+
+    `fuse_positive` / `fuse_negative` replace a branch's prediction outside the inpainting regions
+    before CFG (paper Algorithm 1).
+    """
     g = torch.full((x.shape[0],), guidance, device=x.device, dtype=torch.float32) if guidance is not None else None
     for i, t in enumerate(timesteps.to(x.device)):
+        sigma = sigmas[i].item()
         v = predict(transformer, x, t, positive, img_ids, g)
+        if fuse_positive is not None:
+            v = fuse_positive(v, x, sigma)
         if negative is not None and cfg > 1.0:
             v_neg = predict(transformer, x, t, negative, img_ids, g)
+            if fuse_negative is not None:
+                v_neg = fuse_negative(v_neg, x, sigma)
             v = v_neg + cfg * (v - v_neg)
         x = (x.float() + (sigmas[i + 1] - sigmas[i]).item() * v).to(v.dtype)
         if on_step is not None:
