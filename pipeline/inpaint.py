@@ -46,8 +46,8 @@ def model_size(image_size: tuple[int, int], multiple: int) -> tuple[int, int]:
     """The model canvas for a source image: at most MAX_PIXELS in area, sides rounded to `multiple`."""
     width, height = image_size
     scale = min(1.0, (MAX_PIXELS / (width * height)) ** 0.5)
-    return (max(multiple, round(width * scale / multiple) * multiple),
-            max(multiple, round(height * scale / multiple) * multiple))
+    return (max(multiple, int(width * scale / multiple + 0.5) * multiple),
+            max(multiple, int(height * scale / multiple + 0.5) * multiple))
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
