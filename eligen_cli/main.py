@@ -44,8 +44,30 @@ DeviceOpt = Annotated[str | None, typer.Option(help="cuda, mps or cpu [default: 
 DtypeOpt = Annotated[Literal["bf16", "fp16", "fp32"] | None,
                      typer.Option(help="Weights dtype [default: bf16 on GPU, fp32 on CPU].")]
 OffloadOpt = Annotated[Literal["none", "model", "sequential"], typer.Option(help="CPU offload of the weights.")]
+QuantizeOpt = Annotated[Literal["none", "nf4", "int8", "fp8"], typer.Option(
+    help="Quantise the transformer: nf4 (bitsandbytes, CUDA), int8 or fp8 (torchao, weight-only).")]
+LoraOpt = Annotated[list[str] | None, typer.Option(
+    "--lora", help="LoRA: a local .safetensors or hub-repo-id/path/in/repo.safetensors; repeat to stack "
+    "(replaces the file's `loras`).")]
+LoraScaleOpt = Annotated[list[float] | None, typer.Option(
+    "--lora-scale", help="Scale of each --lora, paired in order [default: 1.0].")]
+FuseOpt = Annotated[bool, typer.Option("--fuse-loras", help="Merge LoRAs into the weights (faster steps).")]
 PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write <output stem>.preview.png.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing output files.")]
+
+
+def _lora_overrides(loras: list[str] | None, scales: list[float] | None) -> list[dict[str, Any]] | None:
+    """`--lora` / `--lora-scale` as the layout's `loras` list (local files resolved against the current folder)."""
+    if not loras:
+        if scales:
+            raise typer.BadParameter("given without --lora", param_hint="--lora-scale")
+        return None
+    scales = scales or []
+    if len(scales) > len(loras):
+        raise typer.BadParameter(f"{len(scales)} scales for {len(loras)} LoRAs", param_hint="--lora-scale")
+    scales = scales + [1.0] * (len(loras) - len(scales))
+    return [{"path": str(Path(spec).resolve()) if Path(spec).is_file() else spec, "scale": scale}
+            for spec, scale in zip(loras, scales, strict=True)]
 
 
 def _version(value: bool) -> None:
@@ -116,17 +138,20 @@ def _progress(description: str, steps: int) -> Iterator[Callable[[int, int], Non
 class _Models:
     """Loads each distinct model once per command."""
 
-    def __init__(self, device: str | None, dtype: str | None, offload: str) -> None:
-        self.options = {"device": device, "dtype": dtype, "offload": offload}
+    def __init__(self, device: str | None, dtype: str | None, offload: str, quantize: str, fuse_loras: bool) -> None:
+        self.options = {"device": device, "dtype": dtype, "offload": offload, "quantize": quantize,
+                        "fuse_loras": fuse_loras}
         self.loaded: dict[str, EligenPipeline] = {}
 
-    def __call__(self, model: str) -> EligenPipeline:
+    def __call__(self, model: str, loras: object = None) -> EligenPipeline:
+        """The loaded model; with fused LoRAs, one copy per distinct LoRA set (`loras`)."""
         from eligen.pipeline.generate import EligenPipeline
 
-        if model not in self.loaded:
+        key = f"{model} {loras!r}" if self.options["fuse_loras"] else model
+        if key not in self.loaded:
             with err.status(f"loading {model}"):
-                self.loaded[model] = EligenPipeline.from_pretrained(model, **self.options)
-        return self.loaded[model]
+                self.loaded[key] = EligenPipeline.from_pretrained(model, **self.options)
+        return self.loaded[key]
 
 
 @app.command()
@@ -165,6 +190,10 @@ def generate(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     offload: OffloadOpt = "none",
+    quantize: QuantizeOpt = "none",
+    lora: LoraOpt = None,
+    lora_scale: LoraScaleOpt = None,
+    fuse_loras: FuseOpt = False,
     preview: PreviewOpt = False,
     overwrite: OverwriteOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and write the preview only.")] = False,
@@ -175,7 +204,7 @@ def generate(
     if output is not None and len(layouts) > 1:
         raise typer.BadParameter("names one file; with several layouts leave it out", param_hint="-o/--output")
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "schedule": schedule,
-                 "model": model}
+                 "model": model, "loras": _lora_overrides(lora, lora_scale)}
     with _user_errors():
         jobs = []
         for path in layouts:
@@ -192,9 +221,9 @@ def generate(
         if dry_run:
             err.print(f"{len(jobs)} layout(s) valid; dry run, no image generated")
             return
-        models = _Models(device, dtype, offload)
+        models = _Models(device, dtype, offload, quantize, fuse_loras)
         for src, masks, _, outs in jobs:
-            _render(models(src.layout.model), src, masks, outs)
+            _render(models(src.layout.model, src.layout.loras), src, masks, outs)
 
 
 def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: list[Path]) -> None:
@@ -202,8 +231,9 @@ def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: lis
     from eligen.pipeline.regions import inline_masks
 
     layout = src.layout
-    resolved = inline_masks(layout, masks).model_copy(update={"max_sequence_length": pipe.max_sequence_length(layout)})
-    positive, negative = pipe.conditionings(layout, pipe.token_regions(layout, src.base_dir, src.source))
+    positive, negative = pipe.prepare(layout, src.base_dir, src.source)
+    resolved = inline_masks(layout, masks).model_copy(
+        update={"max_sequence_length": pipe.max_sequence_length(layout), "loras": pipe.lora_specs(layout)})
     for seed, out in zip(src.seeds, outs, strict=True):
         with _progress(f"{src.path.name} seed {seed}", layout.steps) as on_step:
             tokens = pipe.sample(layout, positive, negative, seed, on_step=on_step)
@@ -236,6 +266,10 @@ def inpaint(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     offload: OffloadOpt = "none",
+    quantize: QuantizeOpt = "none",
+    lora: LoraOpt = None,
+    lora_scale: LoraScaleOpt = None,
+    fuse_loras: FuseOpt = False,
     preview: Annotated[bool, typer.Option("--preview", help="Also write the regions over the source.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -247,13 +281,13 @@ def inpaint(
     from eligen.pipeline.regions import PATCH, inline_masks
 
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
-                 "fusion": fusion, "dilate": dilate, "feather": feather}
+                 "loras": _lora_overrides(lora, lora_scale), "fusion": fusion, "dilate": dilate, "feather": feather}
     with _user_errors():
         job = load_edits(image, edits, overrides)
         outs = job.output_paths(output)
         check_writable(outs + [_preview_path(p) for p in outs] * preview, overwrite)
         place(job.edits, job.masks, job.image.size, scale_factor(job.edits.model), job.source)  # fail early
-        pipe = _Models(device, dtype, offload)(job.edits.model)
+        pipe = _Models(device, dtype, offload, quantize, fuse_loras)(job.edits.model)
         canvas = place(job.edits, job.masks, job.image.size, pipe.scale_factor, job.source)
         (w, h), (gw, gh) = job.image.size, canvas.layout.size
         if (w, h) != (gw, gh):
@@ -265,8 +299,9 @@ def inpaint(
             for out in outs:
                 save_png(drawing, _preview_path(out))
                 err.print(f"wrote {_preview_path(out)}")
-        plan = prepare(pipe, canvas, job.image)
-        resolved = inline_masks(job.edits, job.masks).model_dump(mode="json", exclude_none=True)
+        plan = prepare(pipe, canvas, job.image, job.base_dir, job.source)
+        resolved = inline_masks(job.edits, job.masks).model_copy(update={"loras": pipe.lora_specs(job.edits)})
+        resolved = resolved.model_dump(mode="json", exclude_none=True)
         for seed_value, out in zip(job.seeds, outs, strict=True):
             with _progress(f"{image.name} seed {seed_value}", plan.layout.steps) as on_step:
                 result = run_inpaint(pipe, plan, seed_value, on_step)

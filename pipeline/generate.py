@@ -11,8 +11,10 @@ from PIL import Image
 
 from . import model_info
 from .encode import Conditioning, PromptEncoder, conditioning
-from .layout import Layout
-from .models import Offload, load_flux, pick_device, pick_dtype
+from .hub import DEFAULT_LORAS, lora_file
+from .layout import Layout, LoraSpec
+from .lora import LoraError, apply_loras, load_lora, remove_loras
+from .models import Offload, Quantize, load_flux, pick_device, pick_dtype
 from .regions import check_canvas, entity_masks, token_masks
 from .sampler import Fuse, StepCallback, denoise, get_noise, get_schedule, image_ids, pack, unpack
 
@@ -20,17 +22,53 @@ from .sampler import Fuse, StepCallback, denoise, get_noise, get_schedule, image
 class EligenPipeline:
     """A loaded FLUX model that renders layouts with entity-level regional attention."""
 
-    def __init__(self, flux: FluxPipeline, model: str) -> None:
+    def __init__(self, flux: FluxPipeline, model: str, fuse_loras: bool = False) -> None:
         self.flux = flux
         self.model = model
+        self.fuse_loras = fuse_loras
+        self._loras: tuple[tuple[str, float], ...] = ()  # (file, scale) of the LoRAs now applied
 
     @classmethod
     def from_pretrained(
-        cls, model: str, *, device: str | None = None, dtype: str | None = None, offload: Offload = "none"
+        cls, model: str, *, device: str | None = None, dtype: str | None = None, offload: Offload = "none",
+        quantize: Quantize = "none", fuse_loras: bool = False,
     ) -> EligenPipeline:
-        """Load a diffusers FLUX folder or hub id (`black-forest-labs/FLUX.1-dev`)."""
+        """Load a diffusers FLUX folder or hub id (`black-forest-labs/FLUX.1-dev`).
+
+        `quantize` loads the transformer quantised (nf4: bitsandbytes; int8, fp8: torchao weight-only);
+        `fuse_loras` merges LoRAs into the weights (faster steps; then one set of LoRAs per loaded model).
+        A full-size model is refused on the CPU unless `device="cpu"` is given explicitly.
+        """
         target = pick_device(device)
-        return cls(load_flux(model, target, pick_dtype(dtype, target), offload), model)
+        flux = load_flux(model, target, pick_dtype(dtype, target), offload, quantize, explicit_device=bool(device))
+        return cls(flux, model, fuse_loras)
+
+    def lora_specs(self, layout: Layout) -> list[LoraSpec]:
+        """The layout's LoRAs, or this model's default ones when the layout does not say."""
+        return DEFAULT_LORAS.get(self.model, []) if layout.loras is None else layout.loras
+
+    def use_loras(self, specs: list[LoraSpec], base_dir: Path = Path("."), source: str = "<layout>") -> None:
+        """Make exactly these LoRAs active on the transformer (a no-op when they already are)."""
+        files = [(lora_file(s, base_dir, source, f"loras[{i}]"), s.scale) for i, s in enumerate(specs)]
+        wanted = tuple((str(path), scale) for path, scale in files)
+        if wanted == self._loras:
+            return
+        transformer = self.flux.transformer
+        if self.fuse_loras and self._loras:
+            raise LoraError("LoRAs were fused into this model's weights and cannot be swapped; load the model again")
+        loaded = [(load_lora(path, transformer.config), scale) for path, scale in files]
+        remove_loras(transformer)
+        apply_loras(transformer, loaded, fuse=self.fuse_loras)
+        self._loras = wanted
+
+    def prepare(
+        self, layout: Layout, base_dir: Path = Path("."), source: str = "<layout>", regions: np.ndarray | None = None
+    ) -> tuple[Conditioning, Conditioning | None]:
+        """Everything a layout needs before sampling: its LoRAs applied, its regions and prompts encoded."""
+        self.use_loras(self.lora_specs(layout), base_dir, source)
+        if regions is None:
+            regions = self.token_regions(layout, base_dir, source)
+        return self.conditionings(layout, regions)
 
     @property
     def scale_factor(self) -> int:
@@ -105,7 +143,6 @@ class EligenPipeline:
         self, layout: Layout, seeds: list[int], base_dir: Path = Path("."), source: str = "<layout>",
         on_step: StepCallback | None = None,
     ) -> list[Image.Image]:
-        """One image per seed for a validated layout (mask paths resolve against `base_dir`)."""
-        regions = self.token_regions(layout, base_dir, source)
-        positive, negative = self.conditionings(layout, regions)
+        """One image per seed for a validated layout (mask and LoRA paths resolve against `base_dir`)."""
+        positive, negative = self.prepare(layout, base_dir, source)
         return [self.decode(self.sample(layout, positive, negative, seed, on_step), layout) for seed in seeds]

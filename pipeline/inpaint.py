@@ -15,6 +15,7 @@ bit-identical to the input.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -150,11 +151,12 @@ class InpaintPlan:
     alpha: np.ndarray | None  # blend weights at the source size (exact mode)
 
 
-def prepare(pipe: EligenPipeline, canvas: Canvas, image: Image.Image) -> InpaintPlan:
-    """Encode the prompts and the source image, and build the fusion for the chosen mode."""
+def prepare(pipe: EligenPipeline, canvas: Canvas, image: Image.Image, base_dir: Path = Path("."),
+            source: str = "<edits>") -> InpaintPlan:
+    """Apply the LoRAs, encode the prompts and the source image, and build the fusion for the chosen mode."""
     image = image.convert("RGB")
     layout, size, sf = canvas.layout, canvas.layout.size, pipe.scale_factor
-    positive, negative = pipe.conditionings(layout, canvas.regions)
+    positive, negative = pipe.prepare(layout, base_dir, source, canvas.regions)
     z_init = pipe.encode_image(image.resize(size, Image.Resampling.LANCZOS) if image.size != size else image)
     exact = isinstance(layout, Edits) and layout.fusion == "exact"
     if exact:

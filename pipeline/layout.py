@@ -102,7 +102,7 @@ class Layout(_Strict):
 
     version: Literal[1] = 1
     model: str = DEFAULT_MODEL
-    loras: list[LoraSpec] = []
+    loras: list[LoraSpec] | None = None  # None: the model's own default (the EliGen LoRA for FLUX.1-dev)
     size: tuple[Side, Side] = (1024, 1024)
     seed: int | list[int] | None = None
     steps: PositiveInt = 50

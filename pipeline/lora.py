@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from .model_info import ModelLoadError
+
 __all__ = [
     "LoraDelta",
     "LoraError",
@@ -148,7 +150,7 @@ _DOWN_BUFFER = "eligen_lora_down_{}"
 _UP_BUFFER = "eligen_lora_up_{}"
 
 
-class LoraError(ValueError):
+class LoraError(ModelLoadError):
     """A LoRA that cannot be read or applied as asked.
 
     The message names the file where known and lists the offending keys (or modules); ``keys`` holds all of

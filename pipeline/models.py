@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from diffusers import FluxPipeline
 
+from .hub import fetch
 from .model_info import ModelLoadError
 
 Offload = Literal["none", "model", "sequential"]
+Quantize = Literal["none", "nf4", "int8", "fp8"]
+FULL_SIZE_LAYERS = 19  # FLUX.1-dev/schnell: 19 double-stream blocks, 12B parameters
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
 
@@ -39,10 +44,63 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.bfloat16
 
 
-def load_flux(model: str, device: torch.device, dtype: torch.dtype, offload: Offload = "none") -> FluxPipeline:
-    """A FluxPipeline from a diffusers folder or hub id, placed on `device` or offloaded to it."""
+def transformer_config(model: str) -> dict[str, Any]:
+    """The transformer config of a local folder, or of a hub model (fetched first: clear errors for gated
+    models, missing repos and an offline machine with an empty cache)."""
+    if Path(model).is_dir():
+        path = Path(model) / "transformer" / "config.json"
+        if not path.is_file():
+            raise ModelLoadError(f"{model} is not a diffusers FLUX folder: it has no transformer/config.json")
+    else:
+        fetch(model, "model_index.json")
+        path = fetch(model, "transformer/config.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_device(model: str, config: dict[str, Any], device: torch.device, explicit: bool) -> None:
+    """Refuse to run a full-size model on the CPU unless the CPU was asked for by name."""
+    if device.type != "cpu" or explicit or config.get("num_layers", 0) < FULL_SIZE_LAYERS:
+        return
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    blocks = 2 * config["num_layers"] + config["num_single_layers"]
+    billions = 12 * (width / 3072) ** 2 * blocks / (2 * 19 + 38)
+    raise ModelLoadError(
+        f"{model} is a full-size model (about {billions:.0f}B parameters) and no CUDA or MPS device was found; "
+        f"on the CPU it needs about {billions * 4:.0f} GB of memory in fp32 and minutes per step. "
+        f"Pass --device cpu to run it there anyway"
+    )
+
+
+def quantization(quantize: Quantize, dtype: torch.dtype) -> Any:
+    """A diffusers quantization config for the transformer (None for `none`)."""
+    if quantize == "none":
+        return None
+    from diffusers import PipelineQuantizationConfig
+
     try:
-        pipe = FluxPipeline.from_pretrained(model, dtype=dtype)
+        if quantize == "nf4":
+            from diffusers import BitsAndBytesConfig
+
+            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        else:
+            from diffusers import TorchAoConfig
+            from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig
+
+            config = TorchAoConfig(Int8WeightOnlyConfig() if quantize == "int8" else Float8WeightOnlyConfig())
+    except ImportError as exc:
+        package = "bitsandbytes" if quantize == "nf4" else "torchao"
+        raise ModelLoadError(f"--quantize {quantize} needs the {package} package: pip install {package}") from exc
+    return PipelineQuantizationConfig(quant_mapping={"transformer": config})
+
+
+def load_flux(
+    model: str, device: torch.device, dtype: torch.dtype, offload: Offload = "none", quantize: Quantize = "none",
+    explicit_device: bool = True,
+) -> FluxPipeline:
+    """A FluxPipeline from a diffusers folder or hub id, placed on `device` or offloaded to it."""
+    check_device(model, transformer_config(model), device, explicit_device)
+    try:
+        pipe = FluxPipeline.from_pretrained(model, dtype=dtype, quantization_config=quantization(quantize, dtype))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load the FLUX model {model!r}: {exc}") from exc
     if offload == "none":

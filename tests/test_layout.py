@@ -47,7 +47,7 @@ def test_defaults_are_as_documented() -> None:
     layout = parse_layout({"prompt": "a desk"})
     assert layout.version == 1
     assert layout.model == DEFAULT_MODEL == "black-forest-labs/FLUX.1-dev"
-    assert layout.loras == []
+    assert layout.loras is None  # the model's default LoRAs (EliGen for FLUX.1-dev)
     assert layout.size == (1024, 1024) and (layout.width, layout.height) == (1024, 1024)
     assert layout.seed is None and layout.seeds == []
     assert layout.steps == 50

@@ -1,0 +1,69 @@
+"""Files from the Hugging Face Hub through its cache, with errors that say what to do.
+
+Downloads respect `HF_HOME`, `HF_TOKEN` and `HF_HUB_OFFLINE` as every Hugging Face library does, and
+show huggingface_hub's own progress bars.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
+
+from .layout import LayoutError, LoraSpec
+from .model_info import ModelLoadError
+
+ELIGEN_LORA = LoraSpec(path="modelscope/EliGen", file="model_bf16.safetensors")  # DiffSynth-Studio/Eligen
+DEFAULT_LORAS = {"black-forest-labs/FLUX.1-dev": [ELIGEN_LORA]}  # what `loras` means when a layout omits it
+
+
+def hub_error(exc: Exception, repo_id: str, what: str) -> ModelLoadError:
+    """A Hugging Face Hub failure as a message a person can act on."""
+    if isinstance(exc, GatedRepoError):
+        return ModelLoadError(
+            f"{repo_id} is a gated model: accept its licence at https://huggingface.co/{repo_id} while logged "
+            f"in, then run `huggingface-cli login` (or set HF_TOKEN) on this machine"
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        return ModelLoadError(f"{repo_id} was not found on the Hugging Face Hub (or it is private: set HF_TOKEN)")
+    if isinstance(exc, LocalEntryNotFoundError):
+        return ModelLoadError(
+            f"{what} of {repo_id} is not in the local Hugging Face cache and cannot be downloaded now (offline: "
+            f"HF_HUB_OFFLINE is set, or no network); download it once with network access"
+        )
+    if isinstance(exc, EntryNotFoundError):
+        return ModelLoadError(f"{repo_id} has no file {what}")
+    return ModelLoadError(f"could not fetch {what} of {repo_id}: {exc}")
+
+
+def fetch(repo_id: str, filename: str) -> Path:
+    """One file of a hub repository, from the cache or downloaded into it."""
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except (HfHubHTTPError, LocalEntryNotFoundError, EntryNotFoundError, OSError, ValueError) as exc:
+        raise hub_error(exc, repo_id, filename) from exc
+
+
+def lora_file(spec: LoraSpec, base_dir: Path, source: str, field: str) -> Path:
+    """The local path of a LoRA: a local file, `repo-id` + `file`, or `repo-id/path/in/repo.safetensors`."""
+    local = (base_dir / Path(spec.path).expanduser()).resolve()
+    if spec.file is None and local.is_file():
+        return local
+    parts = spec.path.split("/")
+    if spec.file is not None and len(parts) == 2:
+        return fetch(spec.path, spec.file)
+    if spec.file is None and len(parts) >= 3 and spec.path.endswith(".safetensors") and not spec.path.startswith(
+        (".", "/", "~")
+    ):
+        return fetch("/".join(parts[:2]), "/".join(parts[2:]))
+    raise LayoutError(
+        source, field, f"expected a local .safetensors file or a hub LoRA, {spec.path!r} is neither",
+        f"{local} does not exist; a hub LoRA is `repo-id/path/in/repo.safetensors` or `path: repo-id` with `file:`",
+    )
