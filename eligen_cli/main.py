@@ -40,6 +40,9 @@ CfgOpt = Annotated[float | None, typer.Option(help="True CFG scale, 1 turns it o
 GuidanceOpt = Annotated[float | None, typer.Option(help="FLUX embedded guidance [file default: 3.5].")]
 ScheduleOpt = Annotated[Literal["flux", "diffsynth"] | None, typer.Option(help="Sigma schedule [file default: flux].")]
 ModelOpt = Annotated[str | None, typer.Option(help="Diffusers FLUX folder or hub id (overrides the file).")]
+TransformerOpt = Annotated[str | None, typer.Option(
+    help="Single-file transformer checkpoint replacing the model's: a local .safetensors or "
+    "hub-repo-id/path/in/repo.safetensors; the rest comes from the model (overrides the file).")]
 DeviceOpt = Annotated[str | None, typer.Option(help="cuda, mps or cpu [default: the best available].")]
 DtypeOpt = Annotated[Literal["bf16", "fp16", "fp32"] | None,
                      typer.Option(help="Weights dtype [default: bf16 on GPU, fp32 on CPU].")]
@@ -141,16 +144,17 @@ class _Models:
     def __init__(self, device: str | None, dtype: str | None, offload: str, quantize: str, fuse_loras: bool) -> None:
         self.options = {"device": device, "dtype": dtype, "offload": offload, "quantize": quantize,
                         "fuse_loras": fuse_loras}
-        self.loaded: dict[str, EligenPipeline] = {}
+        self.loaded: dict[tuple[str, str | None, str | None], EligenPipeline] = {}
 
-    def __call__(self, model: str, loras: object = None) -> EligenPipeline:
-        """The loaded model; with fused LoRAs, one copy per distinct LoRA set (`loras`)."""
+    def __call__(self, model: str, loras: object = None, transformer: str | None = None) -> EligenPipeline:
+        """The loaded model (with `transformer` replacing its own); with fused LoRAs, one copy per distinct LoRA
+        set (`loras`)."""
         from eligen.pipeline.generate import EligenPipeline
 
-        key = f"{model} {loras!r}" if self.options["fuse_loras"] else model
+        key = (model, transformer, repr(loras) if self.options["fuse_loras"] else None)
         if key not in self.loaded:
-            with err.status(f"loading {model}"):
-                self.loaded[key] = EligenPipeline.from_pretrained(model, **self.options)
+            with err.status(f"loading {model}" + (f" with transformer {transformer}" if transformer else "")):
+                self.loaded[key] = EligenPipeline.from_pretrained(model, transformer=transformer, **self.options)
         return self.loaded[key]
 
 
@@ -187,6 +191,7 @@ def generate(
     guidance: GuidanceOpt = None,
     schedule: ScheduleOpt = None,
     model: ModelOpt = None,
+    transformer: TransformerOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     offload: OffloadOpt = "none",
@@ -204,7 +209,7 @@ def generate(
     if output is not None and len(layouts) > 1:
         raise typer.BadParameter("names one file; with several layouts leave it out", param_hint="-o/--output")
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "schedule": schedule,
-                 "model": model, "loras": _lora_overrides(lora, lora_scale)}
+                 "model": model, "transformer": transformer, "loras": _lora_overrides(lora, lora_scale)}
     with _user_errors():
         jobs = []
         for path in layouts:
@@ -223,7 +228,7 @@ def generate(
             return
         models = _Models(device, dtype, offload, quantize, fuse_loras)
         for src, masks, _, outs in jobs:
-            _render(models(src.layout.model, src.layout.loras), src, masks, outs)
+            _render(models(src.layout.model, src.layout.loras, src.layout.transformer), src, masks, outs)
 
 
 def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: list[Path]) -> None:
@@ -263,6 +268,7 @@ def inpaint(
     cfg: CfgOpt = None,
     guidance: GuidanceOpt = None,
     model: ModelOpt = None,
+    transformer: TransformerOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     offload: OffloadOpt = "none",
@@ -281,13 +287,14 @@ def inpaint(
     from eligen.pipeline.regions import PATCH, inline_masks
 
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
-                 "loras": _lora_overrides(lora, lora_scale), "fusion": fusion, "dilate": dilate, "feather": feather}
+                 "transformer": transformer, "loras": _lora_overrides(lora, lora_scale), "fusion": fusion,
+                 "dilate": dilate, "feather": feather}
     with _user_errors():
         job = load_edits(image, edits, overrides)
         outs = job.output_paths(output)
         check_writable(outs + [_preview_path(p) for p in outs] * preview, overwrite)
         place(job.edits, job.masks, job.image.size, scale_factor(job.edits.model), job.source)  # fail early
-        pipe = _Models(device, dtype, offload, quantize, fuse_loras)(job.edits.model)
+        pipe = _Models(device, dtype, offload, quantize, fuse_loras)(job.edits.model, transformer=job.edits.transformer)
         canvas = place(job.edits, job.masks, job.image.size, pipe.scale_factor, job.source)
         (w, h), (gw, gh) = job.image.size, canvas.layout.size
         if (w, h) != (gw, gh):
@@ -325,3 +332,7 @@ def tiny_model(
     except FileExistsError as exc:
         raise _fail(exc, 1) from None
     err.print(f"wrote {path} (random weights: its images are noise)")
+
+from .train_command import register as _register_train  # noqa: E402
+
+_register_train(app)

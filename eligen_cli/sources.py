@@ -25,18 +25,36 @@ def seeded_paths(target: Path, seeds: list[int]) -> list[Path]:
     return [target.with_name(f"{target.stem}-{seed}{target.suffix or '.png'}") for seed in seeds]
 
 
+def resolve_transformer(value: str, base_dir: Path, source: str = "<layout>", field: str = "transformer") -> str:
+    """A single-file transformer: an existing local file (absolute path, resolved against `base_dir`), or
+    `hub-repo-id/path/in/repo.safetensors` unchanged."""
+    local = (base_dir / Path(value).expanduser()).resolve()
+    if local.is_file():
+        return str(local)
+    if len(value.split("/")) >= 3 and value.endswith(".safetensors") and not value.startswith((".", "/", "~")):
+        return value
+    raise LayoutError(source, field, f"expected a local .safetensors file or hub-repo-id/path/in/repo.safetensors, "
+                      f"{local} does not exist")
+
+
 def _resolve(layout: Layout, overrides: dict[str, Any], base_dir: Path, source: str) -> Layout:
-    """The layout with its model resolved: a command-line `model` against the current folder,
+    """The layout with its model and transformer resolved: command-line values against the current folder,
     the file's own against the file's folder."""
-    if "model" in overrides:
-        return layout
-    return layout.model_copy(update={"model": resolve_model(layout.model, base_dir, source)})
+    update = {}
+    if "model" not in overrides:
+        update["model"] = resolve_model(layout.model, base_dir, source)
+    if layout.transformer is not None and "transformer" not in overrides:
+        update["transformer"] = resolve_transformer(layout.transformer, base_dir, source)
+    return layout.model_copy(update=update)
 
 
 def _cli_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "model" in overrides:
         overrides["model"] = resolve_model(overrides["model"], Path.cwd(), "--model", "--model")
+    if "transformer" in overrides:
+        overrides["transformer"] = resolve_transformer(overrides["transformer"], Path.cwd(), "--transformer",
+                                                       "--transformer")
     return overrides
 
 

@@ -30,17 +30,21 @@ class EligenPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, model: str, *, device: str | None = None, dtype: str | None = None, offload: Offload = "none",
-        quantize: Quantize = "none", fuse_loras: bool = False,
+        cls, model: str, *, transformer: str | None = None, device: str | None = None, dtype: str | None = None,
+        offload: Offload = "none", quantize: Quantize = "none", fuse_loras: bool = False,
     ) -> EligenPipeline:
         """Load a diffusers FLUX folder or hub id (`black-forest-labs/FLUX.1-dev`).
 
+        `transformer` replaces the model's transformer with a single-file checkpoint (a local .safetensors file in
+        the BFL or diffusers key layout, or `repo-id/path/in/repo.safetensors`); its config and every other
+        component come from `model`.
         `quantize` loads the transformer quantised (nf4: bitsandbytes; int8, fp8: torchao weight-only);
         `fuse_loras` merges LoRAs into the weights (faster steps; then one set of LoRAs per loaded model).
         A full-size model is refused on the CPU unless `device="cpu"` is given explicitly.
         """
         target = pick_device(device)
-        flux = load_flux(model, target, pick_dtype(dtype, target), offload, quantize, explicit_device=bool(device))
+        flux = load_flux(model, target, pick_dtype(dtype, target), offload, quantize, explicit_device=bool(device),
+                         transformer=transformer)
         return cls(flux, model, fuse_loras)
 
     def lora_specs(self, layout: Layout) -> list[LoraSpec]:

@@ -102,6 +102,7 @@ class Layout(_Strict):
 
     version: Literal[1] = 1
     model: str = DEFAULT_MODEL
+    transformer: str | None = Field(default=None, min_length=1)  # single-file transformer checkpoint replacing model's
     loras: list[LoraSpec] | None = None  # None: the model's own default (the EliGen LoRA for FLUX.1-dev)
     size: tuple[Side, Side] = (1024, 1024)
     seed: int | list[int] | None = None
