@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from eligen import __version__
-from eligen.pipeline.layout import LayoutError
-from eligen.pipeline.outputs import OutputError, check_writable, save_png
+from eligen.pipeline.outputs import check_writable, save_png
 
+from .common import OverwriteOpt, err, fail, user_errors
 from .sources import LayoutSource, load_edits, load_source
 
 if TYPE_CHECKING:
@@ -31,7 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 # Options shared by the commands that render.
 SeedOpt = Annotated[list[int] | None, typer.Option(help="Seed; repeat for one image per seed.")]
@@ -56,7 +54,6 @@ LoraScaleOpt = Annotated[list[float] | None, typer.Option(
     "--lora-scale", help="Scale of each --lora, paired in order [default: 1.0].")]
 FuseOpt = Annotated[bool, typer.Option("--fuse-loras", help="Merge LoRAs into the weights (faster steps).")]
 PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write <output stem>.preview.png.")]
-OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing output files.")]
 
 
 def _lora_overrides(loras: list[str] | None, scales: list[float] | None) -> list[dict[str, Any]] | None:
@@ -86,24 +83,6 @@ def main(
     ] = False,
 ) -> None:
     """Entity-level controlled image generation (EliGen) on FLUX."""
-
-
-def _fail(message: object, code: int) -> typer.Exit:
-    err.print(Text.assemble(("error: ", "bold red"), str(message)))
-    return typer.Exit(code)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn the errors a person can fix into one clear message and the documented exit status."""
-    from eligen.pipeline.model_info import ModelLoadError
-
-    try:
-        yield
-    except LayoutError as exc:
-        raise _fail(exc, 2) from None
-    except (OutputError, ModelLoadError) as exc:
-        raise _fail(exc, 1) from None
 
 
 def _preview_image(src: LayoutSource, scale_factor: int) -> tuple[list[Any], Any]:
@@ -169,7 +148,7 @@ def preview(
     """Draw a layout's regions and the token cells the model will see, without loading a model."""
     from eligen.pipeline.model_info import scale_factor
 
-    with _user_errors():
+    with user_errors():
         src = load_source(layout, {})
         target = output or Path(f"{layout.stem}.preview.png")
         check_writable([target], overwrite)
@@ -210,7 +189,7 @@ def generate(
         raise typer.BadParameter("names one file; with several layouts leave it out", param_hint="-o/--output")
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "schedule": schedule,
                  "model": model, "transformer": transformer, "loras": _lora_overrides(lora, lora_scale)}
-    with _user_errors():
+    with user_errors():
         jobs = []
         for path in layouts:
             src = load_source(path, overrides)
@@ -289,7 +268,7 @@ def inpaint(
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
                  "transformer": transformer, "loras": _lora_overrides(lora, lora_scale), "fusion": fusion,
                  "dilate": dilate, "feather": feather}
-    with _user_errors():
+    with user_errors():
         job = load_edits(image, edits, overrides)
         outs = job.output_paths(output)
         check_writable(outs + [_preview_path(p) for p in outs] * preview, overwrite)
@@ -330,9 +309,12 @@ def tiny_model(
     try:
         path = build_tiny_flux(folder, seed=seed)
     except FileExistsError as exc:
-        raise _fail(exc, 1) from None
+        raise fail(exc, 1) from None
     err.print(f"wrote {path} (random weights: its images are noise)")
 
+from .agent_commands import register as _register_agent  # noqa: E402
+
+_register_agent(app)
 from .train_command import register as _register_train  # noqa: E402
 
 _register_train(app)

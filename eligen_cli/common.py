@@ -1,0 +1,38 @@
+"""What every command shares: the error console, the exit statuses of user errors, common options."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing output files.")]
+
+
+def fail(message: object, code: int) -> typer.Exit:
+    """Print `error: message` on stderr and return the exit to raise."""
+    err.print(Text.assemble(("error: ", "bold red"), str(message)))
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Errors a person can fix become one message: exit 2 for invalid input files, 1 for models, MLLMs and
+    outputs. Anything else is a bug and keeps its traceback."""
+    from eligen.agent.errors import AgentError
+    from eligen.pipeline.layout import LayoutError
+    from eligen.pipeline.model_info import ModelLoadError
+    from eligen.pipeline.outputs import OutputError
+
+    try:
+        yield
+    except LayoutError as exc:
+        raise fail(exc, 2) from None
+    except (AgentError, OutputError, ModelLoadError) as exc:
+        raise fail(exc, 1) from None
