@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from eligen.pipeline.layout import Edits, Layout, LayoutError, load_layout, parse_layout
-from eligen.pipeline.model_info import resolve_model
+from eligen.pipeline.model_info import is_hub_file, resolve_model
 from eligen.pipeline.outputs import read_png_metadata
 from eligen.pipeline.regions import entity_masks
 
@@ -31,7 +31,7 @@ def resolve_transformer(value: str, base_dir: Path, source: str = "<layout>", fi
     local = (base_dir / Path(value).expanduser()).resolve()
     if local.is_file():
         return str(local)
-    if len(value.split("/")) >= 3 and value.endswith(".safetensors") and not value.startswith((".", "/", "~")):
+    if is_hub_file(value):
         return value
     raise LayoutError(source, field, f"expected a local .safetensors file or hub-repo-id/path/in/repo.safetensors, "
                       f"{local} does not exist")

@@ -18,7 +18,7 @@ from huggingface_hub.errors import (
 )
 
 from .layout import LayoutError, LoraSpec
-from .model_info import ModelLoadError
+from .model_info import ModelLoadError, is_hub_file
 
 ELIGEN_LORA = LoraSpec(path="modelscope/EliGen", file="model_bf16.safetensors")  # DiffSynth-Studio/Eligen
 DEFAULT_LORAS = {"black-forest-labs/FLUX.1-dev": [ELIGEN_LORA]}  # what `loras` means when a layout omits it
@@ -51,19 +51,27 @@ def fetch(repo_id: str, filename: str) -> Path:
         raise hub_error(exc, repo_id, filename) from exc
 
 
+def local_or_hub_file(spec: str, base_dir: Path = Path(".")) -> Path | None:
+    """A local file (relative to `base_dir`), or `repo-id/path/in/repo.safetensors` fetched through the hub cache;
+    None when `spec` is neither."""
+    local = (base_dir / Path(spec).expanduser()).resolve()
+    if local.is_file():
+        return local
+    if is_hub_file(spec):
+        parts = spec.split("/")
+        return fetch("/".join(parts[:2]), "/".join(parts[2:]))
+    return None
+
+
 def lora_file(spec: LoraSpec, base_dir: Path, source: str, field: str) -> Path:
     """The local path of a LoRA: a local file, `repo-id` + `file`, or `repo-id/path/in/repo.safetensors`."""
-    local = (base_dir / Path(spec.path).expanduser()).resolve()
-    if spec.file is None and local.is_file():
-        return local
-    parts = spec.path.split("/")
-    if spec.file is not None and len(parts) == 2:
+    if spec.file is not None and len(spec.path.split("/")) == 2:
         return fetch(spec.path, spec.file)
-    if spec.file is None and len(parts) >= 3 and spec.path.endswith(".safetensors") and not spec.path.startswith(
-        (".", "/", "~")
-    ):
-        return fetch("/".join(parts[:2]), "/".join(parts[2:]))
-    raise LayoutError(
-        source, field, f"expected a local .safetensors file or a hub LoRA, {spec.path!r} is neither",
-        f"{local} does not exist; a hub LoRA is `repo-id/path/in/repo.safetensors` or `path: repo-id` with `file:`",
-    )
+    path = local_or_hub_file(spec.path, base_dir) if spec.file is None else None
+    if path is None:
+        raise LayoutError(
+            source, field, f"expected a local .safetensors file or a hub LoRA, {spec.path!r} is neither",
+            f"{(base_dir / spec.path).resolve()} does not exist; a hub LoRA is `repo-id/path/in/repo.safetensors` "
+            f"or `path: repo-id` with `file:`",
+        )
+    return path

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
+from .flux_names import DOUBLE_BLOCK_LINEARS, GLOBAL_LINEARS, SHIFT_SCALE_SWAPPED, SINGLE_BLOCK_LINEARS, kohya_stem
 from .model_info import ModelLoadError
 
 __all__ = [
@@ -99,49 +100,6 @@ _STYLE_PREFIXES: tuple[tuple[LoraStyle, tuple[str, ...]], ...] = (
 )
 _NEUTRAL_PREFIXES = ("x_embedder.", "context_embedder.")
 _PEFT_STRIP = ("transformer.", "base_model.model.")
-
-# Double-stream block layers: (kohya stem, reference name, diffusers modules in the source's row order).
-_DOUBLE_LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("img_attn_qkv", "attn.a_to_qkv", ("attn.to_q", "attn.to_k", "attn.to_v")),
-    ("txt_attn_qkv", "attn.b_to_qkv", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")),
-    ("img_attn_proj", "attn.a_to_out", ("attn.to_out.0",)),
-    ("txt_attn_proj", "attn.b_to_out", ("attn.to_add_out",)),
-    ("img_mlp_0", "ff_a.0", ("ff.net.0.proj",)),
-    ("img_mlp_2", "ff_a.2", ("ff.net.2",)),
-    ("txt_mlp_0", "ff_b.0", ("ff_context.net.0.proj",)),
-    ("txt_mlp_2", "ff_b.2", ("ff_context.net.2",)),
-    ("img_mod_lin", "norm1_a.linear", ("norm1.linear",)),
-    ("txt_mod_lin", "norm1_b.linear", ("norm1_context.linear",)),
-)
-# Single-stream block layers; linear1 / to_qkv_mlp rows are q, k, v (inner_dim each), then the MLP input.
-_SINGLE_LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("linear1", "to_qkv_mlp", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
-    ("linear2", "proj_out", ("proj_out",)),
-    ("modulation_lin", "norm.linear", ("norm.linear",)),
-)
-# Layers outside the blocks: (kohya stem, reference name, diffusers module).
-_GLOBAL_LAYERS: tuple[tuple[str, str, str], ...] = (
-    ("img_in", "x_embedder", "x_embedder"),
-    ("txt_in", "context_embedder", "context_embedder"),
-    ("time_in_in_layer", "time_embedder.timestep_embedder.0", "time_text_embed.timestep_embedder.linear_1"),
-    ("time_in_out_layer", "time_embedder.timestep_embedder.2", "time_text_embed.timestep_embedder.linear_2"),
-    ("vector_in_in_layer", "pooled_text_embedder.0", "time_text_embed.text_embedder.linear_1"),
-    ("vector_in_out_layer", "pooled_text_embedder.2", "time_text_embed.text_embedder.linear_2"),
-    (
-        "guidance_in_in_layer",
-        "guidance_embedder.timestep_embedder.0",
-        "time_text_embed.guidance_embedder.linear_1",
-    ),
-    (
-        "guidance_in_out_layer",
-        "guidance_embedder.timestep_embedder.2",
-        "time_text_embed.guidance_embedder.linear_2",
-    ),
-    ("final_layer_linear", "final_proj_out", "proj_out"),
-    ("final_layer_adaLN_modulation_1", "final_norm_out.linear", "norm_out.linear"),
-)
-# Modules whose output rows are (shift, scale) in BFL / reference order and (scale, shift) in diffusers.
-_SHIFT_SCALE_SWAPPED = frozenset({"norm_out.linear"})
 
 # Names of what apply_loras attaches to a Linear (non-persistent buffers, so state_dict() is unchanged).
 _FACTORS_ATTR = "_eligen_lora_factors"
@@ -268,16 +226,17 @@ def _sources(style: LoraStyle, linears: Mapping[str, tuple[int, int]]) -> dict[s
     num_double = sum(1 for m in linears if m.startswith("transformer_blocks.") and m.endswith(".attn.to_q"))
     num_single = sum(1 for m in linears if m.startswith("single_transformer_blocks.") and m.endswith(".attn.to_q"))
     for i in range(num_double):
-        for stem, native, parts in _DOUBLE_LAYERS:
-            name = f"lora_unet_double_blocks_{i}_{stem}" if style == "kohya" else f"blocks.{i}.{native}"
+        for bfl, native, parts in DOUBLE_BLOCK_LINEARS:
+            name = f"lora_unet_double_blocks_{i}_{kohya_stem(bfl)}" if style == "kohya" else f"blocks.{i}.{native}"
             table[name] = source(*(f"transformer_blocks.{i}.{p}" for p in parts))
     for j in range(num_single):
-        for stem, native, parts in _SINGLE_LAYERS:
+        for bfl, native, parts in SINGLE_BLOCK_LINEARS:
+            stem = kohya_stem(bfl)
             name = f"lora_unet_single_blocks_{j}_{stem}" if style == "kohya" else f"single_blocks.{j}.{native}"
             table[name] = source(*(f"single_transformer_blocks.{j}.{p}" for p in parts))
-    for stem, native, module in _GLOBAL_LAYERS:
-        name = f"lora_unet_{stem}" if style == "kohya" else native
-        table[name] = source(module, swap=module in _SHIFT_SCALE_SWAPPED)
+    for bfl, native, (module,) in GLOBAL_LINEARS:
+        name = f"lora_unet_{kohya_stem(bfl)}" if style == "kohya" else native
+        table[name] = source(module, swap=module in SHIFT_SCALE_SWAPPED)
     if style == "kohya":  # kohya keys that carry flattened diffusers names
         for module in linears:
             table["lora_transformer_" + module.replace(".", "_")] = source(module)

@@ -30,6 +30,11 @@ def resolve_model(model: str, base_dir: Path, source: str = "<layout>", field: s
     return model
 
 
+def is_hub_file(spec: str) -> bool:
+    """Whether `spec` names a file in a hub repository: `repo-id/path/in/repo.safetensors`."""
+    return len(spec.split("/")) >= 3 and spec.endswith(".safetensors") and not spec.startswith((".", "/", "~"))
+
+
 def _local_json(model: str, relative: str) -> dict | None:
     path = Path(model) / relative
     if not path.is_file():

@@ -18,8 +18,8 @@ from eligen.main import app
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import LayoutError, parse_layout
 from eligen.pipeline.model_info import ModelLoadError
-from eligen.pipeline.models import bfl_shapes, bfl_to_diffusers, diffusers_shapes
 from eligen.pipeline.outputs import read_png_metadata
+from eligen.pipeline.single_file import bfl_shapes, bfl_to_diffusers, diffusers_shapes
 from eligen.sources import load_source, resolve_transformer
 
 runner = CliRunner()
@@ -202,7 +202,7 @@ def test_hub_file_is_fetched(tiny_model: Path, bfl_file: Path, original: dict, m
         fetched.append((repo_id, filename))
         return bfl_file
 
-    monkeypatch.setattr("eligen.pipeline.models.fetch", fake_fetch)
+    monkeypatch.setattr("eligen.pipeline.hub.fetch", fake_fetch)
     pipe = EligenPipeline.from_pretrained(str(tiny_model), transformer="some-org/fine-tunes/v2/flux.safetensors",
                                           device="cpu", dtype="fp32")
     assert fetched == [("some-org/fine-tunes", "v2/flux.safetensors")]
