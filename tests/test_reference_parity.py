@@ -46,7 +46,7 @@ STEP = 17  # a mid-schedule timestep of the 50-step reference schedule
 N_IMAGE = (WIDTH // 16) * (HEIGHT // 16)
 PROMPT = "a photo of a table with a cup, a book and a hat"
 NEGATIVE = "dark, low quality"
-ENTITIES = ["a red cup", "an old book", "a blue hat"]
+ENTITIES = ["a red cup", "an old book", "a blue hat", "a small coin"]
 
 
 # ---------------------------------------------------------------- the two sides
@@ -171,8 +171,9 @@ def timestep() -> torch.Tensor:
 
 
 def entity_images() -> list[Image.Image]:
-    """Three RGB masks at pixel size, as the reference takes them: a box, an ellipse overlapping it, and an
-    arbitrary grey-level blob whose three channels differ (the rule thresholds their mean)."""
+    """Four RGB masks at pixel size, as the reference takes them: a box, an ellipse overlapping it, an
+    arbitrary grey-level blob whose three channels differ (the rule thresholds their mean), and a region of one
+    token (a 6x6-px square around the centre of one 8x8 latent cell)."""
     box = Image.new("RGB", (WIDTH, HEIGHT))
     ImageDraw.Draw(box).rectangle((13, 19, 94, 101), fill="white")
     ellipse = Image.new("RGB", (WIDTH, HEIGHT))
@@ -183,7 +184,9 @@ def entity_images() -> list[Image.Image]:
         for _ in range(3)
     ]
     blob = Image.fromarray(np.stack(channels, axis=2))
-    return [box, ellipse, blob]
+    tiny = Image.new("RGB", (WIDTH, HEIGHT))
+    ImageDraw.Draw(tiny).rectangle((161, 97, 166, 102), fill="white")  # holds the centre (164, 100) of one cell
+    return [box, ellipse, blob, tiny]
 
 
 def layout_with_masks(images: list[Image.Image], folder: Path, **fields) -> Layout:
@@ -226,7 +229,7 @@ def test_plain_forward_matches_reference(models, tiny_pipe, encode, latents, tim
 # ---------------------------------------------------------------- b. the EliGen forward
 
 
-@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("k", [2, 3, 4])
 def test_eligen_forward_matches_reference(k, models, tiny_pipe, encode, latents, timestep, tmp_path) -> None:
     transformer, dit = models
     images = entity_images()[:k]
@@ -244,6 +247,8 @@ def test_eligen_forward_matches_reference(k, models, tiny_pipe, encode, latents,
     allowed = (mask[0, 0] == 0).numpy()
     assert allowed[:T5_LENGTH, T5_LENGTH:2 * T5_LENGTH].sum() == 0  # entity prompts do not see each other
     assert (regions[0] & regions[1]).any()  # the regions overlap
+    if k == 4:
+        assert regions[3].sum() == 1  # a region of a single token
 
     ours = our_forward(transformer, latents, timestep, positive)
     reference = reference_forward(dit, latents, timestep, inputs, encode(PROMPT)[1])
