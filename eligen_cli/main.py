@@ -18,8 +18,10 @@ from rich.text import Text
 from eligen import __version__
 from eligen.pipeline.outputs import check_writable, save_png
 
+from .agent_commands import register as register_agent_commands
 from .common import OverwriteOpt, err, fail, user_errors
 from .sources import LayoutSource, load_edits, load_source
+from .train_command import register as register_train_command
 
 if TYPE_CHECKING:
     from eligen.pipeline.generate import EligenPipeline
@@ -312,9 +314,5 @@ def tiny_model(
         raise fail(exc, 1) from None
     err.print(f"wrote {path} (random weights: its images are noise)")
 
-from .agent_commands import register as _register_agent  # noqa: E402
-
-_register_agent(app)
-from .train_command import register as _register_train  # noqa: E402
-
-_register_train(app)
+register_agent_commands(app)
+register_train_command(app)

@@ -1,0 +1,50 @@
+"""Two training processes through accelerate's launcher (torchrun, gloo on the CPU) against one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eligen.pipeline.train import train
+from eligen.pipeline.train_config import TrainConfig
+from eligen.pipeline.train_example import write_example_dataset
+
+OPTIONS = {"steps": "4", "rank": "4", "lr": "0.01", "resolution": "64", "bucket-step": "16", "num-workers": "0",
+           "save-every": "2", "entity-dropout": "0.3"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_processes_train_the_weights_of_one(tiny_model: Path, tmp_path: Path) -> None:
+    data = write_example_dataset(tmp_path / "data", 8)
+    arguments = [f"--{k}={v}" for k, v in OPTIONS.items()]
+    command = [sys.executable, "-m", "eligen", "train", "--data", str(data), "--model", str(tiny_model),
+               "-o", str(tmp_path / "two"), "--batch-size", "1", "--num-processes", "2",
+               "--no-gradient-checkpointing", *arguments]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints" / "step-000004").glob("rng-*")) == [
+        "rng-0.safetensors", "rng-1.safetensors"]
+
+    options = {k.replace("-", "_"): v for k, v in OPTIONS.items()}
+    one = TrainConfig(data=data, model=str(tiny_model), output=tmp_path / "one", batch_size=2,
+                      gradient_checkpointing=False, **options)
+    train(one)
+    a, b = load_file(tmp_path / "one" / "lora.safetensors"), load_file(tmp_path / "two" / "lora.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+    assert any(a[k].abs().max() > 1e-2 for k in a if "lora_B" in k)  # it did train
