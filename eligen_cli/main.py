@@ -20,6 +20,7 @@ from eligen.pipeline.outputs import check_writable, save_png
 
 from .agent_commands import register as register_agent_commands
 from .common import OverwriteOpt, err, fail, user_errors
+from .shapes_commands import register as register_shapes_commands
 from .sources import LayoutSource, load_edits, load_source
 from .train_command import register as register_train_command
 
@@ -316,3 +317,4 @@ def tiny_model(
 
 register_agent_commands(app)
 register_train_command(app)
+register_shapes_commands(app)

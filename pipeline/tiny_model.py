@@ -89,7 +89,7 @@ def _bpe_symbols(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     return symbols
 
 
-def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _clip_vocab_and_merges(words: tuple[str, ...] = _COMMON_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Byte-level CLIP vocabulary: all 256 byte symbols (plain and word-final), merges, specials.
 
     Every byte has a symbol, so any text tokenizes without unknown tokens. Merges are added one at a
@@ -100,7 +100,7 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     tokens: list[str] = [*symbols, *(s + _END_OF_WORD for s in symbols)]
     ranks: dict[tuple[str, str], int] = {}
     known = set(tokens)
-    for word in _COMMON_WORDS:
+    for word in words:
         pieces = _bpe_symbols(word, ranks)
         while len(pieces) > 1:
             ranks[(pieces[0], pieces[1])] = len(ranks)
@@ -112,7 +112,7 @@ def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {tok: idx for idx, tok in enumerate(tokens)}, list(ranks)
 
 
-def _t5_vocab() -> list[tuple[str, float]]:
+def _t5_vocab(words: tuple[str, ...] = _COMMON_WORDS) -> list[tuple[str, float]]:
     """Unigram T5 vocabulary: <pad>=0, </s>=1, <unk>=2, then "▁", characters and "▁"-words.
 
     Each printable ASCII character exists both alone and with the "▁" prefix, so any English text is
@@ -123,7 +123,7 @@ def _t5_vocab() -> list[tuple[str, float]]:
     vocab += [(c, -6.0) for c in chars]
     vocab += [(_T5_SPACE + c, -5.0) for c in chars]
     seen = {piece for piece, _ in vocab}
-    for word in _COMMON_WORDS:
+    for word in words:
         for form in (word, word.capitalize()):
             piece = _T5_SPACE + form
             if piece not in seen:
@@ -132,11 +132,11 @@ def _t5_vocab() -> list[tuple[str, float]]:
     return vocab
 
 
-def _build_tokenizers(max_sequence_length: int) -> tuple[object, object]:
-    """Build the CLIP and T5 tokenizers in memory (no files, no downloads)."""
+def _build_tokenizers(max_sequence_length: int, words: tuple[str, ...] = _COMMON_WORDS) -> tuple[object, object]:
+    """Build the CLIP and T5 tokenizers in memory (no files, no downloads); each of `words` is one token."""
     from transformers import CLIPTokenizer, T5TokenizerFast
 
-    vocab, merges = _clip_vocab_and_merges()
+    vocab, merges = _clip_vocab_and_merges(words)
     clip_tokenizer = CLIPTokenizer(
         vocab=vocab,
         merges=merges,
@@ -147,7 +147,7 @@ def _build_tokenizers(max_sequence_length: int) -> tuple[object, object]:
         model_max_length=_CLIP_MAX_LENGTH,
     )
     t5_tokenizer = T5TokenizerFast(
-        vocab=_t5_vocab(),
+        vocab=_t5_vocab(words),
         eos_token=_T5_EOS,
         unk_token=_T5_UNK,
         pad_token=_T5_PAD,

@@ -1,0 +1,128 @@
+"""A classical detector for shape scenes: which coloured shape is where.
+
+Pixels take the nearest palette colour when it is within `MAX_DISTANCE` and nearer than the background
+(the median of the image border); connected components of one colour (4-neighbourhood, at least
+`MIN_AREA` pixels at 64x64, scaled with the image area) are candidate shapes; the fill ratio of a
+component in its bounding box gives its class (square >= 0.89, circle >= 0.64, else triangle).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .shapes import PALETTE, SHAPES
+
+MAX_DISTANCE = 90.0  # RGB distance to the palette colour
+MIN_AREA = 12  # pixels at 64x64
+SQUARE_FILL, CIRCLE_FILL = 0.89, 0.64
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1 and y1 exclusive
+
+
+@dataclass(frozen=True)
+class Component:
+    """A connected region of one palette colour."""
+
+    colour: str
+    box: Box
+    area: int
+
+    @property
+    def fill(self) -> float:
+        return self.area / ((self.box[2] - self.box[0]) * (self.box[3] - self.box[1]))
+
+    @property
+    def shape(self) -> str:
+        return "square" if self.fill >= SQUARE_FILL else "circle" if self.fill >= CIRCLE_FILL else "triangle"
+
+
+@dataclass(frozen=True)
+class EntityScore:
+    """How well one entity ("a red circle" in its box) came out in an image."""
+
+    prompt: str
+    colour: str | None
+    shape: str | None
+    found_shape: str | None  # the shape class of the best component of the right colour, None when none
+    iou: float
+
+    @property
+    def success(self) -> bool:
+        return self.colour is not None and self.found_shape == self.shape and self.iou >= 0.5
+
+
+def parse_entity(prompt: str) -> tuple[str | None, str | None]:
+    """(colour, shape) named in an entity prompt, None for a word it lacks."""
+    words = prompt.lower().replace(",", " ").split()
+    colour = next((w for w in words if w in PALETTE), None)
+    shape = next((w for w in words if w in SHAPES), None)
+    return colour, shape
+
+
+def colour_labels(pixels: np.ndarray) -> np.ndarray:
+    """(H, W) index into `PALETTE` of each pixel's colour, -1 for background or no palette colour."""
+    rgb = pixels.astype(np.float32)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    background = np.median(border, axis=0)
+    palette = np.array(list(PALETTE.values()), dtype=np.float32)
+    distances = np.linalg.norm(rgb[:, :, None, :] - palette[None, None], axis=-1)
+    nearest = distances.argmin(axis=-1)
+    best = distances.min(axis=-1)
+    to_background = np.linalg.norm(rgb - background, axis=-1)
+    return np.where((best <= MAX_DISTANCE) & (best < to_background), nearest, -1)
+
+
+def _components(mask: np.ndarray) -> list[tuple[Box, int]]:
+    """(box, area) of each 4-connected component of a bool mask."""
+    seen = np.zeros_like(mask)
+    height, width = mask.shape
+    found = []
+    for y, x in zip(*np.nonzero(mask), strict=True):
+        if seen[y, x]:
+            continue
+        seen[y, x] = True
+        queue, area, x0, y0, x1, y1 = deque([(y, x)]), 0, x, y, x, y
+        while queue:
+            cy, cx = queue.popleft()
+            area += 1
+            x0, y0, x1, y1 = min(x0, cx), min(y0, cy), max(x1, cx), max(y1, cy)
+            for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    queue.append((ny, nx))
+        found.append(((int(x0), int(y0), int(x1) + 1, int(y1) + 1), area))
+    return found
+
+
+def detect(image: Image.Image) -> list[Component]:
+    """Every shape-sized component of a palette colour in the image."""
+    pixels = np.asarray(image.convert("RGB"))
+    labels = colour_labels(pixels)
+    min_area = max(1, round(MIN_AREA * pixels.shape[0] * pixels.shape[1] / 64**2))
+    names = list(PALETTE)
+    return [Component(names[index], box, area)
+            for index in np.unique(labels[labels >= 0])
+            for box, area in _components(labels == index) if area >= min_area]
+
+
+def box_iou(a: Box | tuple[float, ...], b: Box | tuple[float, ...]) -> float:
+    """Intersection over union of two boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def score_entity(components: list[Component], prompt: str, box: tuple[float, ...]) -> EntityScore:
+    """Score one entity: the component of its colour that overlaps its box best, its IoU and shape class."""
+    colour, shape = parse_entity(prompt)
+    candidates = [c for c in components if c.colour == colour]
+    if not candidates:
+        return EntityScore(prompt, colour, shape, None, 0.0)
+    best = max(candidates, key=lambda c: box_iou(c.box, box))
+    return EntityScore(prompt, colour, shape, best.shape, box_iou(best.box, box))

@@ -1,0 +1,39 @@
+"""Assemble the built-in shapes models from a recipe run (last step of docs/shapes.md).
+
+    python recipes/shapes_ship.py --base runs/shapes/base --eligen runs/shapes/eligen -o pipeline/models
+
+Writes OUT/shapes-base (the base folder as written by shapes_base.py) and OUT/shapes (the same folder with
+the transformer of `eligen train --full` in fp16 in place of the base transformer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import FluxTransformer2DModel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, required=True, help="folder written by shapes_base.py")
+    parser.add_argument("--eligen", type=Path, required=True, help="output folder of `eligen train --full`")
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    args = parser.parse_args()
+
+    base, shapes = args.output / "shapes-base", args.output / "shapes"
+    for target in (base, shapes):
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(args.base, target)
+    shutil.rmtree(shapes / "transformer")
+    transformer = FluxTransformer2DModel.from_pretrained(args.eligen / "transformer", torch_dtype=torch.float16)
+    transformer.save_pretrained(shapes / "transformer", safe_serialization=True)
+    shutil.copy(args.eligen / "config.json", shapes / "eligen_train_config.json")
+    print(f"wrote {base} and {shapes}")
+
+
+if __name__ == "__main__":
+    main()

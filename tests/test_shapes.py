@@ -1,0 +1,113 @@
+"""Shape scenes, the classical detector and `eligen data shapes` / `eligen eval`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from eligen.pipeline.dataset import read_dataset
+from eligen.pipeline.detect import box_iou, detect, parse_entity, score_entity
+from eligen.pipeline.shapes import PALETTE, render, scenes, shape_mask, write_shapes_dataset
+from eligen.shapes_commands import register
+
+runner = CliRunner()
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """Test app."""
+
+    register(app)
+    return app
+
+
+def test_scenes_are_a_function_of_the_seed() -> None:
+    assert scenes(20, seed=3) == scenes(20, seed=3)
+    assert scenes(20, seed=3) != scenes(20, seed=4)
+
+
+def test_dataset_is_deterministic_and_valid(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_shapes_dataset(a, 12, seed=5, layouts=tmp_path / "layouts")
+    write_shapes_dataset(b, 12, seed=5)
+    assert (a / "metadata.jsonl").read_bytes() == (b / "metadata.jsonl").read_bytes()
+    for image in (a / "images").iterdir():
+        assert image.read_bytes() == (b / "images" / image.name).read_bytes()
+    assert len(list((tmp_path / "layouts").glob("*.yaml"))) == 12
+    assert len(read_dataset(a, scale_factor=4, resolution=64, step=16, decode=True).samples) == 12
+
+
+def test_scenes_have_distinct_colours_and_disjoint_shapes() -> None:
+    for scene in scenes(200, seed=0):
+        assert 1 <= len(scene.shapes) <= 4
+        colours = [s.colour for s in scene.shapes]
+        assert len(set(colours)) == len(colours)
+        masks = [shape_mask(s, scene.size) for s in scene.shapes]
+        assert not np.any(np.sum(masks, axis=0) > 1)
+        assert scene.caption == " and ".join(f"a {s.colour} {s.kind}" for s in scene.shapes)
+        assert min(scene.background) > 200
+
+
+def test_detector_is_exact_on_ground_truth_renders() -> None:
+    for scene in scenes(150, seed=11):
+        components = detect(render(scene))
+        for shape in scene.shapes:
+            score = score_entity(components, shape.prompt, shape.box)
+            assert score.iou > 0.99 and score.found_shape == shape.kind and score.success, (shape, score)
+
+
+def test_detector_misses_are_scored_as_failures() -> None:
+    scene = scenes(1, seed=2, counts=(1,))[0]
+    blank = Image.new("RGB", (64, 64), scene.background)
+    score = score_entity(detect(blank), scene.shapes[0].prompt, scene.shapes[0].box)
+    assert score.iou == 0.0 and not score.success
+    assert parse_entity("a purple triangle") == ("purple", "triangle")
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == 1 / 3
+
+
+def test_detector_tolerates_noise_and_larger_images() -> None:
+    rng = np.random.default_rng(0)
+    scene = scenes(1, seed=7, size=128, counts=(3,))[0]
+    pixels = np.asarray(render(scene)).astype(np.int16) + rng.integers(-20, 21, (128, 128, 3))
+    components = detect(Image.fromarray(pixels.clip(0, 255).astype(np.uint8)))
+    assert all(score_entity(components, s.prompt, s.box).success for s in scene.shapes)
+    assert set(PALETTE) >= {c.colour for c in components}
+
+
+def test_data_shapes_command(tmp_path: Path) -> None:
+    result = runner.invoke(_app(), ["data", "shapes", "-o", str(tmp_path / "d"), "--n", "5", "--seed", "1",
+                                    "--entities", "2-3", "--layouts", str(tmp_path / "l")])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "d" / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and all(2 <= len(json.loads(line)["entities"]) <= 3 for line in lines)
+    assert len(list((tmp_path / "d" / "masks").glob("*.png"))) == sum(len(json.loads(x)["entities"]) for x in lines)
+    bad = runner.invoke(_app(), ["data", "shapes", "-o", str(tmp_path / "e"), "--entities", "0-9"])
+    assert bad.exit_code == 2
+
+
+def test_eval_command_runs_and_writes_report(tiny_model: Path, tmp_path: Path) -> None:
+    write_shapes_dataset(tmp_path / "d", 2, seed=0, counts=(2,),
+                         layouts=tmp_path / "layouts")
+    result = runner.invoke(_app(), ["eval", str(tmp_path / "layouts"), "--model", str(tiny_model), "--seeds", "2",
+                                    "--steps", "2", "-o", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert report["images"] == 4 and report["entities"] == 8
+    assert 0.0 <= report["miou"] <= 1.0
+    assert Image.open(tmp_path / "out" / "contact.png").size[0] > 0
+
+
+def test_eval_refuses_layouts_without_boxes(tiny_model: Path, tmp_path: Path) -> None:
+    layout = tmp_path / "poly.yaml"
+    layout.write_text("size: [64, 64]\nprompt: a red circle\nentities:\n"
+                      "  - prompt: a red circle\n    polygon: [[1, 1], [40, 1], [20, 30]]\n")
+    result = runner.invoke(_app(), ["eval", str(layout), "--model", str(tiny_model)])
+    assert result.exit_code == 2 and "expected a box to score, got a polygon" in result.output
