@@ -57,6 +57,13 @@ LoraScaleOpt = Annotated[list[float] | None, typer.Option(
     "--lora-scale", help="Scale of each --lora, paired in order [default: 1.0].")]
 FuseOpt = Annotated[bool, typer.Option("--fuse-loras", help="Merge LoRAs into the weights (faster steps).")]
 PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write <output stem>.preview.png.")]
+EntityTokensOpt = Annotated[str | None, typer.Option(
+    help="T5 tokens per entity prompt: max (padded, as the reference), auto (its own tokens) or a number "
+    "[file default: max].")]
+AttentionOpt = Annotated[Literal["dense", "flex", "split"] | None, typer.Option(
+    help="How the regional mask runs: dense (exact to the reference), flex or split (sparse, same result within "
+    "float tolerance) [file default: dense].")]
+BatchCfgOpt = Annotated[bool, typer.Option("--batch-cfg", help="Run both CFG branches in one batched pass.")]
 
 
 def _lora_overrides(loras: list[str] | None, scales: list[float] | None) -> list[dict[str, Any]] | None:
@@ -172,6 +179,9 @@ def generate(
     cfg: CfgOpt = None,
     guidance: GuidanceOpt = None,
     schedule: ScheduleOpt = None,
+    entity_tokens: EntityTokensOpt = None,
+    attention: AttentionOpt = None,
+    batch_cfg: BatchCfgOpt = False,
     model: ModelOpt = None,
     transformer: TransformerOpt = None,
     device: DeviceOpt = None,
@@ -191,6 +201,7 @@ def generate(
     if output is not None and len(layouts) > 1:
         raise typer.BadParameter("names one file; with several layouts leave it out", param_hint="-o/--output")
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "schedule": schedule,
+                 "entity_tokens": _entity_tokens(entity_tokens), "attention": attention,
                  "model": model, "transformer": transformer, "loras": _lora_overrides(lora, lora_scale)}
     with user_errors():
         jobs = []
@@ -210,10 +221,15 @@ def generate(
             return
         models = _Models(device, dtype, offload, quantize, fuse_loras)
         for src, masks, _, outs in jobs:
-            _render(models(src.layout.model, src.layout.loras, src.layout.transformer), src, masks, outs)
+            _render(models(src.layout.model, src.layout.loras, src.layout.transformer), src, masks, outs, batch_cfg)
 
 
-def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: list[Path]) -> None:
+def _entity_tokens(value: str | None) -> str | int | None:
+    """`--entity-tokens`: a number of tokens as an int, a name as it is (the layout validates both)."""
+    return int(value) if value is not None and value.isdigit() else value
+
+
+def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: list[Path], batch_cfg: bool) -> None:
     """Render every seed of one layout, writing each PNG with the resolved layout embedded."""
     from eligen.pipeline.regions import inline_masks
 
@@ -223,7 +239,7 @@ def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: lis
         update={"max_sequence_length": pipe.max_sequence_length(layout), "loras": pipe.lora_specs(layout)})
     for seed, out in zip(src.seeds, outs, strict=True):
         with _progress(f"{src.path.name} seed {seed}", layout.steps) as on_step:
-            tokens = pipe.sample(layout, positive, negative, seed, on_step=on_step)
+            tokens = pipe.sample(layout, positive, negative, seed, on_step=on_step, batch_cfg=batch_cfg)
         metadata = {
             "eligen_version": __version__,
             "model": layout.model,
@@ -249,6 +265,8 @@ def inpaint(
     steps: StepsOpt = None,
     cfg: CfgOpt = None,
     guidance: GuidanceOpt = None,
+    entity_tokens: EntityTokensOpt = None,
+    attention: AttentionOpt = None,
     model: ModelOpt = None,
     transformer: TransformerOpt = None,
     device: DeviceOpt = None,
@@ -270,7 +288,8 @@ def inpaint(
 
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
                  "transformer": transformer, "loras": _lora_overrides(lora, lora_scale), "fusion": fusion,
-                 "dilate": dilate, "feather": feather}
+                 "dilate": dilate, "feather": feather, "entity_tokens": _entity_tokens(entity_tokens),
+                 "attention": attention}
     with user_errors():
         job = load_edits(image, edits, overrides)
         outs = job.output_paths(output)

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import FluxPipeline
 
-from .regional_attention import regional_attention_mask
+from .regional_attention import padded_text, regional_attention_mask
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from .attention_backends import SplitMask
 
 
 @dataclass(frozen=True)
 class Conditioning:
     """Everything one transformer pass is conditioned on, built once per generation."""
 
-    prompt_embeds: torch.Tensor  # (1, L, D): [entity_1 | ... | entity_k | global] T5 embeddings
-    pooled: torch.Tensor  # (1, D_pooled): CLIP pooled vector of the global prompt
+    prompt_embeds: torch.Tensor  # (B, L, D): [entity_1 | ... | entity_k | global] T5 embeddings
+    pooled: torch.Tensor  # (B, D_pooled): CLIP pooled vector of the global prompt
     text_ids: torch.Tensor  # (L, 3): zeros over the whole text length
-    attention_mask: torch.Tensor | None  # (1, 1, N, N) additive regional mask, None for plain FLUX
+    # (B, 1, N, N) additive regional mask (the sampler may turn it into a sparse form), None for plain FLUX
+    attention_mask: torch.Tensor | BlockMask | SplitMask | None
 
 
 class PromptEncoder:
@@ -39,21 +46,47 @@ class PromptEncoder:
             self._cache[prompt] = (t5, pooled)
         return self._cache[prompt]
 
+    def token_count(self, prompt: str) -> int:
+        """T5 tokens of `prompt` before the padding: its own tokens and the end token, at most max_sequence_length."""
+        tokens = self.pipe.tokenizer_2(prompt, padding="max_length", max_length=self.max_sequence_length,
+                                       truncation=True, return_tensors="pt")
+        return int(tokens.attention_mask.sum())
+
 
 def conditioning(
-    encode: PromptEncoder, prompt: str, entity_prompts: Sequence[str], token_regions: torch.Tensor | None
+    encode: PromptEncoder, prompt: str, entity_prompts: Sequence[str], token_regions: torch.Tensor | None,
+    entity_lengths: Sequence[int] | None = None,
 ) -> Conditioning:
     """Concatenate `[entities..., global]` and build the regional mask (plain FLUX without entities).
 
-    `token_regions` is (k, n_image) bool, one row per entity prompt, or None when k = 0.
+    `token_regions` is (k, n_image) bool, one row per entity prompt, or None when k = 0. `entity_lengths` keeps
+    the first tokens of each entity's T5 encoding (default: all max_sequence_length of them, as the reference).
+    T5 runs on the padded prompt either way (FLUX runs it without an attention mask, so the padding changes the
+    embeddings of the real tokens): the tokens kept are exactly the reference's.
     """
     t5, pooled = encode(prompt)
     if not entity_prompts:
         text_ids = torch.zeros(t5.shape[1], 3, device=t5.device, dtype=t5.dtype)
         return Conditioning(t5, pooled, text_ids, None)
-    groups = [encode(p)[0] for p in entity_prompts] + [t5]
+    lengths = entity_lengths or [t5.shape[1]] * len(entity_prompts)
+    groups = [encode(p)[0][:, :n] for p, n in zip(entity_prompts, lengths, strict=True)] + [t5]
     embeds = torch.cat(groups, dim=1)
     text_ids = torch.zeros(embeds.shape[1], 3, device=t5.device, dtype=t5.dtype)
     assert token_regions is not None and token_regions.shape[0] == len(entity_prompts)
     mask = regional_attention_mask(token_regions, [g.shape[1] for g in groups], t5.dtype, t5.device)
     return Conditioning(embeds, pooled, text_ids, mask)
+
+
+def batched(branches: Sequence[Conditioning], n_image: int) -> Conditioning:
+    """The branches (e.g. CFG's positive and negative) as one batch: each text padded with masked tokens to the
+    longest one. The padding is invisible to the real tokens, so every branch's result is unchanged."""
+    length = max(c.prompt_embeds.shape[1] for c in branches)
+    embeds = torch.cat([torch.nn.functional.pad(c.prompt_embeds, (0, 0, 0, length - c.prompt_embeds.shape[1]))
+                        for c in branches])
+    pooled = torch.cat([c.pooled for c in branches])
+    text_ids = torch.zeros(length, 3, device=embeds.device, dtype=branches[0].text_ids.dtype)
+    if all(c.attention_mask is None and c.prompt_embeds.shape[1] == length for c in branches):
+        return Conditioning(embeds, pooled, text_ids, None)
+    masks = [padded_text(c.attention_mask, c.prompt_embeds.shape[1], length, n_image, embeds.dtype, embeds.device)
+             for c in branches]
+    return Conditioning(embeds, pooled, text_ids, torch.cat(masks))

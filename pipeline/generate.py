@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -10,13 +11,37 @@ from diffusers import FluxPipeline
 from PIL import Image
 
 from . import model_info
+from .attention_backends import Attention
 from .encode import Conditioning, PromptEncoder, conditioning
 from .hub import DEFAULT_LORAS, lora_file
-from .layout import Layout, LoraSpec
+from .layout import Layout, LayoutError, LoraSpec
 from .lora import LoraError, apply_loras, load_lora, remove_loras
 from .models import Offload, Quantize, load_flux, pick_device, pick_dtype
 from .regions import check_canvas, entity_masks, token_masks
 from .sampler import Fuse, StepCallback, denoise, get_noise, get_schedule, image_ids, pack, unpack
+
+EntityTokens = Literal["max", "auto"] | int  # a layout's `entity_tokens`
+
+
+def entity_lengths(
+    encode: PromptEncoder, budget: EntityTokens, prompts: list[str], field: str | None = None
+) -> list[int]:
+    """T5 tokens kept of each entity prompt's padded encoding: all (`max`, the reference), the prompt's own with
+    its end token (`auto`), or N, which must hold every prompt."""
+    if budget == "max":
+        return [encode.max_sequence_length] * len(prompts)
+    counts = [encode.token_count(p) for p in prompts]
+    if budget == "auto":
+        return counts
+    if budget > encode.max_sequence_length:
+        raise LayoutError("<layout>", "entity_tokens",
+                          f"expected at most max_sequence_length ({encode.max_sequence_length}), got {budget}")
+    for i, n in enumerate(counts):
+        if n > budget:
+            raise LayoutError("<layout>", field or f"entities[{i}].prompt",
+                              f"expected at most {budget} T5 tokens (entity_tokens), got {n} with the end token",
+                              "shorten the prompt, or raise entity_tokens (or use auto)")
+    return [budget] * len(prompts)
 
 
 class EligenPipeline:
@@ -101,12 +126,14 @@ class EligenPipeline:
         encode = PromptEncoder(self.flux, self.max_sequence_length(layout))
         prompts = [e.prompt for e in layout.entities]
         token_regions = torch.from_numpy(regions) if prompts else None
-        positive = conditioning(encode, layout.prompt, prompts, token_regions)
+        lengths = entity_lengths(encode, layout.entity_tokens, prompts)
+        positive = conditioning(encode, layout.prompt, prompts, token_regions, lengths)
         if layout.cfg <= 1.0:
             return positive, None
         if layout.regions_on_negative and prompts:
-            negative = conditioning(encode, layout.negative_prompt, [layout.negative_prompt] * len(prompts),
-                                    token_regions)
+            negatives = [layout.negative_prompt] * len(prompts)
+            negative = conditioning(encode, layout.negative_prompt, negatives, token_regions,
+                                    entity_lengths(encode, layout.entity_tokens, negatives, "negative_prompt"))
         else:
             negative = conditioning(encode, layout.negative_prompt, [], None)
         return positive, negative
@@ -114,8 +141,13 @@ class EligenPipeline:
     def sample(
         self, layout: Layout, positive: Conditioning, negative: Conditioning | None, seed: int,
         on_step: StepCallback | None = None, fuse_positive: Fuse | None = None, fuse_negative: Fuse | None = None,
+        attention: Attention | None = None, batch_cfg: bool = False,
     ) -> torch.Tensor:
-        """Denoised packed latents for one seed (with inpainting fusion when `fuse_*` are given)."""
+        """Denoised packed latents for one seed (with inpainting fusion when `fuse_*` are given).
+
+        `attention` (default: the layout's) picks how the regional mask runs (`attention_backends`); `batch_cfg`
+        runs CFG's two branches as one batched pass.
+        """
         transformer = self.flux.transformer
         latent_h, latent_w = layout.height // self.scale_factor, layout.width // self.scale_factor
         channels = transformer.config.in_channels // 4
@@ -124,7 +156,7 @@ class EligenPipeline:
         sigmas, timesteps = get_schedule(layout.schedule, layout.steps, x.shape[1], self.flux.scheduler.config)
         guidance = layout.guidance if transformer.config.guidance_embeds else None
         return denoise(transformer, x, ids, sigmas, timesteps, positive, negative, layout.cfg, guidance, on_step,
-                       fuse_positive, fuse_negative)
+                       fuse_positive, fuse_negative, attention or layout.attention, batch_cfg)
 
     @torch.inference_mode()
     def encode_image(self, image: Image.Image) -> torch.Tensor:

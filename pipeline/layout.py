@@ -114,6 +114,8 @@ class Layout(_Strict):
     prompt: str
     negative_prompt: str = ""
     max_sequence_length: PositiveInt | None = Field(default=None, le=512)
+    entity_tokens: Literal["max", "auto"] | int = "max"  # T5 tokens kept per entity prompt
+    attention: Literal["dense", "flex", "split"] = "dense"  # how the regional mask runs (attention_backends)
     regions_on_negative: bool = False
     color_mask: str | None = None
     entities: list[Entity] = []
@@ -140,6 +142,13 @@ class Layout(_Strict):
         if not value.strip():
             raise ValueError("expected a non-empty prompt")
         return value
+
+    @field_validator("entity_tokens", mode="before")
+    @classmethod
+    def _token_budget(cls, value: Any) -> Any:
+        if value in ("max", "auto") or (type(value) is int and 1 <= value <= 512):
+            return value
+        raise ValueError(f"expected max, auto or a number of T5 tokens from 1 to 512, got {value!r}")
 
     @property
     def width(self) -> int:

@@ -8,6 +8,9 @@ dual- and single-stream block at every step:
 * entity i's prompt and the image tokens of region i see each other;
 * the global prompt and every image token see each other;
 * image tokens see all image tokens.
+
+Padding a branch's text to a longer one (to batch CFG's branches) adds a group of pad tokens that sees only
+itself and that no other token sees (`padded_text`).
 """
 
 from __future__ import annotations
@@ -50,3 +53,20 @@ def regional_attention_mask(
 ) -> torch.Tensor:
     """The (1, 1, N, N) additive EliGen mask for `token_regions` (k, n_image) and prompt group lengths."""
     return additive_mask(allowed_attention(token_regions.to(device), group_lengths), dtype)
+
+
+def padded_text(
+    mask: torch.Tensor | None, text_length: int, padded_length: int, n_image: int, dtype: torch.dtype,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """A branch's (1, 1, N, N) additive mask (None: all allowed) with pad tokens inserted after its text.
+
+    The pad tokens see each other only and no other token sees them, so the real tokens attend exactly as before.
+    """
+    n = text_length + n_image
+    real = torch.cat([torch.arange(text_length), torch.arange(padded_length, padded_length + n_image)]).to(device)
+    allowed = torch.zeros(padded_length + n_image, padded_length + n_image, dtype=torch.bool, device=device)
+    allowed[text_length:padded_length, text_length:padded_length] = True
+    seen = torch.ones(n, n, dtype=torch.bool, device=device) if mask is None else mask[0, 0] == 0
+    allowed[real[:, None], real[None, :]] = seen
+    return additive_mask(allowed, dtype)

@@ -8,6 +8,7 @@ diffusers `FluxTransformer2DModel`; regional attention reaches every block throu
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -15,7 +16,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from .encode import Conditioning
+from .attention_backends import Attention, attention_form, use_regional_processor
+from .encode import Conditioning, batched
 
 Schedule = Literal["flux", "diffsynth"]
 StepCallback = Callable[[int, int], None]
@@ -86,19 +88,36 @@ def predict(
     transformer: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
     img_ids: torch.Tensor, guidance: torch.Tensor | None,
 ) -> torch.Tensor:
-    """One transformer pass: the velocity for tokens `x` at `timestep` (0..1000) under `cond`."""
-    attention = {"attention_mask": cond.attention_mask} if cond.attention_mask is not None else None
+    """One transformer pass: the velocity for tokens `x` at `timestep` (0..1000) under `cond`.
+
+    `cond.attention_mask` may be in any form of `attention_backends` (a dense additive mask, a BlockMask, a
+    SplitMask); `x` of batch 1 is repeated to the conditioning's batch.
+    """
+    mask = cond.attention_mask
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        use_regional_processor(transformer)
+    x = x.expand(cond.prompt_embeds.shape[0], -1, -1)
     return transformer(
         hidden_states=x,
         timestep=timestep.expand(x.shape[0]).to(x.dtype) / 1000,
-        guidance=guidance,
+        guidance=guidance.expand(x.shape[0]) if guidance is not None else None,
         pooled_projections=cond.pooled,
         encoder_hidden_states=cond.prompt_embeds,
         txt_ids=cond.text_ids,
         img_ids=img_ids,
-        joint_attention_kwargs=attention,
+        joint_attention_kwargs={"attention_mask": mask} if mask is not None else None,
         return_dict=False,
     )[0]
+
+
+def branches(positive: Conditioning, negative: Conditioning | None, n_image: int, attention: Attention = "dense",
+             batch_cfg: bool = False) -> list[Conditioning]:
+    """The transformer passes of one step (CFG's two branches as one batch with `batch_cfg`), masks in the form
+    `attention` runs, built once for the whole loop."""
+    passes = [positive] if negative is None else [positive, negative]
+    if batch_cfg and len(passes) > 1:
+        passes = [batched(passes, n_image)]
+    return [replace(c, attention_mask=attention_form(c.attention_mask, attention)) for c in passes]
 
 
 @torch.inference_mode()
@@ -115,22 +134,23 @@ def denoise(
     on_step: StepCallback | None = None,
     fuse_positive: Fuse | None = None,
     fuse_negative: Fuse | None = None,
+    attention: Attention = "dense",
+    batch_cfg: bool = False,
 ) -> torch.Tensor:
     """Euler steps from sigmas[0] to sigmas[-1]; true CFG `v = v_neg + cfg (v_pos - v_neg)` when cfg > 1.
 
     `fuse_positive` / `fuse_negative` replace a branch's prediction outside the inpainting regions
-    before CFG (paper Algorithm 1).
+    before CFG (paper Algorithm 1). `attention` picks how the regional mask runs; `batch_cfg` runs both
+    CFG branches in one batched pass (the same result; about twice the activation memory).
     """
-    g = torch.full((x.shape[0],), guidance, device=x.device, dtype=torch.float32) if guidance is not None else None
+    g = torch.full((1,), guidance, device=x.device, dtype=torch.float32) if guidance is not None else None
+    passes = branches(positive, negative if cfg > 1.0 else None, x.shape[1], attention, batch_cfg)
     for i, t in enumerate(timesteps.to(x.device)):
         sigma = sigmas[i].item()
-        v = predict(transformer, x, t, positive, img_ids, g)
-        if fuse_positive is not None:
-            v = fuse_positive(v, x, sigma)
-        if negative is not None and cfg > 1.0:
-            v_neg = predict(transformer, x, t, negative, img_ids, g)
-            if fuse_negative is not None:
-                v_neg = fuse_negative(v_neg, x, sigma)
+        both = torch.cat([predict(transformer, x, t, c, img_ids, g) for c in passes])  # (1 or 2 branches, n, d)
+        v = both[:1] if fuse_positive is None else fuse_positive(both[:1], x, sigma)
+        if len(both) == 2:
+            v_neg = both[1:] if fuse_negative is None else fuse_negative(both[1:], x, sigma)
             v = v_neg + cfg * (v - v_neg)
         x = (x.float() + (sigmas[i + 1] - sigmas[i]).item() * v).to(v.dtype)
         if on_step is not None:

@@ -1,0 +1,394 @@
+"""Per-step transformer time and peak memory of EliGen regional attention against plain FLUX and the reference.
+
+    python benchmarks/regional_attention.py [--config tiny|medium|full] [--sizes 512 1024] [--entities 1 2 4 8]
+        [--attention dense split] [--repeats 5] [--threads N] [--dtype fp32|bf16] [--steps 4]
+
+A step is one transformer pass (CFG makes two per sampling step). Every variant runs in this process on the same
+weights: plain FLUX (the global prompt only), ours with k entities for each `--attention` form and entity token
+budget (`max`: the reference's padding, `auto`: each entity's own tokens), and the reference, `diffsynth`'s
+`model_fn_flux_image` on its `FluxDiT` holding the same weights (tests/reference_flux.py). After one warm-up call
+each (FlexAttention compiles there), the variants run interleaved, in alternating order, `--repeats` times; the
+table gives medians and their ratios. Peak memory is measured in one more call per variant: on CUDA
+`torch.cuda.max_memory_allocated` above the memory in use before the call; on the CPU the peak resident set size
+above the resident set before the call (Linux: `/proc/self/clear_refs` and `VmHWM`, with glibc told to return
+large freed blocks at once, so that the resident set follows the tensors alive). The FLOP columns are the
+theoretical minimum ratios from token counts: multiply-adds of the linear layers (12 d^2 per token per block) and
+of attention over the allowed query/key pairs only (2 d per pair).
+The whole-generation table times `EligenPipeline.prepare` (text encoding, regions, mask), `sample` (all steps,
+true CFG) and `decode`, so that per-call overheads show.
+
+Configs (random weights, nothing downloaded):
+* tiny: the test suite's model (2 + 2 blocks, width 32, T5 width 32), everything else tiny too;
+* medium: 1 + 2 blocks of width 1024 (8 heads of 128, FLUX's head size and rotary axes), tiny text encoders and VAE;
+* full: FLUX.1-dev's architecture (19 + 38 blocks, width 3072) with full-size T5-XXL, CLIP-L and VAE in bf16 on
+  CUDA. It needs a GPU with about 45 GB (estimated: both DiTs share the weights that convert one to one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import date
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FluxPipeline, FluxTransformer2DModel
+from torch.nn.attention.flex_attention import BlockMask
+
+from eligen.pipeline.attention_backends import SplitMask, attention_form
+from eligen.pipeline.encode import Conditioning
+from eligen.pipeline.generate import EligenPipeline
+from eligen.pipeline.layout import Layout, parse_layout
+from eligen.pipeline.sampler import get_noise, image_ids, pack, predict
+from eligen.pipeline.tiny_model import build_tiny_flux
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from diffsynth.pipelines.flux_image import model_fn_flux_image
+from diffsynth.utils.state_dict_converters.flux_dit import FluxDiTStateDictConverterFromDiffusers
+from reference_flux import TinyFluxDiT
+
+T5_LENGTH = 512
+GUIDANCE = 3.5
+PROMPT = "a photo of a city street in the day with people, trees, a car and a house, detailed, high quality"
+ENTITY_PROMPTS = [
+    "a red car on the street", "an old woman wearing a blue dress", "a large green tree", "a small black dog",
+    "a white house with a red door", "a man sitting on a chair", "a yellow bird in the sky", "a little girl with a hat",
+]
+MEDIUM = {"num_layers": 1, "num_single_layers": 2, "attention_head_dim": 128, "num_attention_heads": 8,
+          "axes_dims_rope": (16, 56, 56), "joint_attention_dim": 32, "pooled_projection_dim": 32}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running a transformer pass, and what it computes."""
+
+    name: str
+    k: int
+    run: Callable[[], object]
+    tokens: int  # sequence length N
+    pairs: int  # query/key pairs it must compute at least (the allowed ones)
+    mask_bytes: int = 0  # the mask in the form the variant runs, built once per layout
+    reference: bool = False
+
+
+# ---------------------------------------------------------------- models
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def full_size_components(tiny: FluxPipeline, device: str, dtype: torch.dtype) -> dict[str, object]:
+    """FLUX.1-dev's transformer, T5-XXL, CLIP-L and VAE with random weights (the tiny model's tokenizers)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    with torch.device(device), default_dtype(dtype):
+        transformer = FluxTransformer2DModel(guidance_embeds=True)  # the defaults are FLUX.1-dev's sizes
+        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                                     feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                            num_hidden_layers=12, num_attention_heads=12, projection_dim=768,
+                                            hidden_act="quick_gelu", eos_token_id=tiny.tokenizer.eos_token_id))
+        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
+                            scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                            use_post_quant_conv=False)
+    return {**tiny.components, "transformer": transformer, "text_encoder_2": t5, "text_encoder": clip, "vae": vae}
+
+
+def build_pipeline(config: str, folder: Path, device: str, dtype: torch.dtype) -> EligenPipeline:
+    """The config's components in an EligenPipeline (the tiny model's tokenizers and scheduler throughout)."""
+    tiny = FluxPipeline.from_pretrained(build_tiny_flux(folder / "tiny", max_sequence_length=T5_LENGTH))
+    if config == "full":
+        return EligenPipeline(FluxPipeline(**full_size_components(tiny, device, dtype)), "benchmark")
+    if config == "medium":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            tiny = FluxPipeline(**{**tiny.components, "transformer": FluxTransformer2DModel(
+                guidance_embeds=True, **MEDIUM)})
+    return EligenPipeline(tiny.to(device, dtype), "benchmark")
+
+
+def reference_dit(transformer: FluxTransformer2DModel) -> TinyFluxDiT:
+    """The reference DiT holding `transformer`'s weights, converted as tests/reference_flux.py converts them, but
+    built on the meta device and given the converted tensors in place (a full-size model needs no host copy)."""
+    config = transformer.config
+    dim = config.num_attention_heads * config.attention_head_dim
+    with torch.device("meta"):
+        dit = TinyFluxDiT(dim=dim, heads=config.num_attention_heads, num_blocks=config.num_layers,
+                          num_single_blocks=config.num_single_layers, axes_dim=list(config.axes_dims_rope),
+                          context_dim=config.joint_attention_dim, pooled_dim=config.pooled_projection_dim,
+                          input_dim=config.in_channels, guidance=config.guidance_embeds)
+    source = transformer.state_dict()
+    state = FluxDiTStateDictConverterFromDiffusers(source)
+    for suffix in ("weight", "bias"):  # diffusers' final norm is (scale, shift), the reference's (shift, scale)
+        rows = source[f"norm_out.linear.{suffix}"]
+        state[f"final_norm_out.linear.{suffix}"] = torch.cat([rows[dim:], rows[:dim]])
+    dit.load_state_dict(state, strict=True, assign=True)
+    return dit.eval()
+
+
+# ---------------------------------------------------------------- layouts and variants
+
+
+def layout(side: int, k: int, entity_tokens: str = "max", steps: int = 4) -> Layout:
+    """A square canvas with k overlapping boxes (16% of the image each)."""
+    entities = [{"prompt": ENTITY_PROMPTS[i % len(ENTITY_PROMPTS)],
+                 "box": [round(0.13 * i % 0.6, 2), round(0.29 * i % 0.6, 2),
+                         round(0.13 * i % 0.6 + 0.4, 2), round(0.29 * i % 0.6 + 0.4, 2)]} for i in range(k)]
+    return parse_layout({"size": [side, side], "prompt": PROMPT, "negative_prompt": "low quality", "steps": steps,
+                         "cfg": 3.0, "guidance": GUIDANCE, "units": "fraction", "max_sequence_length": T5_LENGTH,
+                         "entity_tokens": entity_tokens, "entities": entities, "loras": [], "seed": 0})
+
+
+def variants(pipe: EligenPipeline, dit: TinyFluxDiT, side: int, ks: list[int], attentions: list[str]) -> list[Variant]:
+    """Plain FLUX, ours for every k, form and token budget, and the reference for every k, at one size."""
+    transformer, dtype, device = pipe.flux.transformer, pipe.dtype, pipe.device
+    latent = side // pipe.scale_factor
+    noise = get_noise(0, transformer.config.in_channels // 4, latent, latent, dtype).to(device)
+    x, ids, n_image = pack(noise), image_ids(latent, latent, device, dtype), (latent // 2) ** 2
+    t, g = torch.tensor(500.0, device=device), torch.full((1,), GUIDANCE, device=device)
+
+    def ours(cond: Conditioning) -> Callable[[], object]:
+        return lambda: predict(transformer, x, t, cond, ids, g)
+
+    plain, _ = pipe.conditionings(layout(side, 0), np.zeros((0, n_image), dtype=bool))
+    n_plain = plain.prompt_embeds.shape[1] + n_image
+    found = [Variant("plain FLUX", 0, ours(plain), n_plain, n_plain**2)]
+    for k in ks:
+        regions = pipe.token_regions(layout(side, k), Path("."))
+        for tokens in ("max", "auto"):
+            cond, _ = pipe.conditionings(layout(side, k, tokens), regions)
+            n = cond.prompt_embeds.shape[1] + n_image
+            pairs = int((cond.attention_mask == 0).sum())
+            for attention in attentions:
+                form = attention_form(cond.attention_mask, attention)
+                found.append(Variant(f"ours k={k} {attention} {tokens}", k, ours(replace(cond, attention_mask=form)),
+                                     n, pairs, held_bytes(form)))
+            if tokens == "max":
+                found.append(Variant(f"reference k={k}", k, reference_step(dit, noise, t, cond, regions, latent),
+                                     n, n**2, reference=True))
+    return found
+
+
+def held_bytes(form: object) -> int:
+    """Bytes of the tensors a mask form holds (a BlockMask's `mask_mod` holds the (B, N, N) bool mask)."""
+    if isinstance(form, torch.Tensor):
+        return form.numel() * form.element_size()
+    if isinstance(form, SplitMask):
+        return sum(held_bytes(i) for e in form.elements for piece in e.pieces for i in piece[:2])
+    if isinstance(form, BlockMask):
+        allowed = form.mask_mod.__closure__[0].cell_contents
+        return held_bytes(allowed) + sum(held_bytes(t) for t in form.as_tuple() if isinstance(t, torch.Tensor))
+    return 0
+
+
+def reference_step(dit: TinyFluxDiT, noise: torch.Tensor, t: torch.Tensor, cond: Conditioning, regions: np.ndarray,
+                   latent: int) -> Callable[[], object]:
+    """One `model_fn_flux_image` pass with the reference's EliGen inputs for our `max` conditioning."""
+    k, dtype, device = len(regions), noise.dtype, noise.device
+    length = cond.prompt_embeds.shape[1] // (k + 1)
+    entity_emb = cond.prompt_embeds[:, : k * length].unflatten(1, (k, length))
+    grid = torch.from_numpy(regions).to(device).view(1, k, 1, latent // 2, 1, latent // 2, 1)
+    masks = grid.expand(1, k, 1, latent // 2, 2, latent // 2, 2).reshape(1, k, 1, latent, latent).to(dtype)
+    inputs = {"prompt_emb": cond.prompt_embeds[:, k * length:], "pooled_prompt_emb": cond.pooled,
+              "guidance": torch.tensor([GUIDANCE], dtype=dtype, device=device),
+              "text_ids": torch.zeros(1, length, 3, dtype=dtype, device=device),
+              "image_ids": dit.prepare_image_ids(noise), "entity_prompt_emb": entity_emb, "entity_masks": masks}
+    return lambda: model_fn_flux_image(dit=dit, latents=noise, timestep=t[None], **inputs)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def _proc_status(key: str) -> int:
+    """A /proc/self/status value in bytes."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(key))
+    return int(line.split()[1]) * 1024
+
+
+def release_freed_memory() -> None:
+    """Have glibc give large freed blocks back to the system at once (a fixed mmap threshold of 64 KiB), so that
+    the resident set follows the memory in use and its peak measures a call (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Bytes of peak memory above the memory in use before one call (None where it cannot be measured)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with torch.inference_mode():
+            fn()
+        return torch.cuda.max_memory_allocated(device) - before
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+        before = _proc_status("VmRSS")
+    except OSError:
+        return None
+    with torch.inference_mode():
+        fn()
+    return _proc_status("VmHWM") - before
+
+
+def measure(found: list[Variant], repeats: int, device: torch.device) -> dict[str, tuple[float, int | None]]:
+    """Median seconds (interleaved runs in alternating order, after one warm-up each) and peak memory."""
+    for variant in found:
+        timed(variant.run, device)
+    times: dict[str, list[float]] = {v.name: [] for v in found}
+    for r in range(repeats):
+        for variant in found if r % 2 == 0 else found[::-1]:
+            times[variant.name].append(timed(variant.run, device))
+    return {v.name: (statistics.median(times[v.name]), peak_memory(v.run, device)) for v in found}
+
+
+def macs(config: dict, tokens: int, pairs: int) -> float:
+    """Multiply-adds of one pass: linear layers (12 d^2 per token per block) and attention (2 d per pair)."""
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    return (config["num_layers"] + config["num_single_layers"]) * (12 * dim**2 * tokens + 2 * dim * pairs)
+
+
+def step_table(found: list[Variant], results: dict[str, tuple[float, int | None]], config: dict) -> list[str]:
+    plain = found[0]
+    references = {v.k: v for v in found if v.reference}
+    rows = ["| variant | tokens | ms / step | vs plain | vs reference | peak MiB | mask MiB | min FLOPs vs plain | "
+            "min FLOPs vs reference |", "|---|---|---|---|---|---|---|---|---|"]
+    for v in found:
+        seconds, peak = results[v.name]
+        reference = references.get(v.k)
+        vs_reference = f"{seconds / results[reference.name][0]:.2f}" if reference and not v.reference else ""
+        flops_reference = (f"{macs(config, v.tokens, v.pairs) / macs(config, reference.tokens, reference.pairs):.2f}"
+                           if reference and not v.reference else "")
+        rows.append(f"| {v.name} | {v.tokens} | {seconds * 1000:.1f} | {seconds / results[plain.name][0]:.2f} | "
+                    f"{vs_reference} | {'' if peak is None else f'{peak / 2**20:.0f}'} | {v.mask_bytes / 2**20:.0f} | "
+                    f"{macs(config, v.tokens, v.pairs) / macs(config, plain.tokens, plain.pairs):.2f} | "
+                    f"{flops_reference} |")
+    return rows
+
+
+def generation_table(pipe: EligenPipeline, side: int, k: int, attentions: list[str], steps: int,
+                     repeats: int) -> list[str]:
+    """Median seconds of prepare (text encoding, regions, mask), sampling and decoding, per setting."""
+    settings = [("plain FLUX", 0, "max", "dense", False)]
+    settings += [(f"k={k} {a} {tokens}", k, tokens, a, False) for tokens in ("max", "auto") for a in attentions]
+    settings += [(f"k={k} {attentions[-1]} auto, batched CFG", k, "auto", attentions[-1], True)]
+    rows = ["| setting | prepare s | sampling s | decode s | total s |", "|---|---|---|---|---|"]
+    for name, entities, tokens, attention, batch_cfg in settings:
+        spec = layout(side, entities, tokens, steps)
+        phases: list[list[float]] = [[], [], []]
+        for _ in range(repeats):
+            started = time.perf_counter()
+            positive, negative = pipe.prepare(spec)
+            prepared = time.perf_counter()
+            latents = pipe.sample(spec, positive, negative, 0, attention=attention, batch_cfg=batch_cfg)
+            synchronize(pipe.device)
+            sampled = time.perf_counter()
+            pipe.decode(latents, spec)
+            for phase, seconds in zip(phases, (prepared - started, sampled - prepared, time.perf_counter() - sampled),
+                                      strict=True):
+                phase.append(seconds)
+        medians = [statistics.median(p) for p in phases]
+        rows.append(f"| {name} | {medians[0]:.2f} | {medians[1]:.2f} | {medians[2]:.2f} | {sum(medians):.2f} |")
+    return rows
+
+
+def rotary_line(pipe: EligenPipeline, side: int, k: int, repeats: int) -> str:
+    """What recomputing the rotary tables costs in each forward (diffusers takes ids, not tables)."""
+    transformer, device, dtype = pipe.flux.transformer, pipe.device, pipe.dtype
+    latent = side // pipe.scale_factor
+    ids = torch.cat([torch.zeros((k + 1) * T5_LENGTH, 3, device=device, dtype=dtype),
+                     image_ids(latent, latent, device, dtype)])
+    seconds = statistics.median(timed(lambda: transformer.pos_embed(ids), device) for _ in range(repeats))
+    return f"rotary tables for {len(ids)} tokens (recomputed inside every forward): {seconds * 1000:.1f} ms"
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.is_file() else []
+    return f"{names[0] if names else platform.processor()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=["tiny", "medium", "full"], default="tiny")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--entities", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--attention", nargs="+", choices=["dense", "flex", "split"], default=["dense", "split"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each variant")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: torch's]")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
+                        help="[default: fp32 for tiny, bf16 for medium and full]")
+    parser.add_argument("--steps", type=int, default=4, help="sampling steps of the whole-generation table")
+    parser.add_argument("--no-generation", action="store_true", help="skip the whole-generation table")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    release_freed_memory()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("fp32" if args.config == "tiny" else "bf16")]
+    device = torch.device("cuda" if args.config == "full" else "cpu")
+    if args.config == "full" and not torch.cuda.is_available():
+        raise SystemExit("--config full needs a CUDA GPU (FLUX.1-dev's size, about 45 GB)")
+    with tempfile.TemporaryDirectory() as folder:
+        pipe = build_pipeline(args.config, Path(folder), str(device), dtype)
+        run(pipe, args, device, dtype)
+
+
+def run(pipe: EligenPipeline, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
+    """Print the header, then the tables of every size."""
+    config = dict(pipe.flux.transformer.config)
+    dit = reference_dit(pipe.flux.transformer)
+    print(f"{date.today()}, {machine(device)}, torch {torch.__version__}, diffusers {version('diffusers')}, "
+          f"diffsynth {version('diffsynth')}, {dtype}, config {args.config} ({config['num_layers']} + "
+          f"{config['num_single_layers']} blocks, width {config['num_attention_heads'] * config['attention_head_dim']}"
+          f"), T5 length {T5_LENGTH}, {args.repeats} interleaved runs per variant (medians)\n"
+          f"command: {' '.join(sys.argv)}")
+    for side in args.sizes:
+        found = variants(pipe, dit, side, args.entities, args.attention)
+        results = measure(found, args.repeats, device)
+        print(f"\n### {side}x{side}: one transformer pass\n")
+        print("\n".join(step_table(found, results, config)))
+        print(f"\n{rotary_line(pipe, side, max(args.entities), args.repeats)}")
+        if not args.no_generation:
+            print(f"\n### {side}x{side}: whole generation, {args.steps} steps, true CFG, k = {max(args.entities)}\n")
+            print("\n".join(generation_table(pipe, side, max(args.entities), args.attention, args.steps,
+                                             max(1, args.repeats // 2))))
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""How the regional mask is run: dense, block-sparse (FlexAttention) or split into unmasked pieces.
+
+The dense additive mask (`regional_attention`) gives the reference's result bit for bit, but it makes every
+query meet every key and keeps attention off the kernels that take no mask (flash attention). The two sparse
+forms compute only the allowed query/key pairs and equal the dense form within float tolerance (they sum in
+another order):
+
+* `flex`: a FlexAttention `BlockMask` (128 x 128 blocks; blocks with nothing allowed are skipped), run by
+  `flex_attention` compiled once per shape (CUDA; on the CPU forward only, and it needs a C++ compiler);
+* `split`: the rows grouped by the set of keys they may see (for EliGen: each prompt group, and the image tokens
+  by the set of regions that cover them), each group one unmasked attention call over exactly its keys, through
+  diffusers' attention dispatch (so a backend that takes no mask, such as flash attention, runs it). On the CPU
+  the rows that see the largest group's keys (the global prompt and all image tokens) attend to those in one
+  call, and each group adds only its other keys (its entities' prompts), merged by log-sum-exp.
+
+diffusers' own flex backend accepts a `BlockMask` as `attention_mask` but calls `flex_attention` uncompiled (the
+unfused fallback that materialises every score), so `RegionalAttnProcessor` calls a compiled one itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from diffusers import FluxTransformer2DModel
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor, _get_qkv_projections
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+Attention = Literal["dense", "flex", "split"]
+SHAPES_COMPILED = 64  # FlexAttention kernels compiled per process (torch's default of 8 then falls back to eager)
+Index = slice | torch.Tensor  # token positions: a contiguous run, or a gather
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """One batch element of a SplitMask. Each row sees exactly the keys of its piece, or, for rows of the `core`
+    run, the core's keys plus those of its piece (`merge`), combined by log-sum-exp."""
+
+    core: tuple[slice, Index] | None  # (rows, keys): a run of rows that all see these keys, attended in one call
+    pieces: tuple[tuple[Index, Index, bool], ...]  # (rows, keys, merge into the core's result)
+
+
+@dataclass(frozen=True)
+class SplitMask:
+    """A mask as groups of rows that see the same keys, one `Pieces` per batch element."""
+
+    elements: tuple[Pieces, ...]
+
+
+def _index(positions: torch.Tensor) -> Index:
+    """Sorted positions as a slice when they are one contiguous run (a view instead of a copy)."""
+    first, last = int(positions[0]), int(positions[-1])
+    return slice(first, last + 1) if last - first + 1 == len(positions) else positions
+
+
+def _pieces(allowed: torch.Tensor, with_core: bool) -> Pieces:
+    """Group the rows of one (N, N) bool mask by the keys they see; with a core, the largest group's keys are
+    attended once for every row that sees them all, and the groups keep only their other keys."""
+    patterns, group = torch.unique(allowed, dim=0, return_inverse=True)
+    rows = [torch.nonzero(group == g)[:, 0] for g in range(len(patterns))]
+    in_core = torch.zeros(len(patterns), dtype=torch.bool, device=allowed.device)
+    core = None
+    if with_core and len(patterns) > 1:
+        core_keys = patterns[max(range(len(patterns)), key=lambda g: len(rows[g]))]
+        covers = (patterns | ~core_keys).all(dim=1)  # groups that see every core key
+        core_rows = _index(torch.nonzero(covers[group])[:, 0])
+        if isinstance(core_rows, slice):
+            core, in_core = (core_rows, _index(torch.nonzero(core_keys)[:, 0])), covers
+            patterns = torch.where(covers[:, None], patterns & ~core_keys, patterns)
+    return Pieces(core, tuple((_index(rows[g]), _index(torch.nonzero(patterns[g])[:, 0]), bool(in_core[g]))
+                              for g in range(len(patterns)) if patterns[g].any()))
+
+
+def split_mask(allowed: torch.Tensor, core: bool | None = None) -> SplitMask:
+    """(B, N, N) bool -> SplitMask. A core (one large call, the rest merged) needs the log-sum-exp that torch's
+    CPU attention kernel returns: by default there is one on the CPU only, elsewhere each group is its own call."""
+    core = allowed.device.type == "cpu" if core is None else core
+    return SplitMask(tuple(_pieces(a, core) for a in allowed))
+
+
+def _take(tokens: torch.Tensor, index: Index) -> torch.Tensor:
+    """Rows of (N, H, D) `tokens`: a view for a slice, one contiguous copy for a gather."""
+    return tokens[index] if isinstance(index, slice) else tokens.index_select(0, index)
+
+
+def _attention_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, H, D) attention and its (n, H) float32 log-sum-exp, from torch's CPU flash-attention kernel."""
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query.transpose(0, 1)[None], key.transpose(0, 1)[None], value.transpose(0, 1)[None])
+    return out[0].transpose(0, 1), lse[0].transpose(0, 1)
+
+
+def _put(out: torch.Tensor, rows: Index, values: torch.Tensor) -> None:
+    if isinstance(rows, slice):
+        out[rows] = values
+    else:
+        out.index_copy_(0, rows, values)
+
+
+def _from(index: Index, start: int) -> Index:
+    """Positions counted from `start` instead of 0."""
+    return slice(index.start - start, index.stop - start) if isinstance(index, slice) else index - start
+
+
+def split_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: SplitMask, backend: str | None = None
+) -> torch.Tensor:
+    """Attention of (B, N, H, D) tensors under a SplitMask: unmasked calls over each group's keys only.
+
+    A core row with keys of its own combines its two results `o1`, `o2` by their log-sum-exps `l1`, `l2`:
+    `o = o1 exp(l1 - l) + o2 exp(l2 - l)` with `l = log(exp(l1) + exp(l2))`.
+    """
+    out = torch.empty_like(query)
+    for b, element in enumerate(mask.elements):
+        q, k, v = query[b], key[b], value[b]
+        if element.core is not None:
+            core_rows, core_keys = element.core
+            out[b, core_rows], core_lse = _attention_lse(q[core_rows], _take(k, core_keys), _take(v, core_keys))
+        for rows, keys, merge in element.pieces:
+            q_rows, k_keys, v_keys = _take(q, rows), _take(k, keys), _take(v, keys)
+            if merge:
+                o2, l2 = _attention_lse(q_rows, k_keys, v_keys)
+                l1 = _take(core_lse, _from(rows, core_rows.start))
+                total = torch.logaddexp(l1, l2)
+                result = _take(out[b], rows) * (l1 - total).exp()[..., None] + o2 * (l2 - total).exp()[..., None]
+            else:
+                result = dispatch_attention_fn(q_rows[None], k_keys[None], v_keys[None], backend=backend)[0]
+            _put(out[b], rows, result.to(out.dtype))
+    return out
+
+
+def block_mask(allowed: torch.Tensor) -> BlockMask:
+    """(B, N, N) bool -> a FlexAttention BlockMask of the same mask."""
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return allowed[b, q, kv]
+
+    batch, n, _ = allowed.shape
+    return create_block_mask(mask_mod, batch, None, n, n, device=allowed.device)
+
+
+def attention_form(mask: torch.Tensor | None, attention: Attention) -> torch.Tensor | BlockMask | SplitMask | None:
+    """The additive (B, 1, N, N) mask in the form `attention` runs (None, plain FLUX, stays None)."""
+    if mask is None or attention == "dense":
+        return mask
+    allowed = mask[:, 0] == 0
+    return block_mask(allowed) if attention == "flex" else split_mask(allowed)
+
+
+def joint_qkv(
+    attn: FluxAttention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+    image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values (B, N, H, D) of the joint `[text | image]` sequence, as `FluxAttnProcessor`."""
+    query, key, value, text_query, text_key, text_value = _get_qkv_projections(
+        attn, hidden_states, encoder_hidden_states)
+    query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    if attn.added_kv_proj_dim is not None:
+        text_query, text_key, text_value = (t.unflatten(-1, (-1, attn.head_dim))
+                                            for t in (text_query, text_key, text_value))
+        query = torch.cat([attn.norm_added_q(text_query), query], dim=1)
+        key = torch.cat([attn.norm_added_k(text_key), key], dim=1)
+        value = torch.cat([text_value, value], dim=1)
+    if image_rotary_emb is not None:
+        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+    return query, key, value
+
+
+class RegionalAttnProcessor(FluxAttnProcessor):
+    """diffusers' `FluxAttnProcessor` that also runs a `BlockMask` (compiled FlexAttention) or a `SplitMask`.
+
+    Any other mask (a tensor, None) goes to `FluxAttnProcessor` unchanged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flex = torch.compile(flex_attention, dynamic=False)  # one compiled kernel per shape, shared by all blocks
+
+    def __call__(
+        self, attn: FluxAttention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | BlockMask | SplitMask | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(attention_mask, BlockMask | SplitMask):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        query, key, value = joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+        if isinstance(attention_mask, SplitMask):
+            out = split_attention(query, key, value, attention_mask, self._attention_backend)
+        else:
+            out = self.flex_attention(query, key, value, attention_mask)
+        out = out.flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return out
+        text, image = out.split_with_sizes([encoder_hidden_states.shape[1], hidden_states.shape[1]], dim=1)
+        return attn.to_out[1](attn.to_out[0](image.contiguous())), attn.to_add_out(text.contiguous())
+
+    def flex_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: BlockMask
+                       ) -> torch.Tensor:
+        """Compiled FlexAttention of (B, N, H, D) tensors (one kernel per shape, up to SHAPES_COMPILED of them); a
+        failed compilation says what to use instead."""
+        q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+        try:
+            with torch._dynamo.config.patch(recompile_limit=SHAPES_COMPILED):
+                return self.flex(q, k, v, block_mask=mask).transpose(1, 2)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            raise RuntimeError(f"FlexAttention could not be compiled for {query.device.type} ({exc.__class__.__name__}"
+                               "); `attention: split` runs the same sparse mask without compiling") from exc
+
+
+def use_regional_processor(transformer: FluxTransformer2DModel) -> None:
+    """Give every attention layer a `RegionalAttnProcessor` (dense masks still run exactly as before). They are
+    installed all at once, so the first layer tells (a check of microseconds, not a walk over every layer)."""
+    first = next(m for m in transformer.modules() if isinstance(m, FluxAttention))
+    if not isinstance(first.processor, RegionalAttnProcessor):
+        transformer.set_attn_processor(RegionalAttnProcessor())
