@@ -8,9 +8,9 @@ weights: plain FLUX (the global prompt only), ours with k entities for each `--a
 budget (`max`: the reference's padding, `auto`: each entity's own tokens), and the reference, `diffsynth`'s
 `model_fn_flux_image` on its `FluxDiT` holding the same weights (tests/reference_flux.py). After one warm-up call
 each (FlexAttention compiles there), the variants run interleaved, in alternating order, `--repeats` times; the
-table gives medians and their ratios. Peak memory is measured in one more call per variant: on CUDA
-`torch.cuda.max_memory_allocated` above the memory in use before the call; on the CPU the peak resident set size
-above the resident set before the call (Linux: `/proc/self/clear_refs` and `VmHWM`, with glibc told to return
+table gives medians and their ratios. Peak memory is measured after all timings, in one more call per variant:
+on CUDA `torch.cuda.max_memory_allocated` above the memory in use before the call; on the CPU the peak resident set
+size above the resident set before the call (Linux: `/proc/self/clear_refs` and `VmHWM`, with glibc told to return
 large freed blocks at once, so that the resident set follows the tensors alive). The FLOP columns are the
 theoretical minimum ratios from token counts: multiply-adds of the linear layers (12 d^2 per token per block) and
 of attention over the allowed query/key pairs only (2 d per pair).
@@ -240,10 +240,12 @@ def _proc_status(key: str) -> int:
 
 
 def release_freed_memory() -> None:
-    """Have glibc give large freed blocks back to the system at once (a fixed mmap threshold of 64 KiB), so that
-    the resident set follows the memory in use and its peak measures a call (Linux; elsewhere a no-op)."""
+    """Have glibc return freed memory to the system (and from now on large blocks at once: a fixed mmap threshold
+    of 64 KiB), so that the resident set follows the tensors alive (Linux; elsewhere a no-op)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
@@ -255,6 +257,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
         with torch.inference_mode():
             fn()
         return torch.cuda.max_memory_allocated(device) - before
+    release_freed_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
         before = _proc_status("VmRSS")
@@ -265,15 +268,15 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     return _proc_status("VmHWM") - before
 
 
-def measure(found: list[Variant], repeats: int, device: torch.device) -> dict[str, tuple[float, int | None]]:
-    """Median seconds (interleaved runs in alternating order, after one warm-up each) and peak memory."""
+def timings(found: list[Variant], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each variant: interleaved runs in alternating order, after one warm-up call each."""
     for variant in found:
         timed(variant.run, device)
     times: dict[str, list[float]] = {v.name: [] for v in found}
     for r in range(repeats):
         for variant in found if r % 2 == 0 else found[::-1]:
             times[variant.name].append(timed(variant.run, device))
-    return {v.name: (statistics.median(times[v.name]), peak_memory(v.run, device)) for v in found}
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def macs(config: dict, tokens: int, pairs: int) -> float:
@@ -282,18 +285,19 @@ def macs(config: dict, tokens: int, pairs: int) -> float:
     return (config["num_layers"] + config["num_single_layers"]) * (12 * dim**2 * tokens + 2 * dim * pairs)
 
 
-def step_table(found: list[Variant], results: dict[str, tuple[float, int | None]], config: dict) -> list[str]:
+def step_table(found: list[Variant], times: dict[str, float], peaks: dict[str, int | None], config: dict
+               ) -> list[str]:
     plain = found[0]
     references = {v.k: v for v in found if v.reference}
     rows = ["| variant | tokens | ms / step | vs plain | vs reference | peak MiB | mask MiB | min FLOPs vs plain | "
             "min FLOPs vs reference |", "|---|---|---|---|---|---|---|---|---|"]
     for v in found:
-        seconds, peak = results[v.name]
+        seconds, peak = times[v.name], peaks[v.name]
         reference = references.get(v.k)
-        vs_reference = f"{seconds / results[reference.name][0]:.2f}" if reference and not v.reference else ""
+        vs_reference = f"{seconds / times[reference.name]:.2f}" if reference and not v.reference else ""
         flops_reference = (f"{macs(config, v.tokens, v.pairs) / macs(config, reference.tokens, reference.pairs):.2f}"
                            if reference and not v.reference else "")
-        rows.append(f"| {v.name} | {v.tokens} | {seconds * 1000:.1f} | {seconds / results[plain.name][0]:.2f} | "
+        rows.append(f"| {v.name} | {v.tokens} | {seconds * 1000:.1f} | {seconds / times[plain.name]:.2f} | "
                     f"{vs_reference} | {'' if peak is None else f'{peak / 2**20:.0f}'} | {v.mask_bytes / 2**20:.0f} | "
                     f"{macs(config, v.tokens, v.pairs) / macs(config, plain.tokens, plain.pairs):.2f} | "
                     f"{flops_reference} |")
@@ -360,7 +364,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    release_freed_memory()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("fp32" if args.config == "tiny" else "bf16")]
     device = torch.device("cuda" if args.config == "full" else "cpu")
     if args.config == "full" and not torch.cuda.is_available():
@@ -371,24 +374,31 @@ def main() -> None:
 
 
 def run(pipe: EligenPipeline, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
-    """Print the header, then the tables of every size."""
+    """Time every size first, then measure peak memory (which changes how the allocator works: see
+    `release_freed_memory`), then print."""
     config = dict(pipe.flux.transformer.config)
     dit = reference_dit(pipe.flux.transformer)
+    measured = []
+    for side in args.sizes:
+        found = variants(pipe, dit, side, args.entities, args.attention)
+        times = timings(found, args.repeats, device)
+        rotary = rotary_line(pipe, side, max(args.entities), args.repeats)
+        generation = [] if args.no_generation else generation_table(
+            pipe, side, max(args.entities), args.attention, args.steps, max(1, args.repeats // 2))
+        measured.append((side, found, times, rotary, generation))
     print(f"{date.today()}, {machine(device)}, torch {torch.__version__}, diffusers {version('diffusers')}, "
           f"diffsynth {version('diffsynth')}, {dtype}, config {args.config} ({config['num_layers']} + "
           f"{config['num_single_layers']} blocks, width {config['num_attention_heads'] * config['attention_head_dim']}"
           f"), T5 length {T5_LENGTH}, {args.repeats} interleaved runs per variant (medians)\n"
           f"command: {' '.join(sys.argv)}")
-    for side in args.sizes:
-        found = variants(pipe, dit, side, args.entities, args.attention)
-        results = measure(found, args.repeats, device)
+    for side, found, times, rotary, generation in measured:
+        peaks = {v.name: peak_memory(v.run, device) for v in found}
         print(f"\n### {side}x{side}: one transformer pass\n")
-        print("\n".join(step_table(found, results, config)))
-        print(f"\n{rotary_line(pipe, side, max(args.entities), args.repeats)}")
-        if not args.no_generation:
+        print("\n".join(step_table(found, times, peaks, config)))
+        print(f"\n{rotary}")
+        if generation:
             print(f"\n### {side}x{side}: whole generation, {args.steps} steps, true CFG, k = {max(args.entities)}\n")
-            print("\n".join(generation_table(pipe, side, max(args.entities), args.attention, args.steps,
-                                             max(1, args.repeats // 2))))
+            print("\n".join(generation))
 
 if __name__ == "__main__":
     main()
