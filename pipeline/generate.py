@@ -24,7 +24,8 @@ EntityTokens = Literal["max", "auto"] | int  # a layout's `entity_tokens`
 
 
 def entity_lengths(
-    encode: PromptEncoder, budget: EntityTokens, prompts: list[str], field: str | None = None
+    encode: PromptEncoder, budget: EntityTokens, prompts: list[str], field: str | None = None,
+    source: str = "<layout>",
 ) -> list[int]:
     """T5 tokens kept of each entity prompt's padded encoding: all (`max`, the reference), the prompt's own with
     its end token (`auto`), or N, which must hold every prompt."""
@@ -34,11 +35,11 @@ def entity_lengths(
     if budget == "auto":
         return counts
     if budget > encode.max_sequence_length:
-        raise LayoutError("<layout>", "entity_tokens",
+        raise LayoutError(source, "entity_tokens",
                           f"expected at most max_sequence_length ({encode.max_sequence_length}), got {budget}")
     for i, n in enumerate(counts):
         if n > budget:
-            raise LayoutError("<layout>", field or f"entities[{i}].prompt",
+            raise LayoutError(source, field or f"entities[{i}].prompt",
                               f"expected at most {budget} T5 tokens (entity_tokens), got {n} with the end token",
                               "shorten the prompt, or raise entity_tokens (or use auto)")
     return [budget] * len(prompts)
@@ -97,7 +98,7 @@ class EligenPipeline:
         self.use_loras(self.lora_specs(layout), base_dir, source)
         if regions is None:
             regions = self.token_regions(layout, base_dir, source)
-        return self.conditionings(layout, regions)
+        return self.conditionings(layout, regions, source)
 
     @property
     def scale_factor(self) -> int:
@@ -121,19 +122,21 @@ class EligenPipeline:
         check_canvas(layout, self.scale_factor, source)
         return token_masks(entity_masks(layout, base_dir, source), self.scale_factor, layout, source)
 
-    def conditionings(self, layout: Layout, regions: np.ndarray) -> tuple[Conditioning, Conditioning | None]:
+    def conditionings(
+        self, layout: Layout, regions: np.ndarray, source: str = "<layout>"
+    ) -> tuple[Conditioning, Conditioning | None]:
         """Positive and negative conditioning, encoded once for every seed of the layout."""
         encode = PromptEncoder(self.flux, self.max_sequence_length(layout))
         prompts = [e.prompt for e in layout.entities]
         token_regions = torch.from_numpy(regions) if prompts else None
-        lengths = entity_lengths(encode, layout.entity_tokens, prompts)
+        lengths = entity_lengths(encode, layout.entity_tokens, prompts, source=source)
         positive = conditioning(encode, layout.prompt, prompts, token_regions, lengths)
         if layout.cfg <= 1.0:
             return positive, None
         if layout.regions_on_negative and prompts:
             negatives = [layout.negative_prompt] * len(prompts)
             negative = conditioning(encode, layout.negative_prompt, negatives, token_regions,
-                                    entity_lengths(encode, layout.entity_tokens, negatives, "negative_prompt"))
+                                    entity_lengths(encode, layout.entity_tokens, negatives, "negative_prompt", source))
         else:
             negative = conditioning(encode, layout.negative_prompt, [], None)
         return positive, negative
