@@ -13,6 +13,14 @@ from rich.text import Text
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing output files.")]
+EntityTokensOpt = Annotated[str | None, typer.Option(
+    help="T5 tokens per entity prompt: max (padded, as the reference), auto (its own tokens) or a number "
+    "[file default: max].")]
+
+
+def entity_tokens_value(value: str | None) -> str | int | None:
+    """`--entity-tokens`: a number of tokens as an int, a name as it is (the layout validates both)."""
+    return int(value) if value is not None and value.isdigit() else value
 
 
 def fail(message: object, code: int) -> typer.Exit:

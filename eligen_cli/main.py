@@ -19,7 +19,7 @@ from eligen import __version__
 from eligen.pipeline.outputs import check_writable, save_png
 
 from .agent_commands import register as register_agent_commands
-from .common import OverwriteOpt, err, fail, user_errors
+from .common import EntityTokensOpt, OverwriteOpt, entity_tokens_value, err, fail, user_errors
 from .shapes_commands import register as register_shapes_commands
 from .sources import LayoutSource, load_edits, load_source
 from .train_command import register as register_train_command
@@ -57,9 +57,6 @@ LoraScaleOpt = Annotated[list[float] | None, typer.Option(
     "--lora-scale", help="Scale of each --lora, paired in order [default: 1.0].")]
 FuseOpt = Annotated[bool, typer.Option("--fuse-loras", help="Merge LoRAs into the weights (faster steps).")]
 PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write <output stem>.preview.png.")]
-EntityTokensOpt = Annotated[str | None, typer.Option(
-    help="T5 tokens per entity prompt: max (padded, as the reference), auto (its own tokens) or a number "
-    "[file default: max].")]
 AttentionOpt = Annotated[Literal["dense", "flex", "split"] | None, typer.Option(
     help="How the regional mask runs: dense (exact to the reference), flex or split (sparse, same result within "
     "float tolerance) [file default: dense].")]
@@ -201,7 +198,7 @@ def generate(
     if output is not None and len(layouts) > 1:
         raise typer.BadParameter("names one file; with several layouts leave it out", param_hint="-o/--output")
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "schedule": schedule,
-                 "entity_tokens": _entity_tokens(entity_tokens), "attention": attention,
+                 "entity_tokens": entity_tokens_value(entity_tokens), "attention": attention,
                  "model": model, "transformer": transformer, "loras": _lora_overrides(lora, lora_scale)}
     with user_errors():
         jobs = []
@@ -222,11 +219,6 @@ def generate(
         models = _Models(device, dtype, offload, quantize, fuse_loras)
         for src, masks, _, outs in jobs:
             _render(models(src.layout.model, src.layout.loras, src.layout.transformer), src, masks, outs, batch_cfg)
-
-
-def _entity_tokens(value: str | None) -> str | int | None:
-    """`--entity-tokens`: a number of tokens as an int, a name as it is (the layout validates both)."""
-    return int(value) if value is not None and value.isdigit() else value
 
 
 def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: list[Path], batch_cfg: bool) -> None:
@@ -267,6 +259,7 @@ def inpaint(
     guidance: GuidanceOpt = None,
     entity_tokens: EntityTokensOpt = None,
     attention: AttentionOpt = None,
+    batch_cfg: BatchCfgOpt = False,
     model: ModelOpt = None,
     transformer: TransformerOpt = None,
     device: DeviceOpt = None,
@@ -288,7 +281,7 @@ def inpaint(
 
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
                  "transformer": transformer, "loras": _lora_overrides(lora, lora_scale), "fusion": fusion,
-                 "dilate": dilate, "feather": feather, "entity_tokens": _entity_tokens(entity_tokens),
+                 "dilate": dilate, "feather": feather, "entity_tokens": entity_tokens_value(entity_tokens),
                  "attention": attention}
     with user_errors():
         job = load_edits(image, edits, overrides)
@@ -312,7 +305,7 @@ def inpaint(
         resolved = resolved.model_dump(mode="json", exclude_none=True)
         for seed_value, out in zip(job.seeds, outs, strict=True):
             with _progress(f"{image.name} seed {seed_value}", plan.layout.steps) as on_step:
-                result = run_inpaint(pipe, plan, seed_value, on_step)
+                result = run_inpaint(pipe, plan, seed_value, on_step, batch_cfg)
             metadata = {"eligen_version": __version__, "model": job.edits.model, "seed": seed_value,
                         "source_image": image.name, "source_sha256": job.sha256,
                         "edits": {**resolved, "seed": seed_value}}

@@ -17,7 +17,7 @@ from rich.table import Table
 from eligen.pipeline.layout import LayoutError
 from eligen.pipeline.outputs import check_writable, save_png
 
-from .common import OverwriteOpt, err, user_errors
+from .common import EntityTokensOpt, OverwriteOpt, entity_tokens_value, err, user_errors
 from .sources import LayoutSource, load_source
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ def eval_command(
         help="Single-file transformer checkpoint replacing the model's (e.g. a `eligen train --full` result).")]
     = None,
     lora: Annotated[str | None, typer.Option(help="A LoRA to use (replaces the files' `loras`).")] = None,
+    entity_tokens: EntityTokensOpt = None,
     global_only: Annotated[bool, typer.Option(
         "--global-only", help="Generate from the global prompt alone (no entities); score against the layout.")]
     = False,
@@ -113,6 +114,7 @@ def eval_command(
     from eligen.pipeline.regions import entity_masks, token_masks
 
     overrides = {"model": model, "transformer": transformer, "steps": steps, "cfg": cfg,
+                 "entity_tokens": entity_tokens_value(entity_tokens),
                  "loras": [{"path": str(Path(lora).resolve()) if Path(lora).is_file() else lora}] if lora else None}
     with user_errors():
         sources = [load_source(path, overrides) for path in _layout_paths(layouts)]
@@ -147,7 +149,8 @@ def eval_command(
         cells.append(overlay(image, src.layout, masks, token_masks(masks, factor, src.layout, src.source), 2 * factor))
     save_png(contact_sheet(cells, columns=seeds * max(1, 8 // seeds)), output / "contact.png")
     options = {"model": sources[0].layout.model, "seeds": seeds, "steps": sources[0].layout.steps,
-               "cfg": sources[0].layout.cfg, "global_only": global_only, "transformer": sources[0].layout.transformer,
+               "cfg": sources[0].layout.cfg, "entity_tokens": sources[0].layout.entity_tokens,
+               "global_only": global_only, "transformer": sources[0].layout.transformer,
                "lora": lora}
     (output / "eval.json").write_text(json.dumps({**options, **report.to_json()}, indent=1) + "\n", encoding="utf-8")
     err.print(f"wrote {output / 'eval.json'} and {output / 'contact.png'}")

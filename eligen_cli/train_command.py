@@ -23,6 +23,7 @@ from eligen.pipeline.model_info import resolve_model
 from eligen.pipeline.train_config import (
     PATH_KEYS,
     ExportStyle,
+    LrSchedule,
     MixedPrecision,
     SaveDtype,
     TimestepSampling,
@@ -193,6 +194,7 @@ def train(
     lr: Annotated[float | None, _option("lr")] = None,
     weight_decay: Annotated[float | None, _option("weight_decay")] = None,
     warmup_steps: Annotated[int | None, _option("warmup_steps")] = None,
+    lr_schedule: Annotated[LrSchedule | None, _option("lr_schedule")] = None,
     max_grad_norm: Annotated[float | None, _option("max_grad_norm")] = None,
     full: Annotated[bool | None, _flag("full")] = None,
     resolution: Annotated[int | None, _option("resolution")] = None,

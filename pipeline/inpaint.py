@@ -168,10 +168,13 @@ def prepare(pipe: EligenPipeline, canvas: Canvas, image: Image.Image, base_dir: 
     return InpaintPlan(image, layout, positive, negative, Fusion(z_init, union), exact, alpha)
 
 
-def inpaint(pipe: EligenPipeline, plan: InpaintPlan, seed: int, on_step: StepCallback | None = None) -> Image.Image:
-    """Repaint the plan's regions for one seed and return the image at the source size."""
+def inpaint(pipe: EligenPipeline, plan: InpaintPlan, seed: int, on_step: StepCallback | None = None,
+            batch_cfg: bool = False) -> Image.Image:
+    """Repaint the plan's regions for one seed and return the image at the source size (`batch_cfg`: both CFG
+    branches in one batched pass, the same result)."""
     tokens = pipe.sample(plan.layout, plan.positive, plan.negative, seed, on_step,
-                         fuse_positive=plan.fusion, fuse_negative=plan.fusion if plan.exact else None)
+                         fuse_positive=plan.fusion, fuse_negative=plan.fusion if plan.exact else None,
+                         batch_cfg=batch_cfg)
     image = pipe.decode(tokens, plan.layout)
     if image.size != plan.source.size:
         image = image.resize(plan.source.size, Image.Resampling.LANCZOS)

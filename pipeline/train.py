@@ -19,6 +19,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -150,11 +151,18 @@ def _run_identity(config: TrainConfig, dataset: Dataset, train_samples: int, bat
         "model": config.model, "data": str(dataset.metadata.resolve()), "samples": train_samples,
         "batches_per_epoch": batches, "global_batch": config.batch_size * world, "grad_accum": config.grad_accum,
         "full": config.full, "rank": config.rank, "alpha": config.lora_alpha, "lr": config.lr,
-        "weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps,
+        "weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps, "lr_schedule": config.lr_schedule,
         "max_grad_norm": config.max_grad_norm, "resolution": config.resolution, "bucket_step": config.bucket_step,
         "max_sequence_length": max_sequence_length, "seed": config.seed, "timesteps": config.timesteps,
         "entity_dropout": config.entity_dropout, "holdout": config.holdout,
     }
+
+
+def lr_factor(step: int, warmup: int, steps: int, cosine: bool) -> float:
+    """The learning rate of optimizer step `step` (from 0) as a fraction of `--lr`: a linear warmup over `warmup`
+    steps, then constant, or a cosine decay that reaches 0 at step `steps`."""
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return factor * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)) if cosine else factor
 
 
 def _check_output(out: Path, resume: str | None) -> None:
@@ -234,9 +242,9 @@ class Trainer:
         self.transformer.train()
         self.optimizer = torch.optim.AdamW(list(_trainable(self.transformer).values()), lr=config.lr,
                                            weight_decay=config.weight_decay)
-        warmup = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+            self.optimizer, partial(lr_factor, warmup=config.warmup_steps, steps=config.steps,
+                                    cosine=config.lr_schedule == "cosine"))
         self.identity = _run_identity(config, self.dataset, len(self.samples), len(self.sampler), world,
                                       self.max_sequence_length)
         self.position, self.resumed_from = Position(0, 0, 0), None
@@ -426,6 +434,7 @@ class Trainer:
                     if not accelerator.sync_gradients:
                         continue
                     step += 1
+                    used_lr = self.scheduler.get_last_lr()[0]  # the rate of this step; the log reports it
                     self.scheduler.step()
                     last_loss = accelerator.reduce(running.to(accelerator.device) / config.grad_accum, "mean").item()
                     running = torch.zeros(())
@@ -433,7 +442,7 @@ class Trainer:
                         raise TrainError(f"the loss is {last_loss} at step {step}; resume from the last checkpoint "
                                          f"with a lower --lr (or --max-grad-norm)")
                     rate = (step - first_step) * samples_per_step / (time.perf_counter() - started)
-                    report = StepReport(step, config.steps, last_loss, self.scheduler.get_last_lr()[0], rate)
+                    report = StepReport(step, config.steps, last_loss, used_lr, rate)
                     self.report.step(report)
                     if log is not None:
                         log.write(json.dumps({**asdict(report), "epoch": epoch}) + "\n")

@@ -17,6 +17,7 @@ MixedPrecision = Literal["no", "bf16", "fp16"]
 WeightDtype = Literal["bf16", "fp16", "fp32"]
 SaveDtype = Literal["fp32", "bf16"]
 ExportStyle = Literal["kohya"]
+LrSchedule = Literal["constant", "cosine"]
 PATH_KEYS = ("data", "output", "validation", "cache_dir", "deepspeed")  # relative to a config file's folder
 
 
@@ -36,7 +37,9 @@ class TrainConfig(BaseModel):
     alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale alpha/rank) [default: the rank].")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     weight_decay: NonNegativeFloat = Field(0.01, description="AdamW weight decay.")
-    warmup_steps: NonNegativeInt = Field(0, description="Linear learning-rate warmup steps (constant after).")
+    warmup_steps: NonNegativeInt = Field(0, description="Linear learning-rate warmup steps.")
+    lr_schedule: LrSchedule = Field("constant", description="Learning rate after the warmup: constant, or cosine "
+                                    "decay to 0 at the last step.")
     max_grad_norm: float | None = Field(None, gt=0, description="Clip gradients to this norm [default: no clipping].")
     full: bool = Field(False, description="Fine-tune the whole transformer instead of a LoRA.")
     resolution: PositiveInt = Field(1024, description="Training side: each image is resized to about resolution^2 "

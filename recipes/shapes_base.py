@@ -104,10 +104,17 @@ def main() -> None:
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--pool", type=int, default=16384, help="training scenes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", type=Path, help="start from the transformer of an earlier base folder (continue)")
     args = parser.parse_args()
 
     vae = AutoencoderKL.from_pretrained(args.vae)
     pipe = build_pipeline(vae, args.seed)
+    if args.init is not None:  # its text encoders too: they are frozen, and the transformer learned them
+        pipe.register_modules(
+            transformer=FluxTransformer2DModel.from_pretrained(args.init, subfolder="transformer").float(),
+            text_encoder=CLIPTextModel.from_pretrained(args.init, subfolder="text_encoder").float().eval(),
+            text_encoder_2=T5EncoderModel.from_pretrained(args.init, subfolder="text_encoder_2").float().eval(),
+        )
     transformer = pipe.transformer
     ema = copy.deepcopy(transformer).requires_grad_(False)
     latents, captions = encode_pool(vae, args.pool, args.seed)

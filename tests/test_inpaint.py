@@ -59,6 +59,16 @@ def test_exact_keeps_every_pixel_outside_the_grown_regions(tiny_pipe: EligenPipe
         assert np.abs(result[mask].astype(int) - source[mask]).mean() > 5
 
 
+@pytest.mark.parametrize("fusion", ["exact", "paper"])
+def test_batched_cfg_inpaints_the_same_image(tiny_pipe: EligenPipeline, fusion: str) -> None:
+    image = _source(96, 64)
+    plan, _ = _plan(tiny_pipe, image, fusion=fusion, cfg=3.0, entities=[{"prompt": "a cat", "box": [8, 8, 60, 50]}])
+    apart = np.asarray(inpaint(tiny_pipe, plan, seed=4)).astype(int)
+    together = np.asarray(inpaint(tiny_pipe, plan, seed=4, batch_cfg=True)).astype(int)
+    assert np.abs(apart - np.asarray(image).astype(int)).max() > 5  # the branches did repaint something
+    assert np.abs(apart - together).max() <= 1  # float tolerance, after rounding to 8 bits
+
+
 def test_paper_fusion_follows_algorithm_1_step_by_step(tiny_pipe: EligenPipeline,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     image = _source(128, 128)

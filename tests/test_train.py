@@ -4,6 +4,7 @@ fine-tuning and validation grids. Runs in-process on one CPU thread (fast and de
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from eligen.pipeline.encode import PromptEncoder, conditioning
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.lora import apply_loras, load_lora
 from eligen.pipeline.sampler import image_ids, predict
-from eligen.pipeline.train import Trainer, TrainError, batch_conditioning, train
+from eligen.pipeline.train import Trainer, TrainError, batch_conditioning, lr_factor, train
 from eligen.pipeline.train_cache import CacheError
 from eligen.pipeline.train_config import TrainConfig
 from eligen.pipeline.train_data import TrainingSet, collate
@@ -130,6 +131,18 @@ def test_loss_goes_down(dataset: Path, tiny_model: Path, tmp_path: Path) -> None
     assert result.step == 20 and after < 0.9 * before, (before, after)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == list(range(1, 21))
+
+
+def test_learning_rate_schedules(dataset: Path, tiny_model: Path, tmp_path: Path) -> None:
+    assert [lr_factor(s, 2, 10, cosine=False) for s in (0, 1, 5, 9)] == [0.5, 1.0, 1.0, 1.0]
+    assert lr_factor(0, 0, 4, cosine=True) == 1.0 and lr_factor(2, 0, 4, cosine=True) == pytest.approx(0.5)
+    assert lr_factor(4, 0, 4, cosine=True) == pytest.approx(0.0, abs=1e-12)
+    train(_config(dataset, tiny_model, tmp_path / "run", steps=4, lr=1e-3, warmup_steps=2, lr_schedule="cosine"))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    # each line reports the rate its step used: warmup 1/2, then cosine over 4 steps at steps 1..3
+    half = math.cos(math.pi / 4)
+    expected = [0.5, 0.5 * (1 + half), 0.5, 0.5 * (1 - half)]
+    assert [entry["lr"] for entry in log] == pytest.approx([1e-3 * e for e in expected])
 
 
 def test_resume_continues_exactly(dataset: Path, tiny_model: Path, tmp_path: Path) -> None:
