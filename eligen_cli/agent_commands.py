@@ -180,7 +180,7 @@ def _lines(console: Console) -> Iterator[str]:
 def chat(
     session: Annotated[Path | None, typer.Option(
         help="Session folder: resumed when it holds a session [default: a new chat-YYYYMMDD-HHMMSS folder].")] = None,
-    model: Annotated[str | None, typer.Option(help="Diffusers FLUX folder or hub id for rendering "
+    model: Annotated[str | None, typer.Option(help="Diffusers FLUX folder, hub id or built-in name for rendering "
                                                   "[default: black-forest-labs/FLUX.1-dev].")] = None,
     size: Annotated[tuple[int, int] | None, typer.Option(
         help="Canvas width and height of new designs, multiples of 16 [default: 1024 1024].")] = None,

@@ -40,7 +40,8 @@ StepsOpt = Annotated[int | None, typer.Option(help="Sampling steps [file default
 CfgOpt = Annotated[float | None, typer.Option(help="True CFG scale, 1 turns it off [file default: 3.0].")]
 GuidanceOpt = Annotated[float | None, typer.Option(help="FLUX embedded guidance [file default: 3.5].")]
 ScheduleOpt = Annotated[Literal["flux", "diffsynth"] | None, typer.Option(help="Sigma schedule [file default: flux].")]
-ModelOpt = Annotated[str | None, typer.Option(help="Diffusers FLUX folder or hub id (overrides the file).")]
+ModelOpt = Annotated[str | None, typer.Option(
+    help="Diffusers FLUX folder, hub id or built-in name: shapes, shapes-base (overrides the file).")]
 TransformerOpt = Annotated[str | None, typer.Option(
     help="Single-file transformer checkpoint replacing the model's: a local .safetensors or "
     "hub-repo-id/path/in/repo.safetensors; the rest comes from the model (overrides the file).")]

@@ -10,6 +10,8 @@ from .layout import LayoutError
 DEFAULT_MAX_SEQUENCE_LENGTH = 512  # T5 tokens per prompt group for FLUX.1-dev
 DEFAULT_SCALE_FACTOR = 8  # FLUX.1-dev's VAE
 EXTRA_CONFIG = "eligen.json"  # optional per-folder defaults, e.g. {"max_sequence_length": 32}
+BUILTIN_MODELS = Path(__file__).parent / "builtin-models"  # shipped with the package (docs/shapes.md)
+BUILTIN_NAMES = ("shapes", "shapes-base")  # the shapes model with its EliGen weights, and its base alone
 
 
 class ModelLoadError(RuntimeError):
@@ -17,16 +19,27 @@ class ModelLoadError(RuntimeError):
 
 
 def resolve_model(model: str, base_dir: Path, source: str = "<layout>", field: str = "model") -> str:
-    """A local folder (absolute path, resolved against `base_dir`) or a hub id, unchanged.
+    """A local folder (absolute path, resolved against `base_dir`), a built-in name or a hub id, unchanged.
 
-    A value that exists as a folder relative to `base_dir` is local; one that looks like a path
-    (starts with `.`, `/` or `~`) but does not exist is an error; anything else is a hub id.
+    A value that exists as a folder relative to `base_dir` is local; then the built-in names
+    (`shapes`, `shapes-base`, kept as names so outputs that record them run anywhere: `model_folder`
+    finds them); one that looks like a path (starts with `.`, `/` or `~`) but does not exist is an
+    error; anything else is a hub id.
     """
     candidate = (base_dir / Path(model).expanduser()).resolve()
     if candidate.is_dir():
         return str(candidate)
+    if model in BUILTIN_NAMES:
+        return model
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise LayoutError(source, field, f"expected a model folder or a hub id, {candidate} does not exist")
+    return model
+
+
+def model_folder(model: str) -> str:
+    """Where a model loads from: the shipped folder of a built-in name, anything else unchanged."""
+    if model in BUILTIN_NAMES and not Path(model).is_dir():
+        return str(BUILTIN_MODELS / model)
     return model
 
 
@@ -36,7 +49,7 @@ def is_hub_file(spec: str) -> bool:
 
 
 def _local_json(model: str, relative: str) -> dict | None:
-    path = Path(model) / relative
+    path = Path(model_folder(model)) / relative
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))

@@ -10,7 +10,7 @@ import torch
 from diffusers import FluxPipeline
 
 from .hub import fetch
-from .model_info import ModelLoadError
+from .model_info import ModelLoadError, model_folder
 
 Offload = Literal["none", "model", "sequential"]
 Quantize = Literal["none", "nf4", "int8", "fp8"]
@@ -103,11 +103,12 @@ def load_flux(
     model: str, device: torch.device, dtype: torch.dtype, offload: Offload = "none", quantize: Quantize = "none",
     explicit_device: bool = True, transformer: str | None = None,
 ) -> FluxPipeline:
-    """A FluxPipeline from a diffusers folder or hub id, placed on `device` or offloaded to it.
+    """A FluxPipeline from a diffusers folder, built-in name or hub id, placed on `device` or offloaded to it.
 
     `transformer`, a single-file checkpoint (local or `repo-id/path/in/repo.safetensors`), replaces the model's own
     transformer; its config and every other component still come from `model`.
     """
+    model = model_folder(model)
     config = transformer_config(model)
     check_device(model, config, device, explicit_device)
     components = {}

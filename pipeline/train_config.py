@@ -29,7 +29,7 @@ class TrainConfig(BaseModel):
     data: Path = Field(description="Dataset folder with metadata.jsonl, or a metadata .jsonl / .json file.")
     output: Path | None = Field(None, description="Output folder (lora.safetensors or transformer/, checkpoints/, "
                                 "validation/, log.jsonl). Required except with --check.")
-    model: str = Field(DEFAULT_MODEL, description="Diffusers FLUX folder or hub id to train on.")
+    model: str = Field(DEFAULT_MODEL, description="Diffusers FLUX folder, hub id or built-in name to train on.")
     steps: PositiveInt = Field(1000, description="Optimizer steps.")
     batch_size: PositiveInt = Field(1, description="Samples per process per micro-batch.")
     grad_accum: PositiveInt = Field(1, description="Micro-batches per optimizer step.")

@@ -1,14 +1,16 @@
 """Assemble the built-in shapes models from a recipe run (last step of docs/shapes.md).
 
-    python recipes/shapes_ship.py --base runs/shapes/base --eligen runs/shapes/eligen -o pipeline/models
+    python recipes/shapes_ship.py --base runs/shapes/base --eligen runs/shapes/eligen -o pipeline/builtin-models
 
 Writes OUT/shapes-base (the base folder as written by shapes_base.py) and OUT/shapes (the same folder with
-the transformer of `eligen train --full` in fp16 in place of the base transformer).
+the transformer of `eligen train --full` in fp16 in place of the base transformer, and the training settings
+without this machine's paths).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -31,7 +33,9 @@ def main() -> None:
     shutil.rmtree(shapes / "transformer")
     transformer = FluxTransformer2DModel.from_pretrained(args.eligen / "transformer", torch_dtype=torch.float16)
     transformer.save_pretrained(shapes / "transformer", safe_serialization=True)
-    shutil.copy(args.eligen / "config.json", shapes / "eligen_train_config.json")
+    config = json.loads((args.eligen / "config.json").read_text(encoding="utf-8"))
+    settings = {k: v for k, v in config.items() if k not in ("data", "output", "model", "cache_dir", "resume")}
+    (shapes / "eligen_train_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {base} and {shapes}")
 
 
