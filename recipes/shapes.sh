@@ -12,6 +12,9 @@ python "$here/shapes_base.py" --vae "$runs/vae" -o "$runs/base" --steps 5000 --m
 eligen data shapes -o "$runs/data" --n 12000 --seed 1
 eligen data shapes -o "$runs/heldout" --n 64 --seed 999 --entities 2-3 --layouts "$runs/heldout-layouts"
 eligen train --config "$here/shapes-eligen.yaml" --model "$runs/base" --data "$runs/data" -o "$runs/eligen"
+# the shipped weights continued that run (the cosine restarts at half the rate, decays to 0 at step 3000)
+eligen train --config "$here/shapes-eligen.yaml" --model "$runs/base" --data "$runs/data" -o "$runs/eligen" \
+    --resume latest --steps 3000
 eval=(eligen eval "$runs/heldout-layouts" --seeds 4 --steps 16)
 "${eval[@]}" --model "$runs/base" --global-only -o "$runs/eval-a"
 "${eval[@]}" --model "$runs/base" -o "$runs/eval-b"
