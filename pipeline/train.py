@@ -158,6 +158,9 @@ def _run_identity(config: TrainConfig, dataset: Dataset, train_samples: int, bat
     }
 
 
+LATER_SETTINGS = {"lr_schedule": "constant"}  # settings added after runs existed: what runs without them did
+
+
 def lr_factor(step: int, warmup: int, steps: int, cosine: bool) -> float:
     """The learning rate of optimizer step `step` (from 0) as a fraction of `--lr`: a linear warmup over `warmup`
     steps, then constant, or a cosine decay that reaches 0 at step `steps`."""
@@ -254,6 +257,7 @@ class Trainer:
     def _resume(self) -> None:
         folder = find_checkpoint(self.out, self.config.resume or "latest")
         position, recorded = read_state(folder)
+        recorded = {**LATER_SETTINGS, **recorded}
         changed = [k for k in self.identity if recorded.get(k) != self.identity[k]]
         if changed:
             details = "; ".join(f"{k}: {recorded.get(k)!r} -> {self.identity[k]!r}" for k in changed)

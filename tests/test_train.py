@@ -24,6 +24,7 @@ from eligen.pipeline.train_config import TrainConfig
 from eligen.pipeline.train_data import TrainingSet, collate
 from eligen.pipeline.train_example import write_example_dataset
 from eligen.pipeline.train_loss import TRAIN_TIMESTEPS, reference_timesteps
+from eligen.pipeline.train_state import STATE
 
 EVAL_EPOCH = 10_000  # draws no training step uses
 
@@ -154,6 +155,11 @@ def test_resume_continues_exactly(dataset: Path, tiny_model: Path, tmp_path: Pat
     a, b = _lora(tmp_path / "whole" / "lora.safetensors"), _lora(tmp_path / "parts" / "lora.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.loss == whole.loss and resumed.step == 6
+    state = sorted((tmp_path / "parts" / "checkpoints").iterdir())[-1] / STATE  # as written before lr_schedule
+    data = json.loads(state.read_text())
+    del data["run"]["lr_schedule"]
+    state.write_text(json.dumps(data))
+    assert train(_config(dataset, tiny_model, tmp_path / "parts", **{**options, "steps": 7}, resume="latest")).step == 7
     with pytest.raises(TrainError, match=r"other settings.*rank"):
         train(_config(dataset, tiny_model, tmp_path / "parts", **{**options, "rank": 8}, resume="latest"))
     with pytest.raises(TrainError, match="already holds a run"):
