@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from training_tolerance import trained_alike
 
 from eligen.pipeline.encode import PromptEncoder, conditioning
 from eligen.pipeline.generate import EligenPipeline
@@ -230,7 +231,8 @@ def test_cache_trains_the_same_weights(dataset: Path, tiny_model: Path, tmp_path
     plain = train(_config(dataset, tiny_model, tmp_path / "plain", steps=3))
     cached = train(_config(dataset, tiny_model, tmp_path / "cached", steps=3, cache=True))
     a, b = _lora(tmp_path / "plain" / "lora.safetensors"), _lora(tmp_path / "cached" / "lora.safetensors")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a) and cached.loss == pytest.approx(plain.loss)
+    trained_alike(a, b, lr=1e-3, steps=3)
+    assert cached.loss == pytest.approx(plain.loss)
     cache = tmp_path / "cached" / "cache"
     assert len(list((cache / "latents").iterdir())) == 8 and (cache / "manifest.json").is_file()
     with pytest.raises(CacheError, match="resolution"):
@@ -241,7 +243,7 @@ def test_gradient_checkpointing_gives_the_same_weights(dataset: Path, tiny_model
     train(_config(dataset, tiny_model, tmp_path / "off", steps=2))
     train(_config(dataset, tiny_model, tmp_path / "on", steps=2, gradient_checkpointing=True))
     a, b = _lora(tmp_path / "off" / "lora.safetensors"), _lora(tmp_path / "on" / "lora.safetensors")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    trained_alike(a, b, lr=1e-3, steps=2)
 
 
 def test_full_fine_tune_writes_a_diffusers_transformer(dataset: Path, tiny_model: Path, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_tolerance import trained_alike
 
 from eligen.pipeline.train import train
 from eligen.pipeline.train_config import TrainConfig
@@ -45,6 +46,6 @@ def test_two_processes_train_the_weights_of_one(tiny_model: Path, tmp_path: Path
                       gradient_checkpointing=False, **options)
     train(one)
     a, b = load_file(tmp_path / "one" / "lora.safetensors"), load_file(tmp_path / "two" / "lora.safetensors")
-    assert a.keys() == b.keys()
-    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+    # The same weights up to rounding: the all-reduce of two processes sums in another order than one batch of two
+    trained_alike(a, b, float(OPTIONS["lr"]), int(OPTIONS["steps"]))
     assert any(a[k].abs().max() > 1e-2 for k in a if "lora_B" in k)  # it did train
