@@ -19,10 +19,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from eligen.pipeline.outputs import OutputError, check_writable, write_atomic
 
-from .backends import ChatBackend
 from .config import Family
 from .errors import AgentError
 from .layout_yaml import layout_data
+from .messages import ChatBackend
 from .plan import annotate_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

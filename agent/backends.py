@@ -10,39 +10,19 @@ the request. The local backend lives in `local_backend.py` (transformers, import
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import MllmSettings
 from .errors import AgentError
+from .messages import ChatBackend, Message
 from .vision import png_data_url
 
 if TYPE_CHECKING:
-    from PIL import Image
+    pass
 
-Role = Literal["system", "user", "assistant"]
 ResponseFormat = Literal["json_schema", "json_object", "text"]
 MAX_TOKENS = 2048  # an answer is a short JSON object; this bounds a runaway one
 MAX_ERROR_CHARS = 300  # of a server's error text shown to the person
-
-
-@dataclass(frozen=True)
-class Message:
-    """One chat message: text, with an image (already at its sent size) before it for user messages."""
-
-    role: Role
-    text: str
-    image: Image.Image | None = None
-
-
-class ChatBackend(Protocol):
-    """What the planner needs from a backend: the answer text to a conversation."""
-
-    max_pixels: int
-
-    def complete(self, messages: Sequence[Message], schema: dict[str, Any] | None = None) -> str:
-        """The model's answer; `schema` is the JSON schema the answer should follow, where the backend can ask."""
-        ...
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -20,10 +20,10 @@ from eligen.pipeline.layout import Layout, LayoutError, load_layout
 from eligen.pipeline.model_info import ModelLoadError
 from eligen.pipeline.outputs import OutputError, check_writable, save_png
 
-from .backends import ChatBackend
 from .config import Family
 from .errors import AgentError
 from .layout_yaml import write_layout
+from .messages import ChatBackend
 from .plan import design_layout, plan_edits
 from .previews import preview_image
 from .render import Renderer

@@ -10,9 +10,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import Message
 from .config import DEFAULT_MAX_PIXELS, Family
 from .errors import AgentError
+from .messages import Message
 from .vision import PATCH_SIZES
 
 MAX_NEW_TOKENS = 1024
@@ -30,7 +30,7 @@ class LocalBackend:
         try:
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
-            from eligen.pipeline.models import pick_device, pick_dtype
+            from eligen.pipeline.devices import pick_device, pick_dtype
 
             self.device = pick_device(device)
             self.processor = AutoProcessor.from_pretrained(model)

@@ -16,10 +16,10 @@ from eligen.pipeline.layout import Edits, Layout, LayoutError, parse_edits, pars
 from eligen.pipeline.regions import unit_scale
 
 from . import prompts
-from .backends import ChatBackend, Message
 from .config import Family
 from .errors import AgentError, AnswerError
 from .grounding import Answer, Frame, clean_text, parse_answer
+from .messages import ChatBackend, Message
 from .vision import prepare_image, sent_size
 
 DEFAULT_NEGATIVE = "worst quality, low quality, monochrome, blurry"

@@ -47,11 +47,11 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from torch.nn.attention.flex_attention import BlockMask
 
 from eligen.pipeline.attention_backends import SplitMask, attention_form
-from eligen.pipeline.encode import Conditioning
+from eligen.pipeline.conditioning import Conditioning
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import Layout, parse_layout
 from eligen.pipeline.sampler import get_noise, image_ids, pack, predict
-from eligen.pipeline.tiny_model import build_tiny_flux
+from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from diffsynth.pipelines.flux_image import model_fn_flux_image

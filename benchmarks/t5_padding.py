@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from diffusers import FluxPipeline
 
-from eligen.pipeline.encode import PromptEncoder
-from eligen.pipeline.tiny_model import build_tiny_flux
+from eligen.pipeline.families.flux.encode import PromptEncoder
+from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
 
 PROMPTS = ["a red car", "an old woman wearing a blue dress", "a white house with a red door and two windows",
            "a small black dog sitting in the grass in front of a large green tree"]

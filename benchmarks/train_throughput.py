@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from eligen.pipeline.tiny_model import build_tiny_flux
-from eligen.pipeline.train import StepReport, Trainer
-from eligen.pipeline.train_config import TrainConfig
-from eligen.pipeline.train_example import write_example_dataset
+from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
+from eligen.pipeline.train.config import TrainConfig
+from eligen.pipeline.train.example import write_example_dataset
+from eligen.pipeline.train.loop import StepReport, Trainer
 
 WARMUP = 3
 

@@ -19,8 +19,8 @@ from rich.text import Text
 from .common import OverwriteOpt, err, user_errors
 
 if TYPE_CHECKING:
-    from eligen.agent.backends import ChatBackend
     from eligen.agent.config import MllmSettings
+    from eligen.agent.messages import ChatBackend
     from eligen.pipeline.layout import Layout
 
 

@@ -320,7 +320,7 @@ def tiny_model(
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
 ) -> None:
     """Write a tiny random-weight FLUX model folder for trying eligen offline (its images are noise)."""
-    from eligen.pipeline.tiny_model import build_tiny_flux
+    from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
 
     try:
         path = build_tiny_flux(folder, seed=seed)

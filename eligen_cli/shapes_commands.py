@@ -23,8 +23,8 @@ from .sources import LayoutSource, load_source
 if TYPE_CHECKING:
     from PIL import Image
 
-    from eligen.pipeline.evaluate import EvalReport
     from eligen.pipeline.layout import Layout
+    from eligen.pipeline.shapes.evaluation import EvalReport
 
 data_app = typer.Typer(help="Write synthetic training datasets.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -39,7 +39,7 @@ def data_shapes(
     layouts: Annotated[Path | None, typer.Option(help="Also write each scene as a layout YAML here.")] = None,
 ) -> None:
     """Scenes of 1-4 flat circles, squares and triangles with captions, entity boxes and exact masks."""
-    from eligen.pipeline.shapes import write_shapes_dataset
+    from eligen.pipeline.shapes.scenes import write_shapes_dataset
 
     low, _, high = entities.partition("-")
     if not (low.isdigit() and (high or low).isdigit()) or not 1 <= int(low) <= int(high or low) <= 4:
@@ -74,7 +74,7 @@ def _check_boxes(src: LayoutSource) -> None:
 
 def _summary_table(report: EvalReport, title: str) -> Table:
     """mIoU and success rate by number of entities per layout, and in total."""
-    from eligen.pipeline.evaluate import EvalReport
+    from eligen.pipeline.shapes.evaluation import EvalReport
 
     groups: dict[str, list] = defaultdict(list)
     for image in report.images:
@@ -109,9 +109,9 @@ def eval_command(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate each layout over several seeds, detect the coloured shapes and score every entity."""
-    from eligen.pipeline.evaluate import contact_sheet, evaluate, overlay
     from eligen.pipeline.generate import EligenPipeline
     from eligen.pipeline.regions import entity_masks, token_masks
+    from eligen.pipeline.shapes.evaluation import contact_sheet, evaluate, overlay
 
     overrides = {"model": model, "transformer": transformer, "steps": steps, "cfg": cfg,
                  "entity_tokens": entity_tokens_value(entity_tokens),

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from eligen.pipeline.layout import LayoutError
 from eligen.pipeline.model_info import resolve_model
-from eligen.pipeline.train_config import (
+from eligen.pipeline.train.config import (
     PATH_KEYS,
     ExportStyle,
     LrSchedule,
@@ -150,9 +150,9 @@ def _training_errors():
     from eligen.pipeline.dataset import DatasetError
     from eligen.pipeline.lora import LoraError
     from eligen.pipeline.model_info import ModelLoadError
-    from eligen.pipeline.train import TrainError
-    from eligen.pipeline.train_cache import CacheError
-    from eligen.pipeline.train_state import CheckpointError
+    from eligen.pipeline.train.cache import CacheError
+    from eligen.pipeline.train.loop import TrainError
+    from eligen.pipeline.train.state import CheckpointError
 
     try:
         yield
@@ -169,7 +169,7 @@ def _training_errors():
 
 
 def _check(config: TrainConfig) -> None:
-    from eligen.pipeline.train import check
+    from eligen.pipeline.train.loop import check
 
     dataset = check(config.data, config.model, config.resolution, config.bucket_step)
     entities = sum(len(s.layout.entities) for s in dataset.samples)
@@ -231,7 +231,7 @@ def train(
         if (options.num_processes > 1 or options.deepspeed is not None) and not any(k in os.environ for k in LAUNCHED):
             launch(options)
             return
-        from eligen.pipeline.train import train as run_training
+        from eligen.pipeline.train.loop import train as run_training
 
         if os.environ.get("RANK", "0") != "0":  # a launched process other than the main one: it reports nothing
             run_training(options)

@@ -12,11 +12,13 @@ from PIL import Image
 
 from . import model_info
 from .attention_backends import Attention
-from .encode import Conditioning, PromptEncoder, conditioning
+from .conditioning import Conditioning, conditioning
+from .devices import Offload, Quantize, pick_device, pick_dtype
+from .families.flux.encode import PromptEncoder
+from .families.flux.load import load_flux
 from .hub import DEFAULT_LORAS, lora_file
 from .layout import Layout, LayoutError, LoraSpec
 from .lora import LoraError, apply_loras, load_lora, remove_loras
-from .models import Offload, Quantize, load_flux, pick_device, pick_dtype
 from .regions import check_canvas, entity_masks, token_masks
 from .sampler import Fuse, StepCallback, denoise, get_noise, get_schedule, image_ids, pack, unpack
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .encode import Conditioning
+from .conditioning import Conditioning
 from .generate import EligenPipeline
 from .layout import Edits, Layout
 from .regions import PATCH, token_masks

@@ -37,7 +37,13 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from .flux_names import DOUBLE_BLOCK_LINEARS, GLOBAL_LINEARS, SHIFT_SCALE_SWAPPED, SINGLE_BLOCK_LINEARS, kohya_stem
+from .families.flux.names import (
+    DOUBLE_BLOCK_LINEARS,
+    GLOBAL_LINEARS,
+    SHIFT_SCALE_SWAPPED,
+    SINGLE_BLOCK_LINEARS,
+    kohya_stem,
+)
 from .model_info import ModelLoadError
 
 __all__ = [

@@ -10,7 +10,7 @@ from .layout import LayoutError
 DEFAULT_MAX_SEQUENCE_LENGTH = 512  # T5 tokens per prompt group for FLUX.1-dev
 DEFAULT_SCALE_FACTOR = 8  # FLUX.1-dev's VAE
 EXTRA_CONFIG = "eligen.json"  # optional per-folder defaults, e.g. {"max_sequence_length": 32}
-BUILTIN_MODELS = Path(__file__).parent / "builtin-models"  # shipped with the package (docs/shapes.md)
+BUILTIN_MODELS = Path(__file__).parent / "shapes" / "builtin-models"  # shipped with the package (docs/shapes.md)
 BUILTIN_NAMES = ("shapes", "shapes-base")  # the shapes model with its EliGen weights, and its base alone
 
 

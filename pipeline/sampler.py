@@ -17,7 +17,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from .attention_backends import Attention, attention_form, use_regional_processor
-from .encode import Conditioning, batched
+from .conditioning import Conditioning, batched
 
 Schedule = Literal["flux", "diffsynth"]
 StepCallback = Callable[[int, int], None]

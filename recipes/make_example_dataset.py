@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eligen.pipeline.train_example import write_example_dataset
+from eligen.pipeline.train.example import write_example_dataset
 
 
 def main() -> None:

@@ -20,4 +20,4 @@ eval=(eligen eval "$runs/heldout-layouts" --seeds 4 --steps 16)
 "${eval[@]}" --model "$runs/base" -o "$runs/eval-b"
 "${eval[@]}" --model "$runs/base" --transformer "$runs/eligen/transformer/diffusion_pytorch_model.safetensors" \
     -o "$runs/eval-c"
-python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" -o "$here/../pipeline/builtin-models"
+python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" -o "$here/../pipeline/shapes/builtin-models"

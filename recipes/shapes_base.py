@@ -25,16 +25,16 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-from eligen.pipeline.encode import Conditioning
+from eligen.pipeline.conditioning import Conditioning
 from eligen.pipeline.sampler import image_ids, pack
-from eligen.pipeline.shapes import PALETTE, SHAPES, render, scenes
-from eligen.pipeline.tiny_model import (
+from eligen.pipeline.shapes.scenes import PALETTE, SHAPES, render, scenes
+from eligen.pipeline.shapes.tiny_flux import (
     _FLUX_DEV_SCHEDULER,
     _build_tokenizers,
     _clip_vocab_and_merges,
     _write_compat_files,
 )
-from eligen.pipeline.train_loss import rectified_flow_loss
+from eligen.pipeline.train.loss import rectified_flow_loss
 
 WORDS: tuple[str, ...] = ("a", "and", *PALETTE, *SHAPES)
 MAX_SEQUENCE_LENGTH = 16

@@ -1,6 +1,6 @@
 """Assemble the built-in shapes models from a recipe run (last step of docs/shapes.md).
 
-    python recipes/shapes_ship.py --base runs/shapes/base --eligen runs/shapes/eligen -o pipeline/builtin-models
+    python recipes/shapes_ship.py --base runs/shapes/base --eligen runs/shapes/eligen -o pipeline/shapes/builtin-models
 
 Writes OUT/shapes-base (the base folder as written by shapes_base.py) and OUT/shapes (the same folder with
 the transformer of `eligen train --full` in fp16 in place of the base transformer, and the training settings

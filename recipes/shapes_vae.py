@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from eligen.pipeline.shapes import render, scenes
+from eligen.pipeline.shapes.scenes import render, scenes
 
 
 def build_vae() -> AutoencoderKL:

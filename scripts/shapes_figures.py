@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from eligen.pipeline.evaluate import score_image
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.inpaint import inpaint, place, prepare
 from eligen.pipeline.layout import Layout, load_layout, parse_edits, parse_layout
 from eligen.pipeline.regions import entity_masks
-from eligen.pipeline.shapes import Scene, Shape, render
+from eligen.pipeline.shapes.evaluation import score_image
+from eligen.pipeline.shapes.scenes import Scene, Shape, render
 
 REPO = Path(__file__).resolve().parent.parent
 CELL = 192

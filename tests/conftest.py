@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from eligen.pipeline.tiny_model import build_tiny_flux
+from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
 
 
 @pytest.fixture(scope="session")

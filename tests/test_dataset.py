@@ -14,8 +14,8 @@ from eligen.main import app
 from eligen.pipeline.dataset import DatasetError, bucket_size, read_dataset
 from eligen.pipeline.layout import Layout
 from eligen.pipeline.regions import entity_masks, token_masks
-from eligen.pipeline.train_data import BucketBatchSampler
-from eligen.pipeline.train_example import write_example_dataset
+from eligen.pipeline.train.data import BucketBatchSampler
+from eligen.pipeline.train.example import write_example_dataset
 
 runner = CliRunner()
 FACTOR = 8  # the tiny model's and FLUX.1-dev's VAE factor

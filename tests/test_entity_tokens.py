@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from eligen.main import app
-from eligen.pipeline.encode import PromptEncoder
+from eligen.pipeline.families.flux.encode import PromptEncoder
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import LayoutError, parse_layout
 from eligen.pipeline.outputs import read_png_metadata

@@ -80,7 +80,7 @@ def test_cfg_one_skips_the_negative_branch(tiny_pipe: EligenPipeline) -> None:
 
 
 def test_model_without_embedded_guidance(tmp_path: Path) -> None:
-    from eligen.pipeline.tiny_model import build_tiny_flux
+    from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
 
     folder = build_tiny_flux(tmp_path / "schnell-like", guidance_embeds=False)
     pipe = EligenPipeline.from_pretrained(str(folder), device="cpu", dtype="fp32")

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from eligen.pipeline.devices import pick_dtype
+from eligen.pipeline.families.flux.load import check_device, transformer_config
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import parse_layout
 from eligen.pipeline.model_info import ModelLoadError
-from eligen.pipeline.models import check_device, pick_dtype, transformer_config
 
 FLUX_DEV = {"num_layers": 19, "num_single_layers": 38, "num_attention_heads": 24, "attention_head_dim": 128}
 

@@ -19,7 +19,7 @@ from eligen.pipeline.attention_backends import (
     split_mask,
     use_regional_processor,
 )
-from eligen.pipeline.encode import Conditioning, batched
+from eligen.pipeline.conditioning import Conditioning, batched
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import parse_layout
 from eligen.pipeline.regional_attention import padded_text, regional_attention_mask

@@ -32,7 +32,8 @@ from reference_flux import (
     parameter_patterns,
 )
 
-from eligen.pipeline.encode import Conditioning, PromptEncoder
+from eligen.pipeline.conditioning import Conditioning
+from eligen.pipeline.families.flux.encode import PromptEncoder
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import Layout, parse_layout
 from eligen.pipeline.regions import entity_masks, token_mask

@@ -59,7 +59,8 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from PIL import Image, ImageDraw
 from reference_flux import TinyFluxDiT, diffusers_conditioning_order
 
-from eligen.pipeline.encode import Conditioning, PromptEncoder
+from eligen.pipeline.conditioning import Conditioning
+from eligen.pipeline.families.flux.encode import PromptEncoder
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import load_layout, parse_layout
 from eligen.pipeline.lora import apply_loras, detect_style, load_lora

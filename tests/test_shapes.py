@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from eligen.pipeline.dataset import read_dataset
-from eligen.pipeline.detect import box_iou, detect, parse_entity, score_entity
-from eligen.pipeline.shapes import PALETTE, render, scenes, shape_mask, write_shapes_dataset
+from eligen.pipeline.shapes.detector import box_iou, detect, parse_entity, score_entity
+from eligen.pipeline.shapes.scenes import PALETTE, render, scenes, shape_mask, write_shapes_dataset
 from eligen.shapes_commands import register
 
 runner = CliRunner()

@@ -11,7 +11,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from eligen.main import app
-from eligen.pipeline.evaluate import score_image
 from eligen.pipeline.layout import load_layout
 from eligen.pipeline.model_info import (
     BUILTIN_MODELS,
@@ -21,7 +20,8 @@ from eligen.pipeline.model_info import (
     scale_factor,
 )
 from eligen.pipeline.outputs import read_png_metadata
-from eligen.pipeline.shapes import write_shapes_dataset
+from eligen.pipeline.shapes.evaluation import score_image
+from eligen.pipeline.shapes.scenes import write_shapes_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()

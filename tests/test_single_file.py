@@ -15,11 +15,11 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from eligen.main import app
+from eligen.pipeline.families.flux.single_file import bfl_shapes, bfl_to_diffusers, diffusers_shapes
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import LayoutError, parse_layout
 from eligen.pipeline.model_info import ModelLoadError
 from eligen.pipeline.outputs import read_png_metadata
-from eligen.pipeline.single_file import bfl_shapes, bfl_to_diffusers, diffusers_shapes
 from eligen.sources import load_source, resolve_transformer
 
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""Tests for the offline tiny FLUX folder (eligen.pipeline.tiny_model)."""
+"""Tests for the offline tiny FLUX folder (eligen.pipeline.shapes.tiny_flux)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from diffusers import FluxPipeline
 from safetensors.torch import load_file
 
-from eligen.pipeline.tiny_model import build_tiny_flux
+from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
 
 SENTENCE = "A photo of 3 red cats, sitting on the table! (Price: $42.50; 100% off?) -- #1 [ok] & x/y @ 9:30."
 WEIGHT_FILES = (

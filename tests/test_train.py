@@ -15,17 +15,18 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from training_tolerance import trained_alike
 
-from eligen.pipeline.encode import PromptEncoder, conditioning
+from eligen.pipeline.conditioning import conditioning
+from eligen.pipeline.families.flux.encode import PromptEncoder
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.lora import apply_loras, load_lora
 from eligen.pipeline.sampler import image_ids, predict
-from eligen.pipeline.train import Trainer, TrainError, batch_conditioning, lr_factor, train
-from eligen.pipeline.train_cache import CacheError
-from eligen.pipeline.train_config import TrainConfig
-from eligen.pipeline.train_data import TrainingSet, collate
-from eligen.pipeline.train_example import write_example_dataset
-from eligen.pipeline.train_loss import TRAIN_TIMESTEPS, reference_timesteps
-from eligen.pipeline.train_state import STATE
+from eligen.pipeline.train.cache import CacheError
+from eligen.pipeline.train.config import TrainConfig
+from eligen.pipeline.train.data import TrainingSet, collate
+from eligen.pipeline.train.example import write_example_dataset
+from eligen.pipeline.train.loop import Trainer, TrainError, batch_conditioning, lr_factor, train
+from eligen.pipeline.train.loss import TRAIN_TIMESTEPS, reference_timesteps
+from eligen.pipeline.train.state import STATE
 
 EVAL_EPOCH = 10_000  # draws no training step uses
 
@@ -82,8 +83,8 @@ class _Velocity(torch.nn.Module):
 
 
 def test_rectified_flow_loss_is_the_equation() -> None:
-    from eligen.pipeline.encode import Conditioning
-    from eligen.pipeline.train_loss import rectified_flow_loss
+    from eligen.pipeline.conditioning import Conditioning
+    from eligen.pipeline.train.loss import rectified_flow_loss
 
     generator = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(2, 4, 8, generator=generator), torch.randn(2, 4, 8, generator=generator)

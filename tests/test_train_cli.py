@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from eligen.main import app
-from eligen.pipeline.train_example import write_example_dataset
+from eligen.pipeline.train.example import write_example_dataset
 
 runner = CliRunner()
 

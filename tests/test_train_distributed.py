@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from training_tolerance import trained_alike
 
-from eligen.pipeline.train import train
-from eligen.pipeline.train_config import TrainConfig
-from eligen.pipeline.train_example import write_example_dataset
+from eligen.pipeline.train.config import TrainConfig
+from eligen.pipeline.train.example import write_example_dataset
+from eligen.pipeline.train.loop import train
 
 OPTIONS = {"steps": "4", "rank": "4", "lr": "0.01", "resolution": "64", "bucket-step": "16", "num-workers": "0",
            "save-every": "2", "entity-dropout": "0.3"}

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from .detect import EntityScore, detect, score_entity
-from .layout import Layout
-from .preview import draw_preview
+from ..layout import Layout
+from ..preview import draw_preview
+from .detector import EntityScore, detect, score_entity
 
 SUCCESS_IOU = 0.5
 CELL = 192  # contact-sheet cell side in pixels

@@ -1,13 +1,12 @@
-"""Prompt encoding and the per-branch conditioning of the transformer (paper Eq. 4)."""
+"""The per-branch conditioning of the transformer: prompt groups joined with their regional mask (paper Eq. 4)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers import FluxPipeline
 
 from .regional_attention import padded_text, regional_attention_mask
 
@@ -15,6 +14,8 @@ if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
 
     from .attention_backends import SplitMask
+
+Encode = Callable[[str], tuple[torch.Tensor, torch.Tensor]]  # prompt -> (sequence embeddings, pooled vector)
 
 
 @dataclass(frozen=True)
@@ -28,33 +29,8 @@ class Conditioning:
     attention_mask: torch.Tensor | BlockMask | SplitMask | None
 
 
-class PromptEncoder:
-    """Encodes prompts with the pipeline's CLIP and T5, each distinct prompt once."""
-
-    def __init__(self, pipe: FluxPipeline, max_sequence_length: int) -> None:
-        self.pipe = pipe
-        self.max_sequence_length = max_sequence_length
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T5 embeddings (1, max_sequence_length, D), CLIP pooled (1, D_pooled)) of one prompt."""
-        if prompt not in self._cache:
-            with torch.inference_mode():
-                t5, pooled, _ = self.pipe.encode_prompt(
-                    prompt=prompt, prompt_2=None, max_sequence_length=self.max_sequence_length
-                )
-            self._cache[prompt] = (t5, pooled)
-        return self._cache[prompt]
-
-    def token_count(self, prompt: str) -> int:
-        """T5 tokens of `prompt` before the padding: its own tokens and the end token, at most max_sequence_length."""
-        tokens = self.pipe.tokenizer_2(prompt, padding="max_length", max_length=self.max_sequence_length,
-                                       truncation=True, return_tensors="pt")
-        return int(tokens.attention_mask.sum())
-
-
 def conditioning(
-    encode: PromptEncoder, prompt: str, entity_prompts: Sequence[str], token_regions: torch.Tensor | None,
+    encode: Encode, prompt: str, entity_prompts: Sequence[str], token_regions: torch.Tensor | None,
     entity_lengths: Sequence[int] | None = None,
 ) -> Conditioning:
     """Concatenate `[entities..., global]` and build the regional mask (plain FLUX without entities).

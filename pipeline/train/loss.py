@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .encode import Conditioning
-from .sampler import diffsynth_schedule, predict
-from .train_config import TimestepSampling
+from ..conditioning import Conditioning
+from ..sampler import diffsynth_schedule, predict
+from .config import TimestepSampling
 
 TRAIN_TIMESTEPS = 1000
 

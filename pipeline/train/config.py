@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError
 
-from .layout import DEFAULT_MODEL, LayoutError
+from ..layout import DEFAULT_MODEL, LayoutError
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 TimestepSampling = Literal["reference", "logit-normal"]

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from .dataset import Sample, load_image
-from .train_cache import TrainCache
+from ..dataset import Sample, load_image
+from .cache import TrainCache
 
 
 def sample_seed(*parts: object) -> int:

@@ -6,7 +6,7 @@
 * diffusers' `FluxTransformer2DModel` (`transformer_blocks.0.attn.to_q`, `.to_k`, `.to_v`).
 
 A fused BFL/reference layer stacks its diffusers parts' rows in the order listed. Single-file checkpoints
-(pipeline/single_file.py) and LoRA files (pipeline/lora.py) are both mapped through these tables.
+(single_file.py here) and LoRA files (pipeline/lora.py) are both mapped through these tables.
 """
 
 from __future__ import annotations

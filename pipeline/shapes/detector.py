@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .shapes import PALETTE, SHAPES
+from .scenes import PALETTE, SHAPES
 
 MAX_DISTANCE = 90.0  # RGB distance to the palette colour
 MIN_AREA = 12  # pixels at 64x64

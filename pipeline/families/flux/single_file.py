@@ -3,7 +3,7 @@
 A FLUX fine-tune is often one file of the transformer in the original (BFL) key layout,
 `double_blocks.0.img_attn.qkv.weight`, ..., sometimes with ComfyUI's `model.diffusion_model.` prefix. It is converted
 here to diffusers names with every size taken from the model's transformer config (names from
-pipeline/flux_names.py). diffusers' own converter (`convert_flux_transformer_checkpoint_to_diffusers`, 0.42.1)
+names.py beside it). diffusers' own converter (`convert_flux_transformer_checkpoint_to_diffusers`, 0.42.1)
 hard-codes FLUX.1-dev's width (3072, MLP 12288) for the single blocks and does not compare the file with the config
 (extra blocks are dropped with a warning, missing ones left unloaded); this conversion gives the same tensors as
 diffusers' at FLUX.1-dev's width (tests/test_single_file.py) and refuses any file that does not fit the config exactly.
@@ -20,7 +20,10 @@ from typing import Any
 import torch
 from diffusers import FluxTransformer2DModel
 
-from .flux_names import (
+from ...devices import Quantize, transformer_quantization
+from ...hub import local_or_hub_file
+from ...model_info import ModelLoadError
+from .names import (
     DOUBLE_BLOCK_LINEARS,
     DOUBLE_BLOCK_NORMS,
     GLOBAL_LINEARS,
@@ -28,9 +31,6 @@ from .flux_names import (
     SINGLE_BLOCK_LINEARS,
     SINGLE_BLOCK_NORMS,
 )
-from .hub import local_or_hub_file
-from .model_info import ModelLoadError
-from .models import Quantize, transformer_quantization
 
 SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # ComfyUI full checkpoints, kohya-style names
 _LINEAR = ((".weight", ".weight"), (".bias", ".bias"))

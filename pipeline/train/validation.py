@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from .dataset import Sample, bucket_masks
-from .encode import Conditioning
-from .layout import Entity, Layout, load_layout
-from .preview import draw_preview
-from .regions import PATCH, check_canvas, entity_masks, mask_data_url, token_masks
+from ..conditioning import Conditioning
+from ..dataset import Sample, bucket_masks
+from ..layout import Entity, Layout, load_layout
+from ..preview import draw_preview
+from ..regions import PATCH, check_canvas, entity_masks, mask_data_url, token_masks
 
 if TYPE_CHECKING:
-    from .generate import EligenPipeline
+    from ..generate import EligenPipeline
 
 VALIDATION_SEED = 0  # for layouts without a seed
 

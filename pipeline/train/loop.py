@@ -28,19 +28,21 @@ from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from safetensors.torch import load_file
 
-from . import model_info
-from .dataset import Dataset, read_dataset
-from .encode import Conditioning, PromptEncoder, conditioning
-from .generate import EligenPipeline
-from .models import load_flux, pick_dtype
-from .outputs import save_png
-from .sampler import get_noise, image_ids, pack
-from .train_cache import TrainCache, build_cache
-from .train_config import TrainConfig
-from .train_data import BucketBatchSampler, TrainingSet, collate, sample_seed
-from .train_lora import add_lora, load_lora_into, save_kohya, save_lora
-from .train_loss import draw_timestep, rectified_flow_loss
-from .train_state import (
+from .. import model_info
+from ..conditioning import Conditioning, conditioning
+from ..dataset import Dataset, read_dataset
+from ..devices import pick_dtype
+from ..families.flux.encode import PromptEncoder
+from ..families.flux.load import load_flux
+from ..generate import EligenPipeline
+from ..outputs import save_png
+from ..sampler import get_noise, image_ids, pack
+from .cache import TrainCache, build_cache
+from .config import TrainConfig
+from .data import BucketBatchSampler, TrainingSet, collate, sample_seed
+from .lora import add_lora, load_lora_into, save_kohya, save_lora
+from .loss import draw_timestep, rectified_flow_loss
+from .state import (
     Position,
     commit,
     find_checkpoint,
@@ -56,7 +58,7 @@ from .train_state import (
     staging_dir,
     write_state,
 )
-from .train_validation import ValidationCase, prepare_cases, read_validation, render_grid
+from .validation import ValidationCase, prepare_cases, read_validation, render_grid
 
 TRAINING_GUIDANCE = 1.0  # FLUX embedded guidance during training, as the reference trains
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .dataset import Sample, load_image
-from .encode import PromptEncoder
-from .outputs import write_atomic
+from ..dataset import Sample, load_image
+from ..families.flux.encode import PromptEncoder
+from ..outputs import write_atomic
 
 if TYPE_CHECKING:
-    from .generate import EligenPipeline
+    from ..generate import EligenPipeline
 
 MANIFEST = "manifest.json"
 

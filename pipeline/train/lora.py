@@ -21,9 +21,9 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from .flux_names import DOUBLE_BLOCK_LINEARS, SINGLE_BLOCK_LINEARS, kohya_stem
-from .lora import LoraError
-from .outputs import write_atomic
+from ..families.flux.names import DOUBLE_BLOCK_LINEARS, SINGLE_BLOCK_LINEARS, kohya_stem
+from ..lora import LoraError
+from ..outputs import write_atomic
 
 BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
 PREFIX = "transformer."  # diffusers' key prefix for the transformer's LoRA layers

@@ -1,0 +1,31 @@
+"""FLUX prompt encoding: T5 sequence embeddings and the CLIP pooled vector of a prompt, each prompt once."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import FluxPipeline
+
+
+class PromptEncoder:
+    """Encodes prompts with the pipeline's CLIP and T5, each distinct prompt once."""
+
+    def __init__(self, pipe: FluxPipeline, max_sequence_length: int) -> None:
+        self.pipe = pipe
+        self.max_sequence_length = max_sequence_length
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 embeddings (1, max_sequence_length, D), CLIP pooled (1, D_pooled)) of one prompt."""
+        if prompt not in self._cache:
+            with torch.inference_mode():
+                t5, pooled, _ = self.pipe.encode_prompt(
+                    prompt=prompt, prompt_2=None, max_sequence_length=self.max_sequence_length
+                )
+            self._cache[prompt] = (t5, pooled)
+        return self._cache[prompt]
+
+    def token_count(self, prompt: str) -> int:
+        """T5 tokens of `prompt` before the padding: its own tokens and the end token, at most max_sequence_length."""
+        tokens = self.pipe.tokenizer_2(prompt, padding="max_length", max_length=self.max_sequence_length,
+                                       truncation=True, return_tensors="pt")
+        return int(tokens.attention_mask.sum())
