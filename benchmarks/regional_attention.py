@@ -48,9 +48,10 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from eligen.pipeline.attention_backends import SplitMask, attention_form
 from eligen.pipeline.conditioning import Conditioning
+from eligen.pipeline.families.flux.transformer import image_ids, predict
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import Layout, parse_layout
-from eligen.pipeline.sampler import get_noise, image_ids, pack, predict
+from eligen.pipeline.sampler import get_noise, pack
 from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -161,7 +162,7 @@ def layout(side: int, k: int, entity_tokens: str = "max", steps: int = 4) -> Lay
 
 def variants(pipe: EligenPipeline, dit: TinyFluxDiT, side: int, ks: list[int], attentions: list[str]) -> list[Variant]:
     """Plain FLUX, ours for every k, form and token budget, and the reference for every k, at one size."""
-    transformer, dtype, device = pipe.flux.transformer, pipe.dtype, pipe.device
+    transformer, dtype, device = pipe.transformer, pipe.dtype, pipe.device
     latent = side // pipe.scale_factor
     noise = get_noise(0, transformer.config.in_channels // 4, latent, latent, dtype).to(device)
     x, ids, n_image = pack(noise), image_ids(latent, latent, device, dtype), (latent // 2) ** 2
@@ -332,7 +333,7 @@ def generation_table(pipe: EligenPipeline, side: int, k: int, attentions: list[s
 
 def rotary_line(pipe: EligenPipeline, side: int, k: int, repeats: int) -> str:
     """What recomputing the rotary tables costs in each forward (diffusers takes ids, not tables)."""
-    transformer, device, dtype = pipe.flux.transformer, pipe.device, pipe.dtype
+    transformer, device, dtype = pipe.transformer, pipe.device, pipe.dtype
     latent = side // pipe.scale_factor
     ids = torch.cat([torch.zeros((k + 1) * T5_LENGTH, 3, device=device, dtype=dtype),
                      image_ids(latent, latent, device, dtype)])
@@ -376,8 +377,8 @@ def main() -> None:
 def run(pipe: EligenPipeline, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
     """Time every size first, then measure peak memory (which changes how the allocator works: see
     `release_freed_memory`), then print."""
-    config = dict(pipe.flux.transformer.config)
-    dit = reference_dit(pipe.flux.transformer)
+    config = dict(pipe.transformer.config)
+    dit = reference_dit(pipe.transformer)
     measured = []
     for side in args.sizes:
         found = variants(pipe, dit, side, args.entities, args.attention)

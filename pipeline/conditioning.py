@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,23 +14,36 @@ if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
 
     from .attention_backends import SplitMask
-
-Encode = Callable[[str], tuple[torch.Tensor, torch.Tensor]]  # prompt -> (sequence embeddings, pooled vector)
+    from .families.base import PromptEncoder
 
 
 @dataclass(frozen=True)
 class Conditioning:
     """Everything one transformer pass is conditioned on, built once per generation."""
 
-    prompt_embeds: torch.Tensor  # (B, L, D): [entity_1 | ... | entity_k | global] T5 embeddings
-    pooled: torch.Tensor  # (B, D_pooled): CLIP pooled vector of the global prompt
-    text_ids: torch.Tensor  # (L, 3): zeros over the whole text length
-    # (B, 1, N, N) additive regional mask (the sampler may turn it into a sparse form), None for plain FLUX
+    prompt_embeds: torch.Tensor  # (B, L, D): [entity_1 | ... | entity_k | global] text embeddings
+    pooled: torch.Tensor | None  # (B, D_pooled): the global prompt's pooled vector (FLUX: CLIP), None if none
+    text_ids: torch.Tensor  # the family's text position ids (FLUX: zeros (L, 3)), shared by the batch
+    # (B, 1, N, N) additive regional mask (the sampler may turn it into a sparse form), None without regions
     attention_mask: torch.Tensor | BlockMask | SplitMask | None
 
 
+@dataclass(frozen=True)
+class PromptTable:
+    """Prompts encoded beforehand (a training cache), read like a family's `PromptEncoder`."""
+
+    embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]
+    positions: Callable[[Sequence[int], torch.Tensor], torch.Tensor]  # the family's `text_ids`
+
+    def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.embeddings[prompt]
+
+    def text_ids(self, group_lengths: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        return self.positions(group_lengths, like)
+
+
 def conditioning(
-    encode: Encode, prompt: str, entity_prompts: Sequence[str], token_regions: torch.Tensor | None,
+    encode: PromptEncoder | PromptTable, prompt: str, entity_prompts: Sequence[str], token_regions: torch.Tensor | None,
     entity_lengths: Sequence[int] | None = None,
 ) -> Conditioning:
     """Concatenate `[entities..., global]` and build the regional mask (plain FLUX without entities).
@@ -42,15 +55,24 @@ def conditioning(
     """
     t5, pooled = encode(prompt)
     if not entity_prompts:
-        text_ids = torch.zeros(t5.shape[1], 3, device=t5.device, dtype=t5.dtype)
-        return Conditioning(t5, pooled, text_ids, None)
+        return Conditioning(t5, pooled, encode.text_ids([t5.shape[1]], t5), None)
     lengths = entity_lengths or [t5.shape[1]] * len(entity_prompts)
     groups = [encode(p)[0][:, :n] for p, n in zip(entity_prompts, lengths, strict=True)] + [t5]
     embeds = torch.cat(groups, dim=1)
-    text_ids = torch.zeros(embeds.shape[1], 3, device=t5.device, dtype=t5.dtype)
+    text_ids = encode.text_ids([g.shape[1] for g in groups], t5)
     assert token_regions is not None and token_regions.shape[0] == len(entity_prompts)
     mask = regional_attention_mask(token_regions, [g.shape[1] for g in groups], t5.dtype, t5.device)
     return Conditioning(embeds, pooled, text_ids, mask)
+
+
+def padded_ids(branches: Sequence[Conditioning], length: int) -> torch.Tensor:
+    """The branches' shared text ids for a text of `length` tokens: each padded with its last id (the pad tokens
+    are masked, so their positions never matter); the branches must agree on their real tokens' ids."""
+    padded = [torch.cat([c.text_ids, c.text_ids[-1:].expand(length - len(c.text_ids), *c.text_ids.shape[1:])])
+              for c in branches]
+    if any(not torch.equal(padded[0], ids) for ids in padded[1:]):
+        raise ValueError("these branches have different text positions and cannot share one batch")
+    return padded[0]
 
 
 def batched(branches: Sequence[Conditioning], n_image: int) -> Conditioning:
@@ -59,8 +81,8 @@ def batched(branches: Sequence[Conditioning], n_image: int) -> Conditioning:
     length = max(c.prompt_embeds.shape[1] for c in branches)
     embeds = torch.cat([torch.nn.functional.pad(c.prompt_embeds, (0, 0, 0, length - c.prompt_embeds.shape[1]))
                         for c in branches])
-    pooled = torch.cat([c.pooled for c in branches])
-    text_ids = torch.zeros(length, 3, device=embeds.device, dtype=branches[0].text_ids.dtype)
+    pooled = None if branches[0].pooled is None else torch.cat([c.pooled for c in branches])
+    text_ids = padded_ids(branches, length)
     if all(c.attention_mask is None and c.prompt_embeds.shape[1] == length for c in branches):
         return Conditioning(embeds, pooled, text_ids, None)
     masks = [padded_text(c.attention_mask, c.prompt_embeds.shape[1], length, n_image, embeds.dtype, embeds.device)

@@ -1,4 +1,4 @@
-"""Layout -> image: the EliGen generation pipeline on diffusers FLUX components."""
+"""Layout -> image: the EliGen generation pipeline, the same for every model family (`families/`)."""
 
 from __future__ import annotations
 
@@ -7,20 +7,19 @@ from typing import Literal
 
 import numpy as np
 import torch
-from diffusers import FluxPipeline
 from PIL import Image
 
 from . import model_info
 from .attention_backends import Attention
 from .conditioning import Conditioning, conditioning
 from .devices import Offload, Quantize, pick_device, pick_dtype
-from .families.flux.encode import PromptEncoder
-from .families.flux.load import load_flux
+from .families.base import ModelFamily, PromptEncoder
+from .families.loading import load_family
 from .hub import DEFAULT_LORAS, lora_file
 from .layout import Layout, LayoutError, LoraSpec
-from .lora import LoraError, apply_loras, load_lora, remove_loras
+from .lora import LoraError, apply_loras, remove_loras
 from .regions import check_canvas, entity_masks, token_masks
-from .sampler import Fuse, StepCallback, denoise, get_noise, get_schedule, image_ids, pack, unpack
+from .sampler import Fuse, StepCallback, denoise, get_noise, get_schedule, pack
 
 EntityTokens = Literal["max", "auto"] | int  # a layout's `entity_tokens`
 
@@ -48,10 +47,10 @@ def entity_lengths(
 
 
 class EligenPipeline:
-    """A loaded FLUX model that renders layouts with entity-level regional attention."""
+    """A loaded model of any family that renders layouts with entity-level regional attention."""
 
-    def __init__(self, flux: FluxPipeline, model: str, fuse_loras: bool = False) -> None:
-        self.flux = flux
+    def __init__(self, family: ModelFamily, model: str, fuse_loras: bool = False) -> None:
+        self.family = family
         self.model = model
         self.fuse_loras = fuse_loras
         self._loras: tuple[tuple[str, float], ...] = ()  # (file, scale) of the LoRAs now applied
@@ -61,7 +60,7 @@ class EligenPipeline:
         cls, model: str, *, transformer: str | None = None, device: str | None = None, dtype: str | None = None,
         offload: Offload = "none", quantize: Quantize = "none", fuse_loras: bool = False,
     ) -> EligenPipeline:
-        """Load a diffusers FLUX folder or hub id (`black-forest-labs/FLUX.1-dev`).
+        """Load a diffusers folder, built-in name or hub id (`black-forest-labs/FLUX.1-dev`) as its family.
 
         `transformer` replaces the model's transformer with a single-file checkpoint (a local .safetensors file in
         the BFL or diffusers key layout, or `repo-id/path/in/repo.safetensors`); its config and every other
@@ -71,9 +70,13 @@ class EligenPipeline:
         A full-size model is refused on the CPU unless `device="cpu"` is given explicitly.
         """
         target = pick_device(device)
-        flux = load_flux(model, target, pick_dtype(dtype, target), offload, quantize, explicit_device=bool(device),
-                         transformer=transformer)
-        return cls(flux, model, fuse_loras)
+        family = load_family(model, target, pick_dtype(dtype, target), offload, quantize,
+                             explicit_device=bool(device), transformer=transformer)
+        return cls(family, model, fuse_loras)
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.family.transformer
 
     def lora_specs(self, layout: Layout) -> list[LoraSpec]:
         """The layout's LoRAs, or this model's default ones when the layout does not say."""
@@ -85,12 +88,11 @@ class EligenPipeline:
         wanted = tuple((str(path), scale) for path, scale in files)
         if wanted == self._loras:
             return
-        transformer = self.flux.transformer
         if self.fuse_loras and self._loras:
             raise LoraError("LoRAs were fused into this model's weights and cannot be swapped; load the model again")
-        loaded = [(load_lora(path, transformer.config), scale) for path, scale in files]
-        remove_loras(transformer)
-        apply_loras(transformer, loaded, fuse=self.fuse_loras)
+        loaded = [(self.family.load_lora(path), scale) for path, scale in files]
+        remove_loras(self.transformer)
+        apply_loras(self.transformer, loaded, fuse=self.fuse_loras)
         self._loras = wanted
 
     def prepare(
@@ -105,19 +107,23 @@ class EligenPipeline:
     @property
     def scale_factor(self) -> int:
         """Pixels per latent pixel (8 for FLUX.1-dev)."""
-        return 2 ** (len(self.flux.vae.config.block_out_channels) - 1)
+        return self.family.scale_factor
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.flux.transformer.dtype
+        return self.family.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.flux._execution_device
+        return self.family.device
 
     def max_sequence_length(self, layout: Layout) -> int:
-        """The layout's T5 length per prompt group, else the model folder's default."""
+        """The layout's text length per prompt group, else the model folder's default."""
         return layout.max_sequence_length or model_info.default_max_sequence_length(self.model)
+
+    def prompt_encoder(self, max_sequence_length: int) -> PromptEncoder:
+        """The family's encoder of prompt groups at this length per group."""
+        return self.family.prompt_encoder(max_sequence_length)
 
     def token_regions(self, layout: Layout, base_dir: Path, source: str = "<layout>") -> np.ndarray:
         """(k, n_tokens) bool token regions of the layout's entities, validated for this model."""
@@ -128,7 +134,7 @@ class EligenPipeline:
         self, layout: Layout, regions: np.ndarray, source: str = "<layout>"
     ) -> tuple[Conditioning, Conditioning | None]:
         """Positive and negative conditioning, encoded once for every seed of the layout."""
-        encode = PromptEncoder(self.flux, self.max_sequence_length(layout))
+        encode = self.prompt_encoder(self.max_sequence_length(layout))
         prompts = [e.prompt for e in layout.entities]
         token_regions = torch.from_numpy(regions) if prompts else None
         lengths = entity_lengths(encode, layout.entity_tokens, prompts, source=source)
@@ -143,6 +149,10 @@ class EligenPipeline:
             negative = conditioning(encode, layout.negative_prompt, [], None)
         return positive, negative
 
+    def latent_grid(self, layout: Layout) -> tuple[int, int]:
+        """(height, width) of the layout's latents."""
+        return layout.height // self.scale_factor, layout.width // self.scale_factor
+
     def sample(
         self, layout: Layout, positive: Conditioning, negative: Conditioning | None, seed: int,
         on_step: StepCallback | None = None, fuse_positive: Fuse | None = None, fuse_negative: Fuse | None = None,
@@ -153,32 +163,20 @@ class EligenPipeline:
         `attention` (default: the layout's) picks how the regional mask runs (`attention_backends`); `batch_cfg`
         runs CFG's two branches as one batched pass.
         """
-        transformer = self.flux.transformer
-        latent_h, latent_w = layout.height // self.scale_factor, layout.width // self.scale_factor
-        channels = transformer.config.in_channels // 4
-        x = pack(get_noise(seed, channels, latent_h, latent_w, self.dtype)).to(self.device)
-        ids = image_ids(latent_h, latent_w, self.device, self.dtype)
-        sigmas, timesteps = get_schedule(layout.schedule, layout.steps, x.shape[1], self.flux.scheduler.config)
-        guidance = layout.guidance if transformer.config.guidance_embeds else None
-        return denoise(transformer, x, ids, sigmas, timesteps, positive, negative, layout.cfg, guidance, on_step,
+        latent_h, latent_w = self.latent_grid(layout)
+        x = pack(get_noise(seed, self.family.latent_channels, latent_h, latent_w, self.dtype)).to(self.device)
+        sigmas, timesteps = get_schedule(layout.schedule, layout.steps, x.shape[1], self.family.scheduler_config)
+        velocity = self.family.velocity(self.transformer, latent_h, latent_w, layout.guidance)
+        return denoise(velocity, x, sigmas, timesteps, positive, negative, layout.cfg, on_step,
                        fuse_positive, fuse_negative, attention or layout.attention, batch_cfg)
 
-    @torch.inference_mode()
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """An RGB image (at a size the model takes) -> packed, scaled latents (the VAE posterior mean)."""
-        vae = self.flux.vae
-        pixels = self.flux.image_processor.preprocess(image.convert("RGB")).to(self.device, self.dtype)
-        latents = vae.encode(pixels).latent_dist.mode()
-        return pack((latents - vae.config.shift_factor) * vae.config.scaling_factor)
+        return self.family.encode_image(image)
 
-    @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, layout: Layout) -> Image.Image:
         """Packed latents -> PIL image through the VAE."""
-        vae = self.flux.vae
-        latents = unpack(tokens, layout.height // self.scale_factor, layout.width // self.scale_factor)
-        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-        image = vae.decode(latents, return_dict=False)[0]
-        return self.flux.image_processor.postprocess(image, output_type="pil")[0]
+        return self.family.decode(tokens, *self.latent_grid(layout))
 
     def generate(
         self, layout: Layout, seeds: list[int], base_dir: Path = Path("."), source: str = "<layout>",

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .families.defaults import FamilyDefaults, family_for_class
 from .layout import LayoutError
 
-DEFAULT_MAX_SEQUENCE_LENGTH = 512  # T5 tokens per prompt group for FLUX.1-dev
-DEFAULT_SCALE_FACTOR = 8  # FLUX.1-dev's VAE
 EXTRA_CONFIG = "eligen.json"  # optional per-folder defaults, e.g. {"max_sequence_length": 32}
 BUILTIN_MODELS = Path(__file__).parent / "shapes" / "builtin-models"  # shipped with the package (docs/shapes.md)
 BUILTIN_NAMES = ("shapes", "shapes-base")  # the shapes model with its EliGen weights, and its base alone
@@ -55,15 +54,21 @@ def _local_json(model: str, relative: str) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def model_family(model: str) -> FamilyDefaults:
+    """The family of a model: from a local folder's model_index.json, else (a hub id) FLUX."""
+    index = _local_json(model, "model_index.json") or {}
+    return family_for_class(index.get("_class_name"))
+
+
 def default_max_sequence_length(model: str) -> int:
-    """The folder's declared T5 length (eligen.json), else FLUX.1-dev's 512."""
+    """The folder's declared text length per prompt group (eligen.json), else its family's (FLUX.1-dev: 512)."""
     extra = _local_json(model, EXTRA_CONFIG) or {}
-    return int(extra.get("max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH))
+    return int(extra.get("max_sequence_length", model_family(model).max_sequence_length))
 
 
 def scale_factor(model: str) -> int:
-    """The VAE's spatial scale factor from a local folder's config, else FLUX.1-dev's 8."""
+    """The VAE's spatial scale factor from a local folder's config, else its family's (FLUX.1-dev: 8)."""
     vae = _local_json(model, "vae/config.json")
     if vae is None:
-        return DEFAULT_SCALE_FACTOR
+        return model_family(model).scale_factor
     return 2 ** (len(vae["block_out_channels"]) - 1)

@@ -1,8 +1,8 @@
 """The sampler: noise, schedules, and the Euler loop with true classifier-free guidance.
 
-Small pure functions in the manner of black-forest-labs/flux `sampling.py`. The transformer is a
-diffusers `FluxTransformer2DModel`; regional attention reaches every block through
-`joint_attention_kwargs={"attention_mask": ...}`.
+Small pure functions in the manner of black-forest-labs/flux `sampling.py`, the same for every model family:
+the family's transformer pass comes in as a `Velocity` (tokens, timestep, conditioning) -> velocity, with the
+regional mask of the conditioning in every block.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from .attention_backends import Attention, attention_form, use_regional_processor
+from .attention_backends import Attention, attention_form
 from .conditioning import Conditioning, batched
+from .families.base import Velocity
 
 Schedule = Literal["flux", "diffsynth"]
 StepCallback = Callable[[int, int], None]
@@ -42,14 +43,6 @@ def unpack(tokens: torch.Tensor, latent_height: int, latent_width: int) -> torch
     b, _, d = tokens.shape
     patches = tokens.view(b, latent_height // 2, latent_width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
     return patches.reshape(b, d // 4, latent_height, latent_width)
-
-
-def image_ids(latent_height: int, latent_width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Rotary position ids (n, 3) of the image tokens: (0, row, column)."""
-    ids = torch.zeros(latent_height // 2, latent_width // 2, 3)
-    ids[..., 1] = torch.arange(latent_height // 2)[:, None]
-    ids[..., 2] = torch.arange(latent_width // 2)[None, :]
-    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
 def flux_schedule(steps: int, n_image_tokens: int, scheduler_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,32 +77,6 @@ def get_schedule(schedule: Schedule, steps: int, n_image_tokens: int, scheduler_
     return flux_schedule(steps, n_image_tokens, scheduler_config)
 
 
-def predict(
-    transformer: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
-    img_ids: torch.Tensor, guidance: torch.Tensor | None,
-) -> torch.Tensor:
-    """One transformer pass: the velocity for tokens `x` at `timestep` (0..1000) under `cond`.
-
-    `cond.attention_mask` may be in any form of `attention_backends` (a dense additive mask, a BlockMask, a
-    SplitMask); `x` of batch 1 is repeated to the conditioning's batch.
-    """
-    mask = cond.attention_mask
-    if mask is not None and not isinstance(mask, torch.Tensor):
-        use_regional_processor(transformer)
-    x = x.expand(cond.prompt_embeds.shape[0], -1, -1)
-    return transformer(
-        hidden_states=x,
-        timestep=timestep.expand(x.shape[0]).to(x.dtype) / 1000,
-        guidance=guidance.expand(x.shape[0]) if guidance is not None else None,
-        pooled_projections=cond.pooled,
-        encoder_hidden_states=cond.prompt_embeds,
-        txt_ids=cond.text_ids,
-        img_ids=img_ids,
-        joint_attention_kwargs={"attention_mask": mask} if mask is not None else None,
-        return_dict=False,
-    )[0]
-
-
 def branches(positive: Conditioning, negative: Conditioning | None, n_image: int, attention: Attention = "dense",
              batch_cfg: bool = False) -> list[Conditioning]:
     """The transformer passes of one step (CFG's two branches as one batch with `batch_cfg`), masks in the form
@@ -122,15 +89,13 @@ def branches(positive: Conditioning, negative: Conditioning | None, n_image: int
 
 @torch.inference_mode()
 def denoise(
-    transformer: torch.nn.Module,
+    velocity: Velocity,
     x: torch.Tensor,
-    img_ids: torch.Tensor,
     sigmas: torch.Tensor,
     timesteps: torch.Tensor,
     positive: Conditioning,
     negative: Conditioning | None,
     cfg: float,
-    guidance: float | None,
     on_step: StepCallback | None = None,
     fuse_positive: Fuse | None = None,
     fuse_negative: Fuse | None = None,
@@ -143,11 +108,10 @@ def denoise(
     before CFG (paper Algorithm 1). `attention` picks how the regional mask runs; `batch_cfg` runs both
     CFG branches in one batched pass (the same result; about twice the activation memory).
     """
-    g = torch.full((1,), guidance, device=x.device, dtype=torch.float32) if guidance is not None else None
     passes = branches(positive, negative if cfg > 1.0 else None, x.shape[1], attention, batch_cfg)
     for i, t in enumerate(timesteps.to(x.device)):
         sigma = sigmas[i].item()
-        both = torch.cat([predict(transformer, x, t, c, img_ids, g) for c in passes])  # (1 or 2 branches, n, d)
+        both = torch.cat([velocity(x, t, c) for c in passes])  # (1 or 2 branches, n, d)
         v = both[:1] if fuse_positive is None else fuse_positive(both[:1], x, sigma)
         if len(both) == 2:
             v_neg = both[1:] if fuse_negative is None else fuse_negative(both[1:], x, sigma)

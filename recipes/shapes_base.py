@@ -26,7 +26,8 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from eligen.pipeline.conditioning import Conditioning
-from eligen.pipeline.sampler import image_ids, pack
+from eligen.pipeline.families.flux.transformer import image_ids
+from eligen.pipeline.sampler import pack
 from eligen.pipeline.shapes.scenes import PALETTE, SHAPES, render, scenes
 from eligen.pipeline.shapes.tiny_flux import (
     _FLUX_DEV_SCHEDULER,

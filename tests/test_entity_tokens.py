@@ -11,7 +11,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from eligen.main import app
-from eligen.pipeline.families.flux.encode import PromptEncoder
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import LayoutError, parse_layout
 from eligen.pipeline.outputs import read_png_metadata
@@ -41,10 +40,10 @@ def test_layout_accepts_max_auto_and_a_number() -> None:
 
 
 def test_auto_keeps_each_entity_s_own_tokens_of_the_padded_encoding(tiny_pipe, regions) -> None:
-    encode = PromptEncoder(tiny_pipe.flux, tiny_pipe.max_sequence_length(_layout()))
+    encode = tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(_layout()))
     counts = [encode.token_count(e["prompt"]) for e in ENTITIES]
-    ids = tiny_pipe.flux.tokenizer_2(ENTITIES[0]["prompt"]).input_ids
-    assert counts[0] == len(ids) and ids[-1] == tiny_pipe.flux.tokenizer_2.eos_token_id  # the end token counts
+    ids = tiny_pipe.family.pipe.tokenizer_2(ENTITIES[0]["prompt"]).input_ids
+    assert counts[0] == len(ids) and ids[-1] == tiny_pipe.family.pipe.tokenizer_2.eos_token_id  # the end token counts
     assert counts[0] < counts[1] < encode.max_sequence_length
 
     positive, _ = tiny_pipe.conditionings(_layout(entity_tokens="auto"), regions)
@@ -66,10 +65,10 @@ def test_auto_keeps_each_entity_s_own_tokens_of_the_padded_encoding(tiny_pipe, r
 def test_padding_changes_the_real_tokens_embeddings(tiny_pipe) -> None:
     """Why `auto` slices the padded encoding instead of encoding at the prompt's own length: FLUX runs T5
     without an attention mask, so the padding tokens take part in the real tokens' attention."""
-    encode = PromptEncoder(tiny_pipe.flux, 32)
+    encode = tiny_pipe.prompt_encoder(32)
     prompt = ENTITIES[1]["prompt"]
     n = encode.token_count(prompt)
-    unpadded = PromptEncoder(tiny_pipe.flux, n)(prompt)[0]
+    unpadded = tiny_pipe.prompt_encoder(n)(prompt)[0]
     difference = (unpadded - encode(prompt)[0][:, :n]).abs().max().item()
     assert difference > 1e-3 * unpadded.abs().max().item()
 
@@ -91,7 +90,7 @@ def test_a_number_pads_every_entity_to_it_and_refuses_longer_prompts(tiny_pipe, 
 
 def test_regions_on_negative_keep_the_negative_prompt_s_own_tokens(tiny_pipe, regions) -> None:
     _, negative = tiny_pipe.conditionings(_layout(entity_tokens="auto", regions_on_negative=True), regions)
-    encode = PromptEncoder(tiny_pipe.flux, 32)
+    encode = tiny_pipe.prompt_encoder(32)
     assert negative is not None
     assert negative.prompt_embeds.shape[1] == 2 * encode.token_count("dark") + 32
 

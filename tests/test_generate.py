@@ -61,7 +61,7 @@ def test_conditioning_sequence_order_and_mask(tiny_pipe: EligenPipeline) -> None
     regions = tiny_pipe.token_regions(layout, Path("."))
     positive, negative = tiny_pipe.conditionings(layout, regions)
     with torch.no_grad():
-        t5 = {p: tiny_pipe.flux.encode_prompt(p, None, max_sequence_length=32)[0] for p in
+        t5 = {p: tiny_pipe.family.pipe.encode_prompt(p, None, max_sequence_length=32)[0] for p in
               ["left thing", "right thing", "a cat on a sofa", "bad"]}
     expected = torch.cat([t5["left thing"], t5["right thing"], t5["a cat on a sofa"]], dim=1)
     assert torch.equal(positive.prompt_embeds, expected)

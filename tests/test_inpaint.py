@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from eligen.main import app
 from eligen.pipeline import sampler
+from eligen.pipeline.families.flux import family as flux_family
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.inpaint import inpaint, paper_union, place, prepare
 from eligen.pipeline.layout import parse_edits, parse_layout
@@ -80,16 +81,16 @@ def test_paper_fusion_follows_algorithm_1_step_by_step(tiny_pipe: EligenPipeline
     assert np.array_equal(paper_union([masks[0]], 8), expected_union)
 
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original = sampler.predict
+    original = flux_family.predict
 
     def recording(transformer, x, timestep, cond, img_ids, guidance):
         v = original(transformer, x, timestep, cond, img_ids, guidance)
         calls.append((x.clone(), v.clone()))
         return v
 
-    monkeypatch.setattr(sampler, "predict", recording)
+    monkeypatch.setattr(flux_family, "predict", recording)
     tokens = tiny_pipe.sample(plan.layout, plan.positive, plan.negative, 4, fuse_positive=plan.fusion)
-    sigmas, _ = sampler.get_schedule("flux", 3, 64, tiny_pipe.flux.scheduler.config)  # 8x8 tokens
+    sigmas, _ = sampler.get_schedule("flux", 3, 64, tiny_pipe.family.pipe.scheduler.config)  # 8x8 tokens
 
     outside = ~plan.fusion.union
     assert outside.any() and not outside.all()

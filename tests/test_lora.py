@@ -12,16 +12,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
 
-from eligen.pipeline.lora import (
-    LoraDelta,
-    LoraError,
-    apply_loras,
-    detect_style,
-    load_lora,
-    load_lora_state_dict,
-    lora_deltas,
-    remove_loras,
-)
+from eligen.pipeline.families.flux.lora import detect_style, load_lora, load_lora_state_dict, lora_deltas
+from eligen.pipeline.lora import LoraDelta, LoraError, apply_loras, remove_loras
 
 TINY = {
     "in_channels": 64,

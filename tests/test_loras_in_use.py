@@ -93,11 +93,11 @@ def test_swapping_loras_between_layouts_on_one_model(tiny_pipe: EligenPipeline, 
 
 
 def test_flux_dev_defaults_to_the_eligen_lora() -> None:
-    flux_dev = EligenPipeline(flux=None, model="black-forest-labs/FLUX.1-dev")
+    flux_dev = EligenPipeline(family=None, model="black-forest-labs/FLUX.1-dev")
     assert flux_dev.lora_specs(parse_layout({"prompt": "a"})) == [
         LoraSpec(path="modelscope/EliGen", file="model_bf16.safetensors")]
     assert flux_dev.lora_specs(parse_layout({"prompt": "a", "loras": []})) == []
-    other = EligenPipeline(flux=None, model="black-forest-labs/FLUX.1-schnell")
+    other = EligenPipeline(family=None, model="black-forest-labs/FLUX.1-schnell")
     assert other.lora_specs(parse_layout({"prompt": "a"})) == []
 
 

@@ -46,7 +46,7 @@ def test_int8_quantised_transformer_runs_close_to_full_precision(tiny_model: Pat
     from torchao.utils import TorchAOBaseTensor
 
     quantised = EligenPipeline.from_pretrained(str(tiny_model), device="cpu", dtype="fp32", quantize="int8")
-    weight = quantised.flux.transformer.transformer_blocks[0].attn.to_q.weight
+    weight = quantised.transformer.transformer_blocks[0].attn.to_q.weight
     assert isinstance(weight, TorchAOBaseTensor)
     layout = parse_layout({"size": [64, 64], "steps": 2, "seed": 0, "prompt": "a boat",
                            "entities": [{"prompt": "a red boat", "box": [0, 0, 32, 64]}]})

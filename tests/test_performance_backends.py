@@ -11,19 +11,15 @@ import pytest
 import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 
-from eligen.pipeline.attention_backends import (
-    RegionalAttnProcessor,
-    attention_form,
-    block_mask,
-    split_attention,
-    split_mask,
-    use_regional_processor,
-)
+from eligen.pipeline.attention_backends import attention_form, block_mask, split_attention, split_mask
 from eligen.pipeline.conditioning import Conditioning, batched
+from eligen.pipeline.families.flux.attention import RegionalAttnProcessor, use_regional_processor
+from eligen.pipeline.families.flux.family import FluxFamily
+from eligen.pipeline.families.flux.transformer import image_ids, predict
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import parse_layout
 from eligen.pipeline.regional_attention import padded_text, regional_attention_mask
-from eligen.pipeline.sampler import get_noise, image_ids, pack, predict
+from eligen.pipeline.sampler import get_noise, pack
 
 WIDTH, HEIGHT = 192, 128
 N_IMAGE = (WIDTH // 16) * (HEIGHT // 16)
@@ -41,12 +37,13 @@ def _layout(**fields: object):
 @pytest.fixture(scope="module")
 def pipe(tiny_pipe: EligenPipeline) -> EligenPipeline:
     """The tiny pipeline with every transformer weight perturbed (no constant norm scale hides a mistake)."""
-    transformer = copy.deepcopy(tiny_pipe.flux.transformer)
+    transformer = copy.deepcopy(tiny_pipe.transformer)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for parameter in transformer.parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return EligenPipeline(FluxPipeline(**{**tiny_pipe.flux.components, "transformer": transformer}), tiny_pipe.model)
+    return EligenPipeline(FluxFamily(FluxPipeline(**{**tiny_pipe.family.pipe.components, "transformer": transformer})),
+                          tiny_pipe.model)
 
 
 def _random_allowed(generator: torch.Generator, n: int, groups: int) -> torch.Tensor:
@@ -108,7 +105,7 @@ def test_split_attention_equals_masked_sdpa(dtype: torch.dtype) -> None:
 
 
 def _velocity(pipe: EligenPipeline, cond: Conditioning, attention: str) -> torch.Tensor:
-    transformer = pipe.flux.transformer
+    transformer = pipe.transformer
     x = pack(get_noise(5, 16, HEIGHT // 8, WIDTH // 8, torch.float32))
     ids = image_ids(HEIGHT // 8, WIDTH // 8, x.device, x.dtype)
     sparse = replace(cond, attention_mask=attention_form(cond.attention_mask, attention))
@@ -130,10 +127,11 @@ def test_dense_masks_run_unchanged_under_the_regional_processor(pipe: EligenPipe
     layout = _layout()
     positive, negative = pipe.conditionings(layout, pipe.token_regions(layout, Path(".")))
     before = [_velocity(pipe, c, "dense") for c in (positive, negative)]
-    transformer = copy.deepcopy(pipe.flux.transformer)
+    transformer = copy.deepcopy(pipe.transformer)
     use_regional_processor(transformer)
     assert all(isinstance(p, RegionalAttnProcessor) for p in transformer.attn_processors.values())
-    swapped = EligenPipeline(FluxPipeline(**{**pipe.flux.components, "transformer": transformer}), pipe.model)
+    swapped = EligenPipeline(FluxFamily(FluxPipeline(**{**pipe.family.pipe.components, "transformer": transformer})),
+                          pipe.model)
     after = [_velocity(swapped, c, "dense") for c in (positive, negative)]
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
@@ -211,11 +209,12 @@ def test_a_backend_without_masks_still_runs_split(pipe: EligenPipeline) -> None:
     """diffusers' math backend stands in for a backend chosen with `set_attention_backend`: split passes no mask."""
     layout = _layout()
     positive, _ = pipe.conditionings(layout, pipe.token_regions(layout, Path(".")))
-    transformer: FluxTransformer2DModel = copy.deepcopy(pipe.flux.transformer)
+    transformer: FluxTransformer2DModel = copy.deepcopy(pipe.transformer)
     use_regional_processor(transformer)
     for processor in transformer.attn_processors.values():
         processor._attention_backend = "_native_math"
-    swapped = EligenPipeline(FluxPipeline(**{**pipe.flux.components, "transformer": transformer}), pipe.model)
+    swapped = EligenPipeline(FluxFamily(FluxPipeline(**{**pipe.family.pipe.components, "transformer": transformer})),
+                          pipe.model)
     dense = _velocity(pipe, positive, "dense")
     assert (_velocity(swapped, positive, "split") - dense).abs().max().item() <= 1e-5 * dense.abs().max().item()
 

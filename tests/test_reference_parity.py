@@ -34,10 +34,11 @@ from reference_flux import (
 
 from eligen.pipeline.conditioning import Conditioning
 from eligen.pipeline.families.flux.encode import PromptEncoder
+from eligen.pipeline.families.flux.transformer import image_ids, predict
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import Layout, parse_layout
 from eligen.pipeline.regions import entity_masks, token_mask
-from eligen.pipeline.sampler import diffsynth_schedule, get_noise, image_ids, pack, predict, unpack
+from eligen.pipeline.sampler import diffsynth_schedule, get_noise, pack, unpack
 
 WIDTH, HEIGHT = 192, 128  # not square: a swapped height and width cannot pass
 T5_LENGTH = 16
@@ -150,13 +151,13 @@ def random_transformer(config, guidance_embeds: bool) -> FluxTransformer2DModel:
 @pytest.fixture(scope="module", params=[True, False], ids=["guidance_embeds", "no_guidance_embeds"])
 def models(request, tiny_pipe: EligenPipeline) -> tuple[FluxTransformer2DModel, TinyFluxDiT]:
     """(diffusers transformer, reference DiT) with identical weights."""
-    transformer = random_transformer(tiny_pipe.flux.transformer.config, request.param)
+    transformer = random_transformer(tiny_pipe.transformer.config, request.param)
     return transformer, TinyFluxDiT.from_diffusers(transformer)
 
 
 @pytest.fixture(scope="module")
 def encode(tiny_pipe: EligenPipeline) -> PromptEncoder:
-    return PromptEncoder(tiny_pipe.flux, T5_LENGTH)
+    return tiny_pipe.prompt_encoder(T5_LENGTH)
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +294,7 @@ def test_token_regions_match_reference_preprocessing(tiny_pipe, encode, tmp_path
     """Our pixel mask -> token rule against the reference EliGen unit's mask preprocessing and its
     `process_entity_masks` patchify rule, on random masks of random canvases."""
     rng = np.random.default_rng(0)
-    dit = TinyFluxDiT.from_diffusers(tiny_pipe.flux.transformer)
+    dit = TinyFluxDiT.from_diffusers(tiny_pipe.transformer)
     unit = EntityUnit(encode)
     pipe = reference_pipeline(dit)
     compared = 0
@@ -340,7 +341,7 @@ def test_timestep_reaching_the_model_matches_reference(steps, tiny_pipe, encode)
     """The reference feeds its time embedding the scheduler's timestep; `predict` feeds diffusers t/1000 and
     diffusers multiplies by 1000 again. Over these schedules the round trip is exact in float32 (it is not for
     every float: about 1% of values in 0..1000 come back an ulp off)."""
-    transformer = random_transformer(tiny_pipe.flux.transformer.config, True)
+    transformer = random_transformer(tiny_pipe.transformer.config, True)
     dit = TinyFluxDiT.from_diffusers(transformer)
     seen: dict[str, list[torch.Tensor]] = {"ours": [], "reference": []}
 

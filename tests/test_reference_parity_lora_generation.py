@@ -61,10 +61,13 @@ from reference_flux import TinyFluxDiT, diffusers_conditioning_order
 
 from eligen.pipeline.conditioning import Conditioning
 from eligen.pipeline.families.flux.encode import PromptEncoder
+from eligen.pipeline.families.flux.family import FluxFamily
+from eligen.pipeline.families.flux.lora import detect_style, load_lora
+from eligen.pipeline.families.flux.transformer import image_ids, predict
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import load_layout, parse_layout
-from eligen.pipeline.lora import apply_loras, detect_style, load_lora
-from eligen.pipeline.sampler import get_noise, image_ids, pack, predict, unpack
+from eligen.pipeline.lora import apply_loras
+from eligen.pipeline.sampler import get_noise, pack, unpack
 
 WIDTH, HEIGHT = 192, 128  # not square: a swapped height and width cannot pass
 T5_LENGTH = 16
@@ -108,10 +111,10 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def transformer(tiny_pipe: EligenPipeline) -> FluxTransformer2DModel:
     """The tiny model's architecture (with a guidance embedding) with every parameter perturbed, so that no
     weight is a constant that would hide a swapped or misplaced tensor."""
-    assert tiny_pipe.flux.transformer.config.guidance_embeds
+    assert tiny_pipe.transformer.config.guidance_embeds
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(23)
-        model = FluxTransformer2DModel.from_config(tiny_pipe.flux.transformer.config)
+        model = FluxTransformer2DModel.from_config(tiny_pipe.transformer.config)
         with torch.no_grad():
             for parameter in model.parameters():
                 parameter.add_(0.05 * torch.randn_like(parameter))
@@ -120,7 +123,7 @@ def transformer(tiny_pipe: EligenPipeline) -> FluxTransformer2DModel:
 
 @pytest.fixture(scope="module")
 def encode(tiny_pipe: EligenPipeline) -> PromptEncoder:
-    return PromptEncoder(tiny_pipe.flux, T5_LENGTH)
+    return tiny_pipe.prompt_encoder(T5_LENGTH)
 
 
 class EntityUnit(FluxImageUnit_EntityControl):
@@ -433,8 +436,8 @@ def test_generation_matches_reference(lora, on_negative, transformer, tiny_pipe,
     layout = load_layout(tmp_path / "layout.yaml")
 
     # ours: the product path, on a copy of the pipeline holding the perturbed transformer
-    flux = FluxPipeline(**{**tiny_pipe.flux.components, "transformer": copy.deepcopy(transformer)})
-    ours = EligenPipeline(flux, tiny_pipe.model, fuse_loras=lora == "fused")
+    flux = FluxPipeline(**{**tiny_pipe.family.pipe.components, "transformer": copy.deepcopy(transformer)})
+    ours = EligenPipeline(FluxFamily(flux), tiny_pipe.model, fuse_loras=lora == "fused")
     positive, negative = ours.prepare(layout, tmp_path)
     assert negative is not None and (negative.attention_mask is not None) == on_negative
     final = unpack(ours.sample(layout, positive, negative, layout.seeds[0]), HEIGHT // 8, WIDTH // 8)

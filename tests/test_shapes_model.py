@@ -48,7 +48,7 @@ def test_shipped_model_loads_and_generates(name: str) -> None:
     from eligen.pipeline.layout import parse_layout
 
     pipe = EligenPipeline.from_pretrained(name, device="cpu")
-    assert pipe.scale_factor == 4 and pipe.flux.transformer.config.guidance_embeds is False
+    assert pipe.scale_factor == 4 and pipe.transformer.config.guidance_embeds is False
     layout = parse_layout({"size": [64, 64], "prompt": "a red circle", "steps": 4,
                            "entities": [{"prompt": "a red circle", "box": [10, 10, 40, 40]}]})
     (image,) = pipe.generate(layout, [0])

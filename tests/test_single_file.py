@@ -108,7 +108,7 @@ def bfl_file(original: dict[str, torch.Tensor], tmp_path_factory: pytest.TempPat
 
 
 def _assert_same_weights(pipe: EligenPipeline, original: dict[str, torch.Tensor]) -> None:
-    loaded = pipe.flux.transformer.state_dict()
+    loaded = pipe.transformer.state_dict()
     assert loaded.keys() == original.keys()
     for key, tensor in original.items():
         assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), key
@@ -127,14 +127,14 @@ def test_bfl_file_loads_to_the_exact_weights_offline(tiny_model: Path, bfl_file:
     monkeypatch.setattr(socket.socket, "connect", no_network)  # a local model folder needs no download
     pipe = EligenPipeline.from_pretrained(str(tiny_model), transformer=str(bfl_file), device="cpu", dtype="fp32")
     _assert_same_weights(pipe, original)
-    assert pipe.flux.transformer is not tiny_pipe.flux.transformer
+    assert pipe.transformer is not tiny_pipe.transformer
     assert np.array_equal(_image(pipe), _image(tiny_pipe))
 
 
 def test_dtype_applies_to_the_single_file_transformer(tiny_model: Path, bfl_file: Path) -> None:
     pipe = EligenPipeline.from_pretrained(str(tiny_model), transformer=str(bfl_file), device="cpu", dtype="bf16")
-    assert {p.dtype for p in pipe.flux.transformer.parameters()} == {torch.bfloat16}
-    assert pipe.flux.text_encoder_2.dtype == torch.bfloat16
+    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.bfloat16}
+    assert pipe.family.pipe.text_encoder_2.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("layout", ["model.diffusion_model.", "diffusion_model.", "diffusers"])
@@ -185,7 +185,7 @@ def test_int8_quantised_single_file_equals_quantised_folder(tiny_model: Path, bf
     folder = EligenPipeline.from_pretrained(str(tiny_model), device="cpu", dtype="fp32", quantize="int8")
     single = EligenPipeline.from_pretrained(str(tiny_model), transformer=str(bfl_file), device="cpu", dtype="fp32",
                                             quantize="int8")
-    weight = single.flux.transformer.transformer_blocks[0].attn.to_q.weight
+    weight = single.transformer.transformer_blocks[0].attn.to_q.weight
     assert isinstance(weight, TorchAOBaseTensor)
     assert np.array_equal(_image(single), _image(folder))
 

@@ -16,10 +16,10 @@ from safetensors.torch import load_file
 from training_tolerance import trained_alike
 
 from eligen.pipeline.conditioning import conditioning
-from eligen.pipeline.families.flux.encode import PromptEncoder
+from eligen.pipeline.families.flux.lora import load_lora
+from eligen.pipeline.families.flux.transformer import image_ids, predict
 from eligen.pipeline.generate import EligenPipeline
-from eligen.pipeline.lora import apply_loras, load_lora
-from eligen.pipeline.sampler import image_ids, predict
+from eligen.pipeline.lora import apply_loras
 from eligen.pipeline.train.cache import CacheError
 from eligen.pipeline.train.config import TrainConfig
 from eligen.pipeline.train.data import TrainingSet, collate
@@ -91,7 +91,10 @@ def test_rectified_flow_loss_is_the_equation() -> None:
     t, weight = torch.tensor([0.25, 0.9]), torch.tensor([1.5, 0.5])
     cond = Conditioning(torch.zeros(2, 3, 8), torch.zeros(2, 8), torch.zeros(3, 3), None)
     model = _Velocity()
-    loss = rectified_flow_loss(model, x0, noise, t, weight, cond, torch.zeros(4, 3), None)
+    def velocity(x: torch.Tensor, timestep: torch.Tensor, c: Conditioning) -> torch.Tensor:
+        return predict(model, x, timestep, c, torch.zeros(4, 3), None)
+
+    loss = rectified_flow_loss(velocity, x0, noise, t, weight, cond)
     x_t = (1 - t.view(-1, 1, 1)) * x0 + t.view(-1, 1, 1) * noise
     assert torch.allclose(model.inputs["hidden_states"], x_t)
     assert torch.allclose(model.inputs["timestep"], t)
@@ -100,8 +103,8 @@ def test_rectified_flow_loss_is_the_equation() -> None:
 
 
 def test_batch_padding_leaves_each_sample_unchanged(tiny_pipe: EligenPipeline) -> None:
-    transformer = tiny_pipe.flux.transformer
-    encode = PromptEncoder(tiny_pipe.flux, 32)
+    transformer = tiny_pipe.transformer
+    encode = tiny_pipe.prompt_encoder(32)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(2, 16, 64, generator=generator)
     ids = image_ids(8, 8, x.device, x.dtype)
@@ -208,17 +211,17 @@ def test_lora_file_loads_with_its_alpha(dataset: Path, tiny_model: Path, tmp_pat
     assert {d.scale for d in deltas} == {2.0} and len(deltas) == 40
 
     fresh = EligenPipeline.from_pretrained(str(tiny_model), device="cpu", dtype="fp32")
-    apply_loras(fresh.flux.transformer, [(deltas, 1.0)])
-    encode = PromptEncoder(fresh.flux, 32)
+    apply_loras(fresh.transformer, [(deltas, 1.0)])
+    encode = fresh.prompt_encoder(32)
     region = torch.zeros(1, 16, dtype=torch.bool)
     region[0, 5:11] = True
     cond = conditioning(encode, "a red box", ["a red box"], region)
     x = torch.randn(1, 16, 64, generator=torch.Generator().manual_seed(2))
     ids, t, g = image_ids(8, 8, x.device, x.dtype), torch.tensor([700.0]), torch.ones(1)
     with torch.no_grad():
-        ours = predict(fresh.flux.transformer, x, t, cond, ids, g)
+        ours = predict(fresh.transformer, x, t, cond, ids, g)
         trained = predict(trainer.transformer, x, t, cond, ids, g)
-        base = predict(EligenPipeline.from_pretrained(str(tiny_model), device="cpu", dtype="fp32").flux.transformer,
+        base = predict(EligenPipeline.from_pretrained(str(tiny_model), device="cpu", dtype="fp32").transformer,
                        x, t, cond, ids, g)
     assert torch.allclose(ours, trained, atol=1e-5) and not torch.allclose(ours, base, atol=1e-3)
 

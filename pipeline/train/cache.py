@@ -1,9 +1,10 @@
 """`eligen train --cache`: text embeddings and VAE latents computed once and kept as safetensors files.
 
-One file per distinct prompt (`text/<sha256>.safetensors`: T5 embeddings and the CLIP pooled vector, exactly as
-`encode.PromptEncoder` returns them) and one per sample (`latents/<index>-<W>x<H>.safetensors`: packed VAE latents
-at its bucket). A `manifest.json` records what the cache was built for; a cache built for another model, length or
-resolution is refused rather than silently mixed. Files are written atomically, so an interrupted build resumes.
+One file per distinct prompt (`text/<sha256>.safetensors`: the sequence embeddings and the pooled vector, FLUX's
+T5 and CLIP, exactly as the family's prompt encoder returns them) and one per sample
+(`latents/<index>-<W>x<H>.safetensors`: packed VAE latents at its bucket). A `manifest.json` records what the
+cache was built for; a cache built for another model, length or resolution is refused rather than silently mixed.
+Files are written atomically, so an interrupted build resumes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..dataset import Sample, load_image
-from ..families.flux.encode import PromptEncoder
 from ..outputs import write_atomic
 
 if TYPE_CHECKING:
@@ -44,10 +44,10 @@ class TrainCache:
         width, height = sample.bucket
         return self.folder / "latents" / f"{sample.index:07d}-{width}x{height}.safetensors"
 
-    def text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T5 embeddings (1, L, D), CLIP pooled (1, D_pooled)) of a prompt."""
+    def text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(sequence embeddings (1, L, D), pooled vector (1, D_pooled) or None) of a prompt."""
         tensors = load_file(self.text_path(prompt))
-        return tensors["t5"], tensors["pooled"]
+        return tensors["t5"], tensors.get("pooled")
 
     def latents(self, sample: Sample) -> torch.Tensor:
         """Packed VAE latents (1, n_tokens, 4C) of a sample's image at its bucket."""
@@ -82,8 +82,8 @@ def build_cache(
     work += [("latents", s) for s in samples[rank::world_size]]
     for done, (kind, item) in enumerate(work, start=1):
         if kind == "text" and not cache.text_path(item).is_file():
-            t5, pooled = PromptEncoder(pipe.flux, max_sequence_length)(item)  # a fresh encoder: no memory growth
-            _save(cache.text_path(item), {"t5": t5, "pooled": pooled})
+            t5, pooled = pipe.prompt_encoder(max_sequence_length)(item)  # a fresh encoder: no memory growth
+            _save(cache.text_path(item), {"t5": t5} if pooled is None else {"t5": t5, "pooled": pooled})
         elif kind == "latents" and not cache.latent_path(item).is_file():
             _save(cache.latent_path(item), {"latents": pipe.encode_image(load_image(item))})
         if on_item is not None:

@@ -17,7 +17,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -29,14 +29,14 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from safetensors.torch import load_file
 
 from .. import model_info
-from ..conditioning import Conditioning, conditioning
+from ..conditioning import Conditioning, PromptTable, conditioning
 from ..dataset import Dataset, read_dataset
 from ..devices import pick_dtype
-from ..families.flux.encode import PromptEncoder
-from ..families.flux.load import load_flux
+from ..families.base import PromptEncoder
+from ..families.loading import load_family
 from ..generate import EligenPipeline
 from ..outputs import save_png
-from ..sampler import get_noise, image_ids, pack
+from ..sampler import get_noise, pack
 from .cache import TrainCache, build_cache
 from .config import TrainConfig
 from .data import BucketBatchSampler, TrainingSet, collate, sample_seed
@@ -62,7 +62,6 @@ from .validation import ValidationCase, prepare_cases, read_validation, render_g
 
 TRAINING_GUIDANCE = 1.0  # FLUX embedded guidance during training, as the reference trains
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-Encode = Callable[[str], tuple[torch.Tensor, torch.Tensor]]
 
 
 class TrainError(RuntimeError):
@@ -111,7 +110,7 @@ class TrainResult:
 
 
 def batch_conditioning(
-    encode: Encode, prompts: Sequence[str], entity_prompts: Sequence[Sequence[str]],
+    encode: PromptEncoder | PromptTable, prompts: Sequence[str], entity_prompts: Sequence[Sequence[str]],
     regions: Sequence[torch.Tensor],
 ) -> Conditioning:
     """Per-sample conditionings (`encode.conditioning`) stacked into one batch.
@@ -129,7 +128,7 @@ def batch_conditioning(
     masks = [c.attention_mask for c in singles]
     return Conditioning(
         torch.cat([c.prompt_embeds for c in singles]),
-        torch.cat([c.pooled for c in singles]),
+        None if singles[0].pooled is None else torch.cat([c.pooled for c in singles]),
         singles[0].text_ids,
         torch.cat(masks) if k else None,  # type: ignore[arg-type]
     )
@@ -234,10 +233,10 @@ class Trainer:
 
         device = self.accelerator.device
         self.dtype = pick_dtype(config.dtype, device)
-        flux = load_flux(config.model, device, self.dtype, explicit_device=config.device is not None)
-        self.pipe = EligenPipeline(flux, config.model)
+        family = load_family(config.model, device, self.dtype, explicit_device=config.device is not None)
+        self.pipe = EligenPipeline(family, config.model)
         self.max_sequence_length = config.max_sequence_length or model_info.default_max_sequence_length(config.model)
-        self.transformer = self.pipe.flux.transformer
+        self.transformer = self.pipe.transformer
         if config.full:
             self.transformer.float().requires_grad_(True)
         else:
@@ -291,8 +290,7 @@ class Trainer:
         build_cache(cache, self.pipe, self.samples, self.max_sequence_length, self.accelerator.process_index,
                     self.accelerator.num_processes)
         self.accelerator.wait_for_everyone()
-        self.pipe.flux.text_encoder = None  # every prompt, validation included, is encoded by now
-        self.pipe.flux.text_encoder_2 = None
+        self.pipe.family.drop_text_encoders()  # every prompt, validation included, is encoded by now
         return cache
 
     def _inputs(self, batch: dict[str, list[Any]], epoch: int) -> tuple[torch.Tensor, ...]:
@@ -303,7 +301,7 @@ class Trainer:
         else:
             x0 = torch.cat([self.pipe.encode_image(image) for image in batch["image"]])
         width, height = batch["bucket"][0]
-        channels = self.transformer.config.in_channels // 4
+        channels = self.pipe.family.latent_channels
         f = self.pipe.scale_factor
         noise, t, weight, drop = [], [], [], []
         for index in batch["index"]:
@@ -322,9 +320,9 @@ class Trainer:
         if "embeddings" in batch:
             table = {p: (t5.to(device), pooled.to(device))
                      for embeddings in batch["embeddings"] for p, (t5, pooled) in embeddings.items()}
-            encode: Encode = table.__getitem__
+            encode: PromptEncoder | PromptTable = PromptTable(table, self.pipe.family.text_ids)
         else:
-            encode = PromptEncoder(self.pipe.flux, self.max_sequence_length)  # per batch: memory stays flat
+            encode = self.pipe.prompt_encoder(self.max_sequence_length)  # per batch: memory stays flat
         names = [[] if d else list(n) for n, d in zip(batch["entity_prompts"], drop.tolist(), strict=True)]
         regions = [r[:0] if d else r for r, d in zip(batch["regions"], drop.tolist(), strict=True)]
         return batch_conditioning(encode, batch["prompt"], names, regions)
@@ -335,11 +333,8 @@ class Trainer:
         cond = self._conditioning(batch, drop)
         width, height = batch["bucket"][0]
         f = self.pipe.scale_factor
-        ids = image_ids(height // f, width // f, x0.device, x0.dtype)
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.full((x0.shape[0],), TRAINING_GUIDANCE, device=x0.device)
-        return rectified_flow_loss(model, x0, noise, t, weight, cond, ids, guidance)
+        velocity = self.pipe.family.velocity(model, height // f, width // f, TRAINING_GUIDANCE)
+        return rectified_flow_loss(velocity, x0, noise, t, weight, cond)
 
     def _checkpoint(self, step: int, epoch: int, batch: int) -> None:
         staging = staging_dir(self.out, step)

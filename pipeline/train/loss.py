@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from ..conditioning import Conditioning
-from ..sampler import diffsynth_schedule, predict
+from ..families.base import Velocity
+from ..sampler import diffsynth_schedule
 from .config import TimestepSampling
 
 TRAIN_TIMESTEPS = 1000
@@ -37,8 +38,8 @@ def draw_timestep(sampling: TimestepSampling, generator: torch.Generator) -> tup
 
 
 def rectified_flow_loss(
-    transformer: torch.nn.Module, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, weight: torch.Tensor,
-    cond: Conditioning, img_ids: torch.Tensor, guidance: torch.Tensor | None,
+    velocity: Velocity, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, weight: torch.Tensor,
+    cond: Conditioning,
 ) -> torch.Tensor:
     """Weighted mean over the batch of the per-sample MSE between the predicted and the true velocity.
 
@@ -46,6 +47,6 @@ def rectified_flow_loss(
     """
     s = t.view(-1, 1, 1)
     x_t = ((1 - s) * x0.float() + s * noise.float()).to(x0.dtype)
-    v = predict(transformer, x_t, t * TRAIN_TIMESTEPS, cond, img_ids, guidance)
+    v = velocity(x_t, t * TRAIN_TIMESTEPS, cond)
     per_sample = ((v.float() - (noise.float() - x0.float())) ** 2).mean(dim=(1, 2))
     return (weight * per_sample).mean()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from diffusers import FluxPipeline
 
@@ -29,3 +31,13 @@ class PromptEncoder:
         tokens = self.pipe.tokenizer_2(prompt, padding="max_length", max_length=self.max_sequence_length,
                                        truncation=True, return_tensors="pt")
         return int(tokens.attention_mask.sum())
+
+    @staticmethod
+    def text_ids(group_lengths: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """FLUX's text position ids: zeros over the whole text (every prompt group alike)."""
+        return flux_text_ids(group_lengths, like)
+
+
+def flux_text_ids(group_lengths: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Zeros (L, 3) over the text of `group_lengths`, on `like`'s device and dtype (FLUX's `txt_ids`)."""
+    return torch.zeros(sum(group_lengths), 3, device=like.device, dtype=like.dtype)

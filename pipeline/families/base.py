@@ -1,0 +1,95 @@
+"""The seam between the method and a model family: exactly what differs from one DiT family to another.
+
+Everything else (layout, regions, the mask rule table and attention forms, the Euler/CFG loop, inpainting
+fusion, outputs, training loop, evaluation, agent, CLI) is written once and works through this interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from .defaults import FamilyDefaults
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..conditioning import Conditioning
+    from ..lora import LoraDelta
+
+Velocity = Callable[[torch.Tensor, torch.Tensor, "Conditioning"], torch.Tensor]  # (tokens, timestep 0..1000, cond)
+
+
+class PromptEncoder(Protocol):
+    """A family's text encoder for prompt groups, each distinct prompt encoded once."""
+
+    max_sequence_length: int
+
+    def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(sequence embeddings (1, L, D), pooled vector (1, D_pooled) or None) of one prompt."""
+        ...
+
+    def token_count(self, prompt: str) -> int:
+        """Tokens of `prompt` the family keeps at most (its own tokens with the end token)."""
+        ...
+
+    def text_ids(self, group_lengths: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """The text position ids of `[group_1 | ... | group_n]` in the family's form (on `like`'s device)."""
+        ...
+
+
+class ModelFamily(Protocol):
+    """A loaded model of one family: its components and the operations that differ between families."""
+
+    defaults: FamilyDefaults
+    pipe: Any  # the diffusers pipeline holding the components
+
+    @property
+    def transformer(self) -> torch.nn.Module: ...
+
+    @property
+    def scale_factor(self) -> int: ...
+
+    @property
+    def latent_channels(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def scheduler_config(self) -> dict[str, Any]: ...
+
+    def prompt_encoder(self, max_sequence_length: int) -> PromptEncoder:
+        """An encoder of prompt groups at this length per group."""
+        ...
+
+    def text_ids(self, group_lengths: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+        """The family's text position ids for these prompt groups (see `PromptEncoder.text_ids`)."""
+        ...
+
+    def velocity(self, transformer: torch.nn.Module, latent_height: int, latent_width: int,
+                 guidance: float | None) -> Velocity:
+        """One transformer pass per call, for tokens of this latent grid (`transformer`: this model's, or the
+        same module wrapped for training)."""
+        ...
+
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """An RGB image -> packed, normalised latents (the VAE posterior mean)."""
+        ...
+
+    def decode(self, tokens: torch.Tensor, latent_height: int, latent_width: int) -> Image.Image:
+        """Packed latents -> image."""
+        ...
+
+    def load_lora(self, path: str) -> list[LoraDelta]:
+        """A LoRA file in any key style the family knows, as deltas on this transformer's modules."""
+        ...
+
+    def drop_text_encoders(self) -> None:
+        """Free the text encoders (every prompt is encoded already)."""
+        ...

@@ -1,0 +1,42 @@
+"""One FLUX transformer pass: diffusers' `FluxTransformer2DModel` with the regional mask in every block."""
+
+from __future__ import annotations
+
+import torch
+
+from ...conditioning import Conditioning
+from .attention import use_regional_processor
+
+
+def image_ids(latent_height: int, latent_width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Rotary position ids (n, 3) of the image tokens: (0, row, column)."""
+    ids = torch.zeros(latent_height // 2, latent_width // 2, 3)
+    ids[..., 1] = torch.arange(latent_height // 2)[:, None]
+    ids[..., 2] = torch.arange(latent_width // 2)[None, :]
+    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
+
+
+def predict(
+    transformer: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
+    img_ids: torch.Tensor, guidance: torch.Tensor | None,
+) -> torch.Tensor:
+    """One transformer pass: the velocity for tokens `x` at `timestep` (0..1000) under `cond`.
+
+    `cond.attention_mask` may be in any form of `attention_backends` (a dense additive mask, a BlockMask, a
+    SplitMask); `x` of batch 1 is repeated to the conditioning's batch.
+    """
+    mask = cond.attention_mask
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        use_regional_processor(transformer)
+    x = x.expand(cond.prompt_embeds.shape[0], -1, -1)
+    return transformer(
+        hidden_states=x,
+        timestep=timestep.expand(x.shape[0]).to(x.dtype) / 1000,
+        guidance=guidance.expand(x.shape[0]) if guidance is not None else None,
+        pooled_projections=cond.pooled,
+        encoder_hidden_states=cond.prompt_embeds,
+        txt_ids=cond.text_ids,
+        img_ids=img_ids,
+        joint_attention_kwargs={"attention_mask": mask} if mask is not None else None,
+        return_dict=False,
+    )[0]
