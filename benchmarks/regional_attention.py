@@ -1,7 +1,7 @@
 """Per-step transformer time and peak memory of EliGen regional attention against plain FLUX and the reference.
 
     python benchmarks/regional_attention.py [--config tiny|medium|full] [--sizes 512 1024] [--entities 1 2 4 8]
-        [--attention dense split] [--repeats 5] [--threads N] [--dtype fp32|bf16] [--steps 4]
+        [--attention auto dense split flex] [--repeats 5] [--threads N] [--dtype fp32|bf16] [--steps 4] [--extras]
 
 A step is one transformer pass (CFG makes two per sampling step). Every variant runs in this process on the same
 weights: plain FLUX (the global prompt only), ours with k entities for each `--attention` form and entity token
@@ -15,7 +15,10 @@ large freed blocks at once, so that the resident set follows the tensors alive).
 theoretical minimum ratios from token counts: multiply-adds of the linear layers (12 d^2 per token per block) and
 of attention over the allowed query/key pairs only (2 d per pair).
 The whole-generation table times `EligenPipeline.prepare` (text encoding, regions, mask), `sample` (all steps,
-true CFG) and `decode`, so that per-call overheads show.
+true CFG) and `decode`, so that per-call overheads show. `auto` (the layout default) is named with the form it chose.
+`--extras` adds, for the largest k with `auto` and the reference's tokens: the first call of each form (FlexAttention
+compiles there), a kohya-style LoRA of rank 16 on every block linear (unfused hooks, as `eligen generate` applies a
+LoRA file), an int8 weight-only transformer (torchao), and on CUDA a whole generation with `--offload model`.
 
 Configs (random weights, nothing downloaded):
 * tiny: the test suite's model (2 + 2 blocks, width 32, T5 width 32), everything else tiny too;
@@ -44,20 +47,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
+from PIL import Image
 from torch.nn.attention.flex_attention import BlockMask
 
-from eligen.pipeline.attention_backends import SplitMask, attention_form
+from eligen.pipeline.attention_backends import SplitMask, attention_form, chosen_form
 from eligen.pipeline.conditioning import Conditioning
+from eligen.pipeline.families.flux.family import FluxFamily
 from eligen.pipeline.families.flux.transformer import image_ids, predict
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import Layout, parse_layout
+from eligen.pipeline.regions import entity_masks
 from eligen.pipeline.sampler import get_noise, pack
 from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from diffsynth.pipelines.flux_image import model_fn_flux_image
 from diffsynth.utils.state_dict_converters.flux_dit import FluxDiTStateDictConverterFromDiffusers
-from reference_flux import TinyFluxDiT
+from reference_flux import TinyFluxDiT, reference_pipeline
 
 T5_LENGTH = 512
 GUIDANCE = 3.5
@@ -119,13 +125,13 @@ def build_pipeline(config: str, folder: Path, device: str, dtype: torch.dtype) -
     """The config's components in an EligenPipeline (the tiny model's tokenizers and scheduler throughout)."""
     tiny = FluxPipeline.from_pretrained(build_tiny_flux(folder / "tiny", max_sequence_length=T5_LENGTH))
     if config == "full":
-        return EligenPipeline(FluxPipeline(**full_size_components(tiny, device, dtype)), "benchmark")
+        return EligenPipeline(FluxFamily(FluxPipeline(**full_size_components(tiny, device, dtype))), "benchmark")
     if config == "medium":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             tiny = FluxPipeline(**{**tiny.components, "transformer": FluxTransformer2DModel(
                 guidance_embeds=True, **MEDIUM)})
-    return EligenPipeline(tiny.to(device, dtype), "benchmark")
+    return EligenPipeline(FluxFamily(tiny.to(device, dtype)), "benchmark")
 
 
 def reference_dit(transformer: FluxTransformer2DModel) -> TinyFluxDiT:
@@ -182,12 +188,17 @@ def variants(pipe: EligenPipeline, dit: TinyFluxDiT, side: int, ks: list[int], a
             pairs = int((cond.attention_mask == 0).sum())
             for attention in attentions:
                 form = attention_form(cond.attention_mask, attention)
-                found.append(Variant(f"ours k={k} {attention} {tokens}", k, ours(replace(cond, attention_mask=form)),
-                                     n, pairs, held_bytes(form)))
+                found.append(Variant(f"ours k={k} {form_name(attention, n, device)} {tokens}", k,
+                                     ours(replace(cond, attention_mask=form)), n, pairs, held_bytes(form)))
             if tokens == "max":
                 found.append(Variant(f"reference k={k}", k, reference_step(dit, noise, t, cond, regions, latent),
                                      n, n**2, reference=True))
     return found
+
+
+def form_name(attention: str, tokens: int, device: torch.device) -> str:
+    """`auto(split)` for `auto` (what it chose), else the form's own name."""
+    return f"auto({chosen_form('auto', tokens, device)})" if attention == "auto" else attention
 
 
 def held_bytes(form: object) -> int:
@@ -269,15 +280,15 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     return _proc_status("VmHWM") - before
 
 
-def timings(found: list[Variant], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median seconds of each variant: interleaved runs in alternating order, after one warm-up call each."""
-    for variant in found:
-        timed(variant.run, device)
+def timings(found: list[Variant], repeats: int, device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds of each variant (interleaved runs in alternating order) and the seconds of its first call,
+    the warm-up (where FlexAttention compiles)."""
+    first = {variant.name: timed(variant.run, device) for variant in found}
     times: dict[str, list[float]] = {v.name: [] for v in found}
     for r in range(repeats):
         for variant in found if r % 2 == 0 else found[::-1]:
             times[variant.name].append(timed(variant.run, device))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: statistics.median(values) for name, values in times.items()}, first
 
 
 def macs(config: dict, tokens: int, pairs: int) -> float:
@@ -305,9 +316,35 @@ def step_table(found: list[Variant], times: dict[str, float], peaks: dict[str, i
     return rows
 
 
-def generation_table(pipe: EligenPipeline, side: int, k: int, attentions: list[str], steps: int,
+class OurDecoder(torch.nn.Module):
+    """Stands in for the reference's VAE decoder: our VAE (the same weights and work as our decode)."""
+
+    def __init__(self, pipe: EligenPipeline) -> None:
+        super().__init__()
+        self.vae = pipe.family.pipe.vae
+
+    def forward(self, latents: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        config = self.vae.config
+        return self.vae.decode(latents / config.scaling_factor + config.shift_factor, return_dict=False)[0]
+
+
+def reference_generation(pipe: EligenPipeline, dit: TinyFluxDiT, spec: Layout) -> Callable[[], object]:
+    """The reference's whole `FluxImagePipeline.__call__` for a layout (its EliGen unit, mask, scheduler and loop),
+    with our text encoders and VAE in its units (the same embeddings and decoder work on both sides)."""
+    reference = reference_pipeline(dit, pipe.prompt_encoder(T5_LENGTH), pipe.device, pipe.dtype)
+    reference.vae_decoder = OurDecoder(pipe)
+    masks = [Image.fromarray(m).convert("RGB") for m in entity_masks(spec, Path("."))]
+    return lambda: reference(
+        prompt=spec.prompt, negative_prompt=spec.negative_prompt, cfg_scale=spec.cfg, embedded_guidance=spec.guidance,
+        t5_sequence_length=T5_LENGTH, height=spec.height, width=spec.width, seed=0, num_inference_steps=spec.steps,
+        eligen_entity_prompts=[e.prompt for e in spec.entities], eligen_entity_masks=masks,
+        progress_bar_cmd=lambda steps: steps)
+
+
+def generation_table(pipe: EligenPipeline, dit: TinyFluxDiT, side: int, k: int, attentions: list[str], steps: int,
                      repeats: int) -> list[str]:
-    """Median seconds of prepare (text encoding, regions, mask), sampling and decoding, per setting."""
+    """Median seconds of prepare (text encoding, regions, mask), sampling and decoding, per setting; the
+    reference's whole pipeline as one total."""
     settings = [("plain FLUX", 0, "max", "dense", False)]
     settings += [(f"k={k} {a} {tokens}", k, tokens, a, False) for tokens in ("max", "auto") for a in attentions]
     settings += [(f"k={k} {attentions[-1]} auto, batched CFG", k, "auto", attentions[-1], True)]
@@ -328,6 +365,9 @@ def generation_table(pipe: EligenPipeline, side: int, k: int, attentions: list[s
                 phase.append(seconds)
         medians = [statistics.median(p) for p in phases]
         rows.append(f"| {name} | {medians[0]:.2f} | {medians[1]:.2f} | {medians[2]:.2f} | {sum(medians):.2f} |")
+    reference = reference_generation(pipe, dit, layout(side, k, "max", steps))
+    total = statistics.median(timed(reference, pipe.device) for _ in range(repeats))
+    rows.append(f"| reference k={k} (its whole pipeline; our text encoders and VAE) | | | | {total:.2f} |")
     return rows
 
 
@@ -339,6 +379,85 @@ def rotary_line(pipe: EligenPipeline, side: int, k: int, repeats: int) -> str:
                      image_ids(latent, latent, device, dtype)])
     seconds = statistics.median(timed(lambda: transformer.pos_embed(ids), device) for _ in range(repeats))
     return f"rotary tables for {len(ids)} tokens (recomputed inside every forward): {seconds * 1000:.1f} ms"
+
+
+def first_call_lines(found: list[Variant], times: dict[str, float], first: dict[str, float]) -> list[str]:
+    """The first call of each form against its median: the one-off cost (FlexAttention compiles in its first)."""
+    return [f"first call of {v.name}: {first[v.name]:.2f} s ({first[v.name] - times[v.name]:+.2f} s over its median)"
+            for v in found if v.name.startswith("ours")]
+
+
+def random_kohya_lora(transformer: FluxTransformer2DModel, rank: int, folder: Path) -> Path:
+    """A kohya-style LoRA file of `rank` on every block linear of `transformer`'s shapes, random factors."""
+    from safetensors.torch import save_file
+
+    from eligen.pipeline.train.lora import block_linears, kohya_state_dict
+
+    generator = torch.Generator().manual_seed(0)
+    peft: dict[str, torch.Tensor] = {}
+    for name in block_linears(transformer):
+        linear = transformer.get_submodule(name)
+        peft[f"{name}.lora_A.weight"] = torch.randn(rank, linear.in_features, generator=generator) / linear.in_features
+        peft[f"{name}.lora_B.weight"] = torch.randn(linear.out_features, rank, generator=generator) * 0.01
+    path = folder / "lora_kohya.safetensors"
+    tensors = {k: v.to(torch.bfloat16).contiguous() if not k.endswith(".alpha") else v
+               for k, v in kohya_state_dict(peft, float(rank), transformer.config).items()}
+    save_file(tensors, str(path))
+    return path
+
+
+def extra_table(pipe: EligenPipeline, side: int, k: int, repeats: int, folder: Path) -> list[str]:
+    """Per-step time of the default form (`auto`, the reference's tokens) plain, with a kohya LoRA applied (hooks),
+    and on an int8 weight-only copy of the transformer; then a whole generation with `--offload model` (CUDA)."""
+    from eligen.pipeline.lora import apply_loras, remove_loras
+
+    device, dtype, transformer = pipe.device, pipe.dtype, pipe.transformer
+    spec = layout(side, k)
+    positive, _ = pipe.conditionings(spec, pipe.token_regions(spec, Path(".")))
+    latent = side // pipe.scale_factor
+    x = pack(get_noise(0, pipe.family.latent_channels, latent, latent, dtype)).to(device)
+    t, g = torch.tensor(500.0, device=device), torch.full((1,), GUIDANCE, device=device)
+    cond = replace(positive, attention_mask=attention_form(positive.attention_mask, "auto"))
+    ids = image_ids(latent, latent, device, dtype)
+
+    def step(model: torch.nn.Module) -> float:
+        timed(lambda: predict(model, x, t, cond, ids, g), device)
+        return statistics.median(timed(lambda: predict(model, x, t, cond, ids, g), device) for _ in range(repeats))
+
+    rows = ["| setting | ms / step | vs without |", "|---|---|---|"]
+    base = step(transformer)
+    rows.append(f"| k={k} auto max | {base * 1000:.1f} | 1.00 |")
+    started = time.perf_counter()
+    deltas = pipe.family.load_lora(random_kohya_lora(transformer, 16, folder))
+    apply_loras(transformer, [(deltas, 1.0)])
+    loaded = time.perf_counter() - started
+    with_lora = step(transformer)
+    remove_loras(transformer)
+    rows.append(f"| + kohya LoRA rank 16 ({len(deltas)} linears, loaded and applied in {loaded:.1f} s) | "
+                f"{with_lora * 1000:.1f} | {with_lora / base:.2f} |")
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError:
+        rows.append("| int8 weight-only transformer | torchao is not installed | |")
+    else:
+        import copy
+
+        quantized = copy.deepcopy(transformer)
+        quantize_(quantized, Int8WeightOnlyConfig())
+        int8 = step(quantized)
+        del quantized
+        rows.append(f"| int8 weight-only transformer (torchao) | {int8 * 1000:.1f} | {int8 / base:.2f} |")
+    if device.type != "cuda":
+        rows.append("| --offload model | needs a CUDA GPU (not measured) | |")
+        return rows
+    pipe.family.pipe.enable_model_cpu_offload(device=device)
+    torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    pipe.decode(pipe.sample(spec, *pipe.prepare(spec), 0), spec)
+    synchronize(device)
+    rows.append(f"| --offload model: whole generation, {spec.steps} steps ({time.perf_counter() - started:.1f} s, "
+                f"peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB) | | |")
+    return rows
 
 
 def machine(device: torch.device) -> str:
@@ -355,13 +474,16 @@ def main() -> None:
     parser.add_argument("--config", choices=["tiny", "medium", "full"], default="tiny")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--entities", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--attention", nargs="+", choices=["dense", "flex", "split"], default=["dense", "split"])
+    parser.add_argument("--attention", nargs="+", choices=["auto", "dense", "flex", "split"],
+                        default=["auto", "dense", "split"])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each variant")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: torch's]")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
                         help="[default: fp32 for tiny, bf16 for medium and full]")
     parser.add_argument("--steps", type=int, default=4, help="sampling steps of the whole-generation table")
     parser.add_argument("--no-generation", action="store_true", help="skip the whole-generation table")
+    parser.add_argument("--extras", action="store_true",
+                        help="first calls, a LoRA, an int8 transformer and --offload model (CUDA), largest size and k")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -371,10 +493,11 @@ def main() -> None:
         raise SystemExit("--config full needs a CUDA GPU (FLUX.1-dev's size, about 45 GB)")
     with tempfile.TemporaryDirectory() as folder:
         pipe = build_pipeline(args.config, Path(folder), str(device), dtype)
-        run(pipe, args, device, dtype)
+        run(pipe, args, device, dtype, Path(folder))
 
 
-def run(pipe: EligenPipeline, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
+def run(pipe: EligenPipeline, args: argparse.Namespace, device: torch.device, dtype: torch.dtype, folder: Path
+        ) -> None:
     """Time every size first, then measure peak memory (which changes how the allocator works: see
     `release_freed_memory`), then print."""
     config = dict(pipe.transformer.config)
@@ -382,24 +505,30 @@ def run(pipe: EligenPipeline, args: argparse.Namespace, device: torch.device, dt
     measured = []
     for side in args.sizes:
         found = variants(pipe, dit, side, args.entities, args.attention)
-        times = timings(found, args.repeats, device)
+        times, first = timings(found, args.repeats, device)
         rotary = rotary_line(pipe, side, max(args.entities), args.repeats)
         generation = [] if args.no_generation else generation_table(
-            pipe, side, max(args.entities), args.attention, args.steps, max(1, args.repeats // 2))
-        measured.append((side, found, times, rotary, generation))
+            pipe, dit, side, max(args.entities), args.attention, args.steps, max(1, args.repeats // 2))
+        measured.append((side, found, times, first, rotary, generation))
     print(f"{date.today()}, {machine(device)}, torch {torch.__version__}, diffusers {version('diffusers')}, "
           f"diffsynth {version('diffsynth')}, {dtype}, config {args.config} ({config['num_layers']} + "
           f"{config['num_single_layers']} blocks, width {config['num_attention_heads'] * config['attention_head_dim']}"
           f"), T5 length {T5_LENGTH}, {args.repeats} interleaved runs per variant (medians)\n"
           f"command: {' '.join(sys.argv)}")
-    for side, found, times, rotary, generation in measured:
+    for side, found, times, first, rotary, generation in measured:
         peaks = {v.name: peak_memory(v.run, device) for v in found}
         print(f"\n### {side}x{side}: one transformer pass\n")
         print("\n".join(step_table(found, times, peaks, config)))
         print(f"\n{rotary}")
+        if args.extras:
+            print("\n" + "\n".join(first_call_lines(found, times, first)))
         if generation:
             print(f"\n### {side}x{side}: whole generation, {args.steps} steps, true CFG, k = {max(args.entities)}\n")
             print("\n".join(generation))
+    if args.extras:
+        side, k = max(args.sizes), max(args.entities)
+        print(f"\n### {side}x{side}, k = {k}: LoRA, quantised transformer, offload\n")
+        print("\n".join(extra_table(pipe, side, k, args.repeats, folder)))
 
 if __name__ == "__main__":
     main()

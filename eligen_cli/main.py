@@ -58,9 +58,9 @@ LoraScaleOpt = Annotated[list[float] | None, typer.Option(
     "--lora-scale", help="Scale of each --lora, paired in order [default: 1.0].")]
 FuseOpt = Annotated[bool, typer.Option("--fuse-loras", help="Merge LoRAs into the weights (faster steps).")]
 PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write <output stem>.preview.png.")]
-AttentionOpt = Annotated[Literal["dense", "flex", "split"] | None, typer.Option(
-    help="How the regional mask runs: dense (exact to the reference), flex or split (sparse, same result within "
-    "float tolerance) [file default: dense].")]
+AttentionOpt = Annotated[Literal["auto", "dense", "flex", "split"] | None, typer.Option(
+    help="How the regional mask runs: auto (split where it is faster, else dense), dense (exact to the reference), "
+    "flex or split (sparse, same result within float tolerance) [file default: auto].")]
 BatchCfgOpt = Annotated[bool, typer.Option("--batch-cfg", help="Run both CFG branches in one batched pass.")]
 
 

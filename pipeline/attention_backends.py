@@ -27,7 +27,11 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
-Attention = Literal["dense", "flex", "split"]
+Attention = Literal["auto", "dense", "flex", "split"]
+Form = Literal["dense", "flex", "split"]  # what `auto` resolves to
+# `auto` runs `split` from this many joint tokens (text + image) on; below it fixed per-call costs make the one dense
+# call as fast or faster (measured on the CPU, docs/performance.md "Choosing the form")
+AUTO_SPLIT_MIN_TOKENS = 1024
 SHAPES_COMPILED = 64  # FlexAttention kernels compiled per process (torch's default of 8 then falls back to eager)
 Index = slice | torch.Tensor  # token positions: a contiguous run, or a gather
 
@@ -140,9 +144,21 @@ def block_mask(allowed: torch.Tensor) -> BlockMask:
     return create_block_mask(mask_mod, batch, None, n, n, device=allowed.device)
 
 
+def chosen_form(attention: Attention, tokens: int, device: torch.device) -> Form:
+    """The form `attention` runs as for a joint sequence of `tokens` on `device`: `auto` is `split` on the CPU and
+    CUDA from AUTO_SPLIT_MIN_TOKENS tokens on (it agrees with `dense` within float tolerance and never compiles),
+    else `dense`; the other values are themselves."""
+    if attention != "auto":
+        return attention
+    return "split" if device.type in ("cpu", "cuda") and tokens >= AUTO_SPLIT_MIN_TOKENS else "dense"
+
+
 def attention_form(mask: torch.Tensor | None, attention: Attention) -> torch.Tensor | BlockMask | SplitMask | None:
     """The additive (B, 1, N, N) mask in the form `attention` runs (None, plain FLUX, stays None)."""
-    if mask is None or attention == "dense":
+    if mask is None:
+        return None
+    form = chosen_form(attention, mask.shape[-1], mask.device)
+    if form == "dense":
         return mask
     allowed = mask[:, 0] == 0
-    return block_mask(allowed) if attention == "flex" else split_mask(allowed)
+    return block_mask(allowed) if form == "flex" else split_mask(allowed)

@@ -115,7 +115,7 @@ class Layout(_Strict):
     negative_prompt: str = ""
     max_sequence_length: PositiveInt | None = Field(default=None, le=512)
     entity_tokens: Literal["max", "auto"] | int = "max"  # T5 tokens kept per entity prompt
-    attention: Literal["dense", "flex", "split"] = "dense"  # how the regional mask runs (attention_backends)
+    attention: Literal["auto", "dense", "flex", "split"] = "auto"  # how the regional mask runs (attention_backends)
     regions_on_negative: bool = False
     color_mask: str | None = None
     entities: list[Entity] = []

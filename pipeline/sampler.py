@@ -77,7 +77,7 @@ def get_schedule(schedule: Schedule, steps: int, n_image_tokens: int, scheduler_
     return flux_schedule(steps, n_image_tokens, scheduler_config)
 
 
-def branches(positive: Conditioning, negative: Conditioning | None, n_image: int, attention: Attention = "dense",
+def branches(positive: Conditioning, negative: Conditioning | None, n_image: int, attention: Attention = "auto",
              batch_cfg: bool = False) -> list[Conditioning]:
     """The transformer passes of one step (CFG's two branches as one batch with `batch_cfg`), masks in the form
     `attention` runs, built once for the whole loop."""
@@ -99,7 +99,7 @@ def denoise(
     on_step: StepCallback | None = None,
     fuse_positive: Fuse | None = None,
     fuse_negative: Fuse | None = None,
-    attention: Attention = "dense",
+    attention: Attention = "auto",
     batch_cfg: bool = False,
 ) -> torch.Tensor:
     """Euler steps from sigmas[0] to sigmas[-1]; true CFG `v = v_neg + cfg (v_pos - v_neg)` when cfg > 1.

@@ -25,8 +25,11 @@ from diffsynth.models.flux_dit import (
     RoPEEmbedding,
 )
 from diffsynth.models.general_modules import TimestepEmbeddings
+from diffsynth.pipelines.flux_image import FluxImagePipeline, FluxImageUnit_EntityControl, FluxImageUnit_PromptEmbedder
 from diffsynth.utils.state_dict_converters.flux_dit import FluxDiTStateDictConverterFromDiffusers
 from diffusers import FluxTransformer2DModel
+
+from eligen.pipeline.families.flux.encode import PromptEncoder
 
 FINAL_NORM = "final_norm_out.linear"
 
@@ -110,3 +113,44 @@ def diffusers_conditioning_order(dit: FluxDiT, guidance: float) -> Iterator[None
     finally:
         for hook in hooks:
             hook.remove()
+
+
+class EntityUnit(FluxImageUnit_EntityControl):
+    """The reference's EliGen unit with its text encoders replaced by ours (the same embeddings on both sides)."""
+
+    def __init__(self, encode: PromptEncoder) -> None:
+        super().__init__()
+        self.encode = encode
+
+    def encode_prompt(self, tokenizer_1, tokenizer_2, text_encoder_1, text_encoder_2, prompt, positive=True,
+                      device="cpu", t5_sequence_length=512):
+        assert t5_sequence_length == self.encode.max_sequence_length
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        t5 = torch.cat([self.encode(p)[0] for p in prompts])
+        pooled = torch.cat([self.encode(p)[1] for p in prompts])
+        return t5, pooled, torch.zeros(t5.shape[0], t5.shape[1], 3, dtype=t5.dtype, device=t5.device)
+
+
+class PromptUnit(FluxImageUnit_PromptEmbedder):
+    """The reference's prompt unit with its text encoders replaced by ours."""
+
+    def __init__(self, encode: PromptEncoder) -> None:
+        super().__init__()
+        self.encode = encode
+
+    def process(self, pipe, prompt, t5_sequence_length, positive) -> dict:
+        assert t5_sequence_length == self.encode.max_sequence_length
+        t5, pooled = self.encode(prompt)
+        return {"prompt_emb": t5, "pooled_prompt_emb": pooled,
+                "text_ids": torch.zeros(1, t5.shape[1], 3, dtype=t5.dtype, device=t5.device)}
+
+
+def reference_pipeline(dit: TinyFluxDiT, encode: PromptEncoder, device: str | torch.device = "cpu",
+                       dtype: torch.dtype = torch.float32) -> FluxImagePipeline:
+    """The reference pipeline (default: on the CPU in float32) holding `dit`, with our text encoders in its units."""
+    pipe = FluxImagePipeline(device=str(device), torch_dtype=dtype)
+    pipe.dit = dit
+    replaced = {FluxImageUnit_PromptEmbedder: PromptUnit, FluxImageUnit_EntityControl: EntityUnit}
+    pipe.units = [replaced[type(unit)](encode) if type(unit) in replaced else unit for unit in pipe.units]
+    assert sum(isinstance(unit, PromptUnit | EntityUnit) for unit in pipe.units) == 2
+    return pipe

@@ -11,11 +11,20 @@ import pytest
 import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 
-from eligen.pipeline.attention_backends import attention_form, block_mask, split_attention, split_mask
+from eligen.pipeline.attention_backends import (
+    AUTO_SPLIT_MIN_TOKENS,
+    SplitMask,
+    attention_form,
+    block_mask,
+    chosen_form,
+    split_attention,
+    split_mask,
+)
 from eligen.pipeline.conditioning import Conditioning, batched
+from eligen.pipeline.families.flux import family as flux_family
 from eligen.pipeline.families.flux.attention import RegionalAttnProcessor, use_regional_processor
 from eligen.pipeline.families.flux.family import FluxFamily
-from eligen.pipeline.families.flux.transformer import image_ids, predict
+from eligen.pipeline.families.flux.transformer import RotaryCache, image_ids, predict
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import parse_layout
 from eligen.pipeline.regional_attention import padded_text, regional_attention_mask
@@ -225,3 +234,41 @@ def test_flex_that_cannot_compile_names_the_alternative() -> None:
     no_compiler = torch._inductor.config.patch({"cpp.cxx": ("/nonexistent-compiler",), "fx_graph_cache": False})
     with no_compiler, pytest.raises(RuntimeError, match=r"could not be compiled for cpu.*attention: split"):
         RegionalAttnProcessor().flex_attention(query, query, query, block_mask(allowed))
+
+
+def test_auto_runs_split_from_the_threshold_on_and_dense_below() -> None:
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+    assert chosen_form("auto", AUTO_SPLIT_MIN_TOKENS, cpu) == "split"
+    assert chosen_form("auto", AUTO_SPLIT_MIN_TOKENS, cuda) == "split"
+    assert chosen_form("auto", AUTO_SPLIT_MIN_TOKENS - 1, cpu) == "dense"  # tiny shapes: one dense call is faster
+    assert chosen_form("auto", 10**6, mps) == "dense"  # not measured there: the exact form
+    assert [chosen_form(a, 10, cpu) for a in ("dense", "split", "flex")] == ["dense", "split", "flex"]
+    assert parse_layout({"prompt": "p"}).attention == "auto"  # the default
+    mask = regional_attention_mask(torch.ones(1, AUTO_SPLIT_MIN_TOKENS, dtype=torch.bool), [4, 4], torch.float32, "cpu")
+    assert isinstance(attention_form(mask, "auto"), SplitMask)
+    small = regional_attention_mask(torch.ones(1, 16, dtype=torch.bool), [4, 4], torch.float32, "cpu")
+    assert attention_form(small, "auto") is small
+
+
+def test_rotary_tables_are_computed_once_per_generation(pipe: EligenPipeline, monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    layout = _layout()
+    positive, negative = pipe.conditionings(layout, pipe.token_regions(layout, Path(".")))
+    transformer = pipe.transformer
+    if isinstance(transformer.pos_embed, RotaryCache):
+        transformer.pos_embed = transformer.pos_embed.pos_embed
+    calls = []
+    original = type(transformer.pos_embed).forward
+
+    def counting(module: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(ids.shape)
+        return original(module, ids)
+
+    monkeypatch.setattr(type(transformer.pos_embed), "forward", counting)
+    with monkeypatch.context() as uncached:
+        uncached.setattr(flux_family, "use_rotary_cache", lambda transformer: None)
+        every_forward = pipe.sample(layout, positive, negative, 3)
+    assert len(calls) == 2 * layout.steps  # diffusers: once in every forward (CFG: two per step)
+    calls.clear()
+    assert torch.equal(pipe.sample(layout, positive, negative, 3), every_forward)  # the same tables, bit for bit
+    assert isinstance(transformer.pos_embed, RotaryCache) and len(calls) == 2  # once per branch's text length

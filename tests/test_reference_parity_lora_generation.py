@@ -51,14 +51,13 @@ import yaml
 from diffsynth.diffusion import FlowMatchScheduler
 from diffsynth.pipelines.flux_image import (
     FluxImagePipeline,
-    FluxImageUnit_EntityControl,
-    FluxImageUnit_PromptEmbedder,
     model_fn_flux_image,
 )
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from PIL import Image, ImageDraw
-from reference_flux import TinyFluxDiT, diffusers_conditioning_order
+from reference_flux import EntityUnit, TinyFluxDiT, diffusers_conditioning_order, reference_pipeline
 
+from eligen.pipeline import attention_backends
 from eligen.pipeline.conditioning import Conditioning
 from eligen.pipeline.families.flux.encode import PromptEncoder
 from eligen.pipeline.families.flux.family import FluxFamily
@@ -124,45 +123,6 @@ def transformer(tiny_pipe: EligenPipeline) -> FluxTransformer2DModel:
 @pytest.fixture(scope="module")
 def encode(tiny_pipe: EligenPipeline) -> PromptEncoder:
     return tiny_pipe.prompt_encoder(T5_LENGTH)
-
-
-class EntityUnit(FluxImageUnit_EntityControl):
-    """The reference's EliGen unit with its text encoders replaced by ours (the same embeddings on both sides)."""
-
-    def __init__(self, encode: PromptEncoder) -> None:
-        super().__init__()
-        self.encode = encode
-
-    def encode_prompt(self, tokenizer_1, tokenizer_2, text_encoder_1, text_encoder_2, prompt, positive=True,
-                      device="cpu", t5_sequence_length=512):
-        assert t5_sequence_length == self.encode.max_sequence_length
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        t5 = torch.cat([self.encode(p)[0] for p in prompts])
-        pooled = torch.cat([self.encode(p)[1] for p in prompts])
-        return t5, pooled, torch.zeros(t5.shape[0], t5.shape[1], 3)
-
-
-class PromptUnit(FluxImageUnit_PromptEmbedder):
-    """The reference's prompt unit with its text encoders replaced by ours."""
-
-    def __init__(self, encode: PromptEncoder) -> None:
-        super().__init__()
-        self.encode = encode
-
-    def process(self, pipe, prompt, t5_sequence_length, positive) -> dict:
-        assert t5_sequence_length == self.encode.max_sequence_length
-        t5, pooled = self.encode(prompt)
-        return {"prompt_emb": t5, "pooled_prompt_emb": pooled, "text_ids": torch.zeros(1, t5.shape[1], 3)}
-
-
-def reference_pipeline(dit: TinyFluxDiT, encode: PromptEncoder) -> FluxImagePipeline:
-    """The reference pipeline on the CPU in float32, holding `dit`, with our text encoders in its units."""
-    pipe = FluxImagePipeline(device="cpu", torch_dtype=torch.float32)
-    pipe.dit = dit
-    replaced = {FluxImageUnit_PromptEmbedder: PromptUnit, FluxImageUnit_EntityControl: EntityUnit}
-    pipe.units = [replaced[type(unit)](encode) if type(unit) in replaced else unit for unit in pipe.units]
-    assert sum(isinstance(unit, PromptUnit | EntityUnit) for unit in pipe.units) == 2
-    return pipe
 
 
 def reference_merge(pipe: FluxImagePipeline, path: Path, scale: float) -> None:
@@ -460,3 +420,31 @@ def test_generation_matches_reference(lora, on_negative, transformer, tiny_pipe,
         assert max_diff(final, in_our_order) == 0.0
     # the option does act: the other setting of it gives another result
     assert max_diff(reference_loop(pipe, encode, masks, not on_negative), reference) > 1e-3
+
+
+@pytest.mark.parametrize("attention", ["split", "auto"])
+def test_sparse_and_default_forms_match_reference(attention, transformer, tiny_pipe, encode, tmp_path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole generation in `split` and in the default `auto` (made to pick `split` at this small size, as it does
+    from AUTO_SPLIT_MIN_TOKENS tokens on) against the reference, with the dense form's tolerance."""
+    monkeypatch.setattr(attention_backends, "AUTO_SPLIT_MIN_TOKENS", 0)
+    layout_entities, masks = entities(tmp_path, 3)
+    data = {
+        "model": tiny_pipe.model, "size": [WIDTH, HEIGHT], "seed": SEED, "steps": STEPS, "cfg": CFG,
+        "guidance": GUIDANCE, "schedule": "diffsynth", "max_sequence_length": T5_LENGTH, "prompt": PROMPT,
+        "negative_prompt": NEGATIVE, "entities": layout_entities, "loras": [], "attention": attention,
+    }
+    (tmp_path / "layout.yaml").write_text(yaml.safe_dump(data))
+    layout = load_layout(tmp_path / "layout.yaml")
+    assert layout.attention == attention
+    flux = FluxPipeline(**{**tiny_pipe.family.pipe.components, "transformer": copy.deepcopy(transformer)})
+    ours = EligenPipeline(FluxFamily(flux), tiny_pipe.model)
+    positive, negative = ours.prepare(layout, tmp_path)
+    form = attention_backends.attention_form(positive.attention_mask, attention)
+    assert isinstance(form, attention_backends.SplitMask)
+    final = unpack(ours.sample(layout, positive, negative, layout.seeds[0]), HEIGHT // 8, WIDTH // 8)
+    dense = unpack(ours.sample(layout, positive, negative, layout.seeds[0], attention="dense"), HEIGHT // 8, WIDTH // 8)
+    pipe = reference_pipeline(TinyFluxDiT.from_diffusers(transformer), encode)
+    reference = reference_loop(pipe, encode, masks, False)
+    assert max_diff(final, reference) <= 1e-4
+    assert 0.0 < max_diff(final, dense) <= 1e-5  # another summation order than the dense form, the same result

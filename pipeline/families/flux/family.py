@@ -17,7 +17,7 @@ from ..defaults import FLUX
 from .encode import PromptEncoder, flux_text_ids
 from .load import load_flux
 from .lora import load_lora
-from .transformer import image_ids, predict
+from .transformer import image_ids, predict, use_rotary_cache
 
 
 class FluxFamily:
@@ -68,6 +68,7 @@ class FluxFamily:
                  guidance: float | None) -> Velocity:
         """`predict` on this latent grid; FLUX's embedded guidance where the model has a guidance embedder."""
         ids = image_ids(latent_height, latent_width, self.device, self.dtype)
+        use_rotary_cache(self.pipe.transformer)
         g = None
         if guidance is not None and self.pipe.transformer.config.guidance_embeds:
             g = torch.full((1,), guidance, device=self.device, dtype=torch.float32)

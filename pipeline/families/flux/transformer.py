@@ -8,6 +8,38 @@ from ...conditioning import Conditioning
 from .attention import use_regional_processor
 
 
+class RotaryCache(torch.nn.Module):
+    """FLUX's rotary tables computed once per set of position ids, not in every forward: the ids are the same at
+    every step of a generation (one set per CFG branch; diffusers recomputes them inside each transformer call).
+
+    Holds no weights (the state dict is unchanged); keeps the tables of the last KEPT sets of ids, those made in
+    inference mode apart from those made for training (which autograd may save).
+    """
+
+    KEPT = 4
+
+    def __init__(self, pos_embed: torch.nn.Module) -> None:
+        super().__init__()
+        self.pos_embed = pos_embed
+        self._tables: list[tuple[torch.Tensor, bool, tuple[torch.Tensor, torch.Tensor]]] = []
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inference = torch.is_inference_mode_enabled()
+        for kept, mode, tables in self._tables:
+            if (mode == inference and kept.shape == ids.shape and kept.dtype == ids.dtype
+                    and kept.device == ids.device and torch.equal(kept, ids)):
+                return tables
+        tables = self.pos_embed(ids)
+        self._tables = [(ids.clone(), inference, tables), *self._tables[: self.KEPT - 1]]
+        return tables
+
+
+def use_rotary_cache(transformer: torch.nn.Module) -> None:
+    """Give a FluxTransformer2DModel a `RotaryCache` (once)."""
+    if not isinstance(transformer.pos_embed, RotaryCache):
+        transformer.pos_embed = RotaryCache(transformer.pos_embed)
+
+
 def image_ids(latent_height: int, latent_width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Rotary position ids (n, 3) of the image tokens: (0, row, column)."""
     ids = torch.zeros(latent_height // 2, latent_width // 2, 3)
