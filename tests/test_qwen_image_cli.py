@@ -95,16 +95,18 @@ def test_inpaint_both_fusions(tiny_qwen_model: Path, tmp_path: Path, fusion: str
         assert np.array_equal(out[:, 70:], src[:, 70:])
 
 
-def test_train_then_generate_with_the_lora(tiny_qwen_model: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two steps on the reference's target modules at the family's rank 32, exported in the released key style,
-    which reads back as the same deltas as the diffusers-style file; then generation with it."""
+@pytest.mark.parametrize("cache", [False, True], ids=["live", "cached"])
+def test_train_then_generate_with_the_lora(tiny_qwen_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           cache: bool) -> None:
+    """Two steps (batches of 2 whose prompts have different lengths) on the reference's target modules at the
+    family's rank 32, exported in the released key style, which reads back as the same deltas as the
+    diffusers-style file; then generation with it."""
     write_example_dataset(tmp_path / "data", 4)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["train", "--data", "data", "--model", str(tiny_qwen_model), "-o", "run", "--steps",
                                  "2", "--alpha", "64", "--lr", "0.01", "--resolution", "64", "--bucket-step", "16",
                                  "--batch-size", "2", "--num-workers", "0", "--save-every", "0", "--export",
-                                 "diffsynth", "--no-gradient-checkpointing"])
+                                 "diffsynth", "--no-gradient-checkpointing", *(["--cache"] if cache else [])])
     assert result.exit_code == 0, result.output
     with safe_open(str(tmp_path / "run" / "lora_diffsynth.safetensors"), "pt") as f:
         keys = list(f.keys())
@@ -163,3 +165,15 @@ def test_agent_renderer_generates_and_inpaints(tiny_qwen_model: Path, tmp_path: 
                          "entities": [{"prompt": "a car", "box": [8, 8, 40, 40]}]}, (64, 64))
     renderer.inpaint(tmp_path / "photo.png", edits, tmp_path, 1, tmp_path / "i.png")
     assert Image.open(tmp_path / "i.png").size == (64, 64)
+
+
+@pytest.mark.parametrize("name", ["qwen-poster.yaml", "qwen-chinese.yaml"])
+def test_shipped_qwen_image_layouts_preview(name: str, tmp_path: Path) -> None:
+    """The examples cannot be rendered here (no Qwen-Image weights); they validate and preview for Qwen-Image."""
+    from eligen.pipeline import model_info
+    from eligen.pipeline.layout import load_layout
+
+    path = Path(__file__).parent.parent / "layouts" / name
+    assert model_info.model_family(load_layout(path).model).name == "qwen-image"
+    result = runner.invoke(app, ["preview", str(path), "-o", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output

@@ -323,7 +323,7 @@ class Trainer:
     def _conditioning(self, batch: dict[str, list[Any]], drop: torch.Tensor) -> Conditioning:
         device = self.accelerator.device
         if "embeddings" in batch:
-            table = {p: (t5.to(device), pooled.to(device))
+            table = {p: (t5.to(device), None if pooled is None else pooled.to(device))  # Qwen-Image: no pooled
                      for embeddings in batch["embeddings"] for p, (t5, pooled) in embeddings.items()}
             encode: PromptEncoder | PromptTable = PromptTable(table, self.pipe.family.text_ids)
         else:
