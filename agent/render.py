@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class Renderer:
-    """Loads each FLUX model once, on the chosen device and dtype, and renders layouts and edits with it."""
+    """Loads each model (any family) once, on the chosen device and dtype, and renders layouts and edits with it."""
 
     def __init__(self, device: str | None = None, dtype: str | None = None) -> None:
         self.device, self.dtype = device, dtype

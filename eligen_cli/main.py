@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from eligen.pipeline.generate import EligenPipeline
 
 app = typer.Typer(
-    help="Entity-level controlled image generation (EliGen) on FLUX.",
+    help="Entity-level controlled image generation (EliGen) on FLUX and Qwen-Image.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -41,7 +41,8 @@ CfgOpt = Annotated[float | None, typer.Option(help="True CFG scale, 1 turns it o
 GuidanceOpt = Annotated[float | None, typer.Option(help="FLUX embedded guidance [file default: 3.5].")]
 ScheduleOpt = Annotated[Literal["flux", "diffsynth"] | None, typer.Option(help="Sigma schedule [file default: flux].")]
 ModelOpt = Annotated[str | None, typer.Option(
-    help="Diffusers FLUX folder, hub id or built-in name: shapes, shapes-base (overrides the file).")]
+    help="Diffusers FLUX or Qwen-Image folder, hub id (black-forest-labs/FLUX.1-dev, Qwen/Qwen-Image) or built-in "
+    "name: shapes, shapes-base (overrides the file).")]
 TransformerOpt = Annotated[str | None, typer.Option(
     help="Single-file transformer checkpoint replacing the model's: a local .safetensors or "
     "hub-repo-id/path/in/repo.safetensors; the rest comes from the model (overrides the file).")]
@@ -90,7 +91,7 @@ def main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    """Entity-level controlled image generation (EliGen) on FLUX."""
+    """Entity-level controlled image generation (EliGen) on FLUX and Qwen-Image."""
 
 
 def _preview_image(src: LayoutSource, scale_factor: int) -> tuple[list[Any], Any]:
@@ -318,12 +319,18 @@ def inpaint(
 def tiny_model(
     folder: Annotated[Path, typer.Argument(help="Folder to create (must not exist or be empty).")],
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
+    family: Annotated[Literal["flux", "qwen-image"], typer.Option(help="Model family.")] = "flux",
 ) -> None:
-    """Write a tiny random-weight FLUX model folder for trying eligen offline (its images are noise)."""
-    from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
-
+    """Write a tiny random-weight FLUX or Qwen-Image model folder for trying eligen offline (its images are noise)."""
     try:
-        path = build_tiny_flux(folder, seed=seed)
+        if family == "qwen-image":
+            from eligen.pipeline.shapes.tiny_qwen_image import build_tiny_qwen_image
+
+            path = build_tiny_qwen_image(folder, seed=seed)
+        else:
+            from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
+
+            path = build_tiny_flux(folder, seed=seed)
     except FileExistsError as exc:
         raise fail(exc, 1) from None
     err.print(f"wrote {path} (random weights: its images are noise)")

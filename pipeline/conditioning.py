@@ -49,14 +49,15 @@ def conditioning(
     """Concatenate `[entities..., global]` and build the regional mask (plain FLUX without entities).
 
     `token_regions` is (k, n_image) bool, one row per entity prompt, or None when k = 0. `entity_lengths` keeps
-    the first tokens of each entity's T5 encoding (default: all max_sequence_length of them, as the reference).
+    the first tokens of each entity's encoding (default: the whole encoding, as the reference: FLUX's T5 padded to
+    max_sequence_length, Qwen-Image's prompt at its own length).
     T5 runs on the padded prompt either way (FLUX runs it without an attention mask, so the padding changes the
     embeddings of the real tokens): the tokens kept are exactly the reference's.
     """
     t5, pooled = encode(prompt)
     if not entity_prompts:
         return Conditioning(t5, pooled, encode.text_ids([t5.shape[1]], t5), None)
-    lengths = entity_lengths or [t5.shape[1]] * len(entity_prompts)
+    lengths = entity_lengths or [None] * len(entity_prompts)
     groups = [encode(p)[0][:, :n] for p, n in zip(entity_prompts, lengths, strict=True)] + [t5]
     embeds = torch.cat(groups, dim=1)
     text_ids = encode.text_ids([g.shape[1] for g in groups], t5)
@@ -66,13 +67,16 @@ def conditioning(
 
 
 def padded_ids(branches: Sequence[Conditioning], length: int) -> torch.Tensor:
-    """The branches' shared text ids for a text of `length` tokens: each padded with its last id (the pad tokens
-    are masked, so their positions never matter); the branches must agree on their real tokens' ids."""
+    """The branches' text ids for a text of `length` tokens, each padded with its last id (the pad tokens are
+    masked, so their positions never matter): shared when the branches agree (FLUX's zeros always do), else one
+    row per branch (Qwen-Image's per-group positions, (B, L); its transformer takes them so)."""
     padded = [torch.cat([c.text_ids, c.text_ids[-1:].expand(length - len(c.text_ids), *c.text_ids.shape[1:])])
               for c in branches]
-    if any(not torch.equal(padded[0], ids) for ids in padded[1:]):
+    if all(torch.equal(padded[0], ids) for ids in padded[1:]):
+        return padded[0]
+    if padded[0].ndim != 1:
         raise ValueError("these branches have different text positions and cannot share one batch")
-    return padded[0]
+    return torch.stack(padded)
 
 
 def batched(branches: Sequence[Conditioning], n_image: int) -> Conditioning:

@@ -19,7 +19,7 @@ from .hub import DEFAULT_LORAS, lora_file
 from .layout import Layout, LayoutError, LoraSpec
 from .lora import LoraError, apply_loras, remove_loras
 from .regions import check_canvas, entity_masks, token_masks
-from .sampler import Fuse, StepCallback, denoise, get_noise, get_schedule, pack
+from .sampler import Fuse, Schedule, StepCallback, denoise, get_noise, get_schedule, pack
 
 EntityTokens = Literal["max", "auto"] | int  # a layout's `entity_tokens`
 
@@ -99,6 +99,13 @@ class EligenPipeline:
         self, layout: Layout, base_dir: Path = Path("."), source: str = "<layout>", regions: np.ndarray | None = None
     ) -> tuple[Conditioning, Conditioning | None]:
         """Everything a layout needs before sampling: its LoRAs applied, its regions and prompts encoded."""
+        forms = ("auto", *self.family.defaults.attention_forms)
+        if layout.attention not in forms:
+            raise LayoutError(source, "attention", f"expected one of {', '.join(forms)} for a "
+                              f"{self.family.defaults.name} model, got {layout.attention}")
+        if layout.steps < 2 and self.family.scheduler_config.get("shift_terminal"):
+            raise LayoutError(source, "steps", "expected at least 2 steps: this model's schedule is stretched to end "
+                              "at its shift_terminal, which one step cannot (diffusers and the reference give NaN)")
         self.use_loras(self.lora_specs(layout), base_dir, source)
         if regions is None:
             regions = self.token_regions(layout, base_dir, source)
@@ -117,8 +124,13 @@ class EligenPipeline:
     def device(self) -> torch.device:
         return self.family.device
 
-    def max_sequence_length(self, layout: Layout) -> int:
-        """The layout's text length per prompt group, else the model folder's default."""
+    def max_sequence_length(self, layout: Layout, source: str = "<layout>") -> int:
+        """The layout's text length per prompt group (at most the family's), else the model folder's default."""
+        cap = self.family.defaults.max_sequence_length
+        if layout.max_sequence_length is not None and layout.max_sequence_length > cap:
+            raise LayoutError(source, "max_sequence_length",
+                              f"expected at most {cap} for a {self.family.defaults.name} model, "
+                              f"got {layout.max_sequence_length}")
         return layout.max_sequence_length or model_info.default_max_sequence_length(self.model)
 
     def prompt_encoder(self, max_sequence_length: int) -> PromptEncoder:
@@ -134,7 +146,7 @@ class EligenPipeline:
         self, layout: Layout, regions: np.ndarray, source: str = "<layout>"
     ) -> tuple[Conditioning, Conditioning | None]:
         """Positive and negative conditioning, encoded once for every seed of the layout."""
-        encode = self.prompt_encoder(self.max_sequence_length(layout))
+        encode = self.prompt_encoder(self.max_sequence_length(layout, source))
         prompts = [e.prompt for e in layout.entities]
         token_regions = torch.from_numpy(regions) if prompts else None
         lengths = entity_lengths(encode, layout.entity_tokens, prompts, source=source)
@@ -165,10 +177,18 @@ class EligenPipeline:
         """
         latent_h, latent_w = self.latent_grid(layout)
         x = pack(get_noise(seed, self.family.latent_channels, latent_h, latent_w, self.dtype)).to(self.device)
-        sigmas, timesteps = get_schedule(layout.schedule, layout.steps, x.shape[1], self.family.scheduler_config)
+        sigmas, timesteps = get_schedule(self.schedule(layout), layout.steps, x.shape[1],
+                                         self.family.scheduler_config)
         velocity = self.family.velocity(self.transformer, latent_h, latent_w, layout.guidance)
         return denoise(velocity, x, sigmas, timesteps, positive, negative, layout.cfg, on_step,
-                       fuse_positive, fuse_negative, attention or layout.attention, batch_cfg)
+                       fuse_positive, fuse_negative, attention or layout.attention, batch_cfg, layout.cfg_rescale)
+
+    def schedule(self, layout: Layout) -> Schedule:
+        """The sampler's schedule for the layout's: `diffsynth` (the reference's) is the static shift 3 for FLUX,
+        and for Qwen-Image the model's own scheduler config, which its reference uses too."""
+        if layout.schedule == "diffsynth" and self.family.defaults.reference_schedule == "scheduler":
+            return "flux"
+        return layout.schedule
 
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """An RGB image (at a size the model takes) -> packed, scaled latents (the VAE posterior mean)."""

@@ -21,7 +21,10 @@ from .layout import LayoutError, LoraSpec
 from .model_info import ModelLoadError, is_hub_file
 
 ELIGEN_LORA = LoraSpec(path="modelscope/EliGen", file="model_bf16.safetensors")  # DiffSynth-Studio/Eligen
-DEFAULT_LORAS = {"black-forest-labs/FLUX.1-dev": [ELIGEN_LORA]}  # what `loras` means when a layout omits it
+# DiffSynth-Studio/Qwen-Image-EliGen-V2 (ModelScope), mirrored on the Hugging Face Hub under the same id
+QWEN_IMAGE_ELIGEN_LORA = LoraSpec(path="DiffSynth-Studio/Qwen-Image-EliGen-V2", file="model.safetensors")
+DEFAULT_LORAS = {"black-forest-labs/FLUX.1-dev": [ELIGEN_LORA],  # what `loras` means when a layout omits it
+                 "Qwen/Qwen-Image": [QWEN_IMAGE_ELIGEN_LORA]}
 
 
 def hub_error(exc: Exception, repo_id: str, what: str) -> ModelLoadError:

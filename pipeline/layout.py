@@ -113,10 +113,11 @@ class Layout(_Strict):
     units: Literal["px", "fraction", "permille"] = "px"
     prompt: str
     negative_prompt: str = ""
-    max_sequence_length: PositiveInt | None = Field(default=None, le=512)
+    max_sequence_length: PositiveInt | None = Field(default=None, le=1024)  # the family caps it (FLUX 512)
     entity_tokens: Literal["max", "auto"] | int = "max"  # T5 tokens kept per entity prompt
     attention: Literal["auto", "dense", "flex", "split"] = "auto"  # how the regional mask runs (attention_backends)
     regions_on_negative: bool = False
+    cfg_rescale: bool = False  # scale guided velocities to the positive's norm per token (diffusers' Qwen-Image)
     color_mask: str | None = None
     entities: list[Entity] = []
 

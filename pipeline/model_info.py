@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .families.defaults import FamilyDefaults, family_for_class
+from .families.defaults import FamilyDefaults, family_for_class, family_for_hub_id
 from .layout import LayoutError
 
 EXTRA_CONFIG = "eligen.json"  # optional per-folder defaults, e.g. {"max_sequence_length": 32}
@@ -55,8 +55,11 @@ def _local_json(model: str, relative: str) -> dict | None:
 
 
 def model_family(model: str) -> FamilyDefaults:
-    """The family of a model: from a local folder's model_index.json, else (a hub id) FLUX."""
-    index = _local_json(model, "model_index.json") or {}
+    """The family of a model: from a local folder's model_index.json, else from the table of known hub ids (any
+    other hub id: FLUX)."""
+    index = _local_json(model, "model_index.json")
+    if index is None:
+        return family_for_hub_id(model)
     return family_for_class(index.get("_class_name"))
 
 
@@ -67,8 +70,14 @@ def default_max_sequence_length(model: str) -> int:
 
 
 def scale_factor(model: str) -> int:
-    """The VAE's spatial scale factor from a local folder's config, else its family's (FLUX.1-dev: 8)."""
+    """The VAE's spatial scale factor from a local folder's config, else its family's (8 for both families).
+
+    FLUX's `AutoencoderKL` halves the size between its blocks (`block_out_channels`); Qwen-Image's
+    `AutoencoderKLQwenImage` once per entry of `temperal_downsample`, as diffusers' QwenImagePipeline counts it.
+    """
     vae = _local_json(model, "vae/config.json")
     if vae is None:
         return model_family(model).scale_factor
+    if "temperal_downsample" in vae:
+        return 2 ** len(vae["temperal_downsample"])
     return 2 ** (len(vae["block_out_channels"]) - 1)

@@ -87,6 +87,13 @@ def branches(positive: Conditioning, negative: Conditioning | None, n_image: int
     return [replace(c, attention_mask=attention_form(c.attention_mask, attention)) for c in passes]
 
 
+def rescaled_cfg(v_pos: torch.Tensor, v_neg: torch.Tensor, cfg: float) -> torch.Tensor:
+    """True CFG with each token's guided vector scaled back to the norm of its positive prediction (over the
+    channels), as diffusers' QwenImagePipeline guides; the reference (and the default here) guides plainly."""
+    v = v_neg + cfg * (v_pos - v_neg)
+    return v * (torch.norm(v_pos, dim=-1, keepdim=True) / torch.norm(v, dim=-1, keepdim=True))
+
+
 @torch.inference_mode()
 def denoise(
     velocity: Velocity,
@@ -101,12 +108,14 @@ def denoise(
     fuse_negative: Fuse | None = None,
     attention: Attention = "auto",
     batch_cfg: bool = False,
+    cfg_rescale: bool = False,
 ) -> torch.Tensor:
     """Euler steps from sigmas[0] to sigmas[-1]; true CFG `v = v_neg + cfg (v_pos - v_neg)` when cfg > 1.
 
     `fuse_positive` / `fuse_negative` replace a branch's prediction outside the inpainting regions
     before CFG (paper Algorithm 1). `attention` picks how the regional mask runs; `batch_cfg` runs both
-    CFG branches in one batched pass (the same result; about twice the activation memory).
+    CFG branches in one batched pass (the same result; about twice the activation memory). `cfg_rescale`
+    scales each token's guided velocity back to the norm of its positive one (`rescaled_cfg`).
     """
     passes = branches(positive, negative if cfg > 1.0 else None, x.shape[1], attention, batch_cfg)
     for i, t in enumerate(timesteps.to(x.device)):
@@ -115,7 +124,7 @@ def denoise(
         v = both[:1] if fuse_positive is None else fuse_positive(both[:1], x, sigma)
         if len(both) == 2:
             v_neg = both[1:] if fuse_negative is None else fuse_negative(both[1:], x, sigma)
-            v = v_neg + cfg * (v - v_neg)
+            v = rescaled_cfg(v, v_neg, cfg) if cfg_rescale else v_neg + cfg * (v - v_neg)
         x = (x.float() + (sigmas[i + 1] - sigmas[i]).item() * v).to(v.dtype)
         if on_step is not None:
             on_step(i + 1, len(timesteps))

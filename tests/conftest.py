@@ -21,3 +21,19 @@ def tiny_pipe(tiny_model: Path):
     from eligen.pipeline.generate import EligenPipeline
 
     return EligenPipeline.from_pretrained(str(tiny_model), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen-Image folder in the diffusers layout (VAE factor 8, tokenizer made in memory)."""
+    from eligen.pipeline.shapes.tiny_qwen_image import build_tiny_qwen_image
+
+    return build_tiny_qwen_image(tmp_path_factory.mktemp("models") / "tiny-qwen-image", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_pipe(tiny_qwen_model: Path):
+    """The tiny Qwen-Image model loaded through EligenPipeline.from_pretrained on the CPU in float32."""
+    from eligen.pipeline.generate import EligenPipeline
+
+    return EligenPipeline.from_pretrained(str(tiny_qwen_model), device="cpu", dtype="fp32")

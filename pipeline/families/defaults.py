@@ -3,23 +3,60 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
 class FamilyDefaults:
-    """A family's native settings: what a layout and a model folder that say nothing get."""
+    """A family's native settings: what a layout and a model folder that say nothing get.
+
+    `steps`, `cfg`, `size` and `negative_prompt` are the family's native sampling settings (FLUX: the EliGen paper's
+    and the layout format's defaults; Qwen-Image: the reference's EliGen examples and diffusers' pipeline).
+    """
 
     name: str
     pipeline_class: str  # `_class_name` in a diffusers folder's model_index.json
-    max_sequence_length: int  # text tokens per prompt group
+    max_sequence_length: int  # text tokens per prompt group (the default, and the family's cap)
     scale_factor: int  # pixels per latent pixel (the VAE's)
+    hub_ids: tuple[str, ...] = ()  # hub models known to be of this family (no download needed to tell)
+    steps: int = 50
+    cfg: float = 3.0
+    size: tuple[int, int] = (1024, 1024)
+    negative_prompt: str = ""
+    lora_rank: int = 64  # rank of a trained LoRA when none is asked for
+    # What a layout's `schedule: diffsynth` (the reference's schedule) is for this family: FLUX's reference uses a
+    # static shift of 3 (`shift3`); Qwen-Image's reference uses the same schedule as diffusers, from the model's
+    # scheduler config (`scheduler`, which is also what `schedule: flux` computes).
+    reference_schedule: Literal["shift3", "scheduler"] = "shift3"
+    attention_forms: tuple[str, ...] = ("dense", "flex", "split")  # how its regional mask can run
+    # Module paths inside each block a trained LoRA adapts; None: every Linear of every block (the paper's choice)
+    lora_targets: tuple[str, ...] | None = None
+    lora_exports: tuple[str, ...] = ("kohya",)  # key styles `eligen train --export` writes for this family
 
 
-FLUX = FamilyDefaults(name="flux", pipeline_class="FluxPipeline", max_sequence_length=512, scale_factor=8)
-FAMILIES = {family.name: family for family in (FLUX,)}
+FLUX = FamilyDefaults(name="flux", pipeline_class="FluxPipeline", max_sequence_length=512, scale_factor=8,
+                      hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"))
+# Qwen-Image: 40 steps, cfg 4, 1024x1024 as the reference's EliGen-V2 example (its pipeline defaults to 30 steps at
+# 1328x1328; diffusers' QwenImagePipeline to 50 steps at 1024x1024 with true_cfg_scale 4 and the negative prompt " "
+# in its examples); prompts up to 1024 tokens (QwenImagePipeline's cap); rank 32 as the reference's EliGen recipe.
+# The reference's EliGen training recipe (examples/qwen_image/model_training/lora/Qwen-Image-EliGen.sh)
+QWEN_IMAGE_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj",
+                           "attn.add_v_proj", "attn.to_out.0", "attn.to_add_out", "img_mlp.net.2", "img_mod.1",
+                           "txt_mlp.net.2", "txt_mod.1")
+QWEN_IMAGE = FamilyDefaults(name="qwen-image", pipeline_class="QwenImagePipeline", max_sequence_length=1024,
+                            scale_factor=8, hub_ids=("Qwen/Qwen-Image",), steps=40, cfg=4.0, size=(1024, 1024),
+                            negative_prompt=" ", lora_rank=32, reference_schedule="scheduler",
+                            attention_forms=("dense", "split"), lora_targets=QWEN_IMAGE_LORA_TARGETS,
+                            lora_exports=("diffsynth",))
+FAMILIES = {family.name: family for family in (FLUX, QWEN_IMAGE)}
 
 
 def family_for_class(pipeline_class: str | None) -> FamilyDefaults:
     """The family of a diffusers pipeline class name (a folder without model_index.json, or of another class,
     is taken for FLUX: the loader then says what it could not load)."""
     return next((f for f in FAMILIES.values() if f.pipeline_class == pipeline_class), FLUX)
+
+
+def family_for_hub_id(model: str) -> FamilyDefaults:
+    """The family of a known hub id; any other id is taken for FLUX (the project's first family)."""
+    return next((f for f in FAMILIES.values() if model in f.hub_ids), FLUX)

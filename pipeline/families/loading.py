@@ -18,4 +18,8 @@ def load_family(model: str, device: torch.device, dtype: torch.dtype, offload: O
         from .flux.family import FluxFamily
 
         return FluxFamily.load(model, device, dtype, offload, quantize, explicit_device, transformer)
+    if family.name == "qwen-image":
+        from .qwen_image.family import QwenImageFamily
+
+        return QwenImageFamily.load(model, device, dtype, offload, quantize, explicit_device, transformer)
     raise AssertionError(f"no loader for the family {family.name}")

@@ -16,7 +16,7 @@ TimestepSampling = Literal["reference", "logit-normal"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
 WeightDtype = Literal["bf16", "fp16", "fp32"]
 SaveDtype = Literal["fp32", "bf16"]
-ExportStyle = Literal["kohya"]
+ExportStyle = Literal["kohya", "diffsynth"]
 LrSchedule = Literal["constant", "cosine"]
 PATH_KEYS = ("data", "output", "validation", "cache_dir", "deepspeed")  # relative to a config file's folder
 
@@ -29,11 +29,13 @@ class TrainConfig(BaseModel):
     data: Path = Field(description="Dataset folder with metadata.jsonl, or a metadata .jsonl / .json file.")
     output: Path | None = Field(None, description="Output folder (lora.safetensors or transformer/, checkpoints/, "
                                 "validation/, log.jsonl). Required except with --check.")
-    model: str = Field(DEFAULT_MODEL, description="Diffusers FLUX folder, hub id or built-in name to train on.")
+    model: str = Field(DEFAULT_MODEL, description="Diffusers FLUX or Qwen-Image folder, hub id or built-in name to "
+                       "train on.")
     steps: PositiveInt = Field(1000, description="Optimizer steps.")
     batch_size: PositiveInt = Field(1, description="Samples per process per micro-batch.")
     grad_accum: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
-    rank: PositiveInt = Field(64, description="LoRA rank.")
+    rank: PositiveInt | None = Field(None, description="LoRA rank [default: the family's, 64 for FLUX, 32 for "
+                                     "Qwen-Image as the reference's recipe].")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale alpha/rank) [default: the rank].")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     weight_decay: NonNegativeFloat = Field(0.01, description="AdamW weight decay.")
@@ -46,8 +48,8 @@ class TrainConfig(BaseModel):
                                     "pixels at its own aspect ratio.")
     bucket_step: PositiveInt = Field(64, description="Bucket sides are multiples of this (px); images sharing a "
                                      "bucket share batches.")
-    max_sequence_length: int | None = Field(None, ge=1, le=512, description="T5 tokens per prompt group "
-                                            "[default: the model's, 512 for FLUX.1-dev].")
+    max_sequence_length: int | None = Field(None, ge=1, le=1024, description="Text tokens per prompt group "
+                                            "[default: the model's, 512 for FLUX.1-dev, 1024 for Qwen-Image].")
     timesteps: TimestepSampling = Field("reference", description="reference: uniform over the reference's 1000 "
                                         "shift-3 sigmas with its Gaussian loss weight; logit-normal: weight 1.")
     entity_dropout: Fraction = Field(0.0, description="Fraction of samples trained without their entities (plain "
@@ -70,8 +72,9 @@ class TrainConfig(BaseModel):
     validation: Path | None = Field(None, description="Validation layouts: a layout YAML file or a folder of them.")
     holdout: NonNegativeInt = Field(0, description="Hold the last N dataset lines out of training and validate on "
                                     "them.")
-    export: ExportStyle | None = Field(None, description="Also write the LoRA in another key style "
-                                            "(OUTPUT/lora_kohya.safetensors).")
+    export: ExportStyle | None = Field(None, description="Also write the LoRA in another key style: kohya "
+                                       "(FLUX, OUTPUT/lora_kohya.safetensors) or diffsynth (Qwen-Image, the released "
+                                       "EliGen LoRAs' style, OUTPUT/lora_diffsynth.safetensors).")
     save_dtype: SaveDtype = Field("fp32", description="Dtype of the saved LoRA or transformer.")
     num_workers: NonNegativeInt = Field(2, description="Data-loading worker processes per training process.")
     num_processes: PositiveInt = Field(1, description="Training processes; more than 1 spawns them through "
@@ -79,9 +82,13 @@ class TrainConfig(BaseModel):
     deepspeed: Path | None = Field(None, description="DeepSpeed config JSON (e.g. recipes/deepspeed_zero2.json), "
                                    "passed to accelerate's launcher.")
 
-    @property
-    def lora_alpha(self) -> float:
-        return self.alpha if self.alpha is not None else float(self.rank)
+    def lora_rank(self, family_rank: int) -> int:
+        """The rank asked for, else the model family's."""
+        return self.rank if self.rank is not None else family_rank
+
+    def lora_alpha(self, family_rank: int) -> float:
+        """The alpha asked for, else the rank (scale 1)."""
+        return self.alpha if self.alpha is not None else float(self.lora_rank(family_rank))
 
 
 def config_keys() -> list[str]:

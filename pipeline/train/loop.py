@@ -29,7 +29,7 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from safetensors.torch import load_file
 
 from .. import model_info
-from ..conditioning import Conditioning, PromptTable, conditioning
+from ..conditioning import Conditioning, PromptTable, batched, conditioning
 from ..dataset import Dataset, read_dataset
 from ..devices import pick_dtype
 from ..families.base import PromptEncoder
@@ -40,7 +40,7 @@ from ..sampler import get_noise, pack
 from .cache import TrainCache, build_cache
 from .config import TrainConfig
 from .data import BucketBatchSampler, TrainingSet, collate, sample_seed
-from .lora import add_lora, load_lora_into, save_kohya, save_lora
+from .lora import EXPORTS, add_lora, load_lora_into, save_lora
 from .loss import draw_timestep, rectified_flow_loss
 from .state import (
     Position,
@@ -117,7 +117,9 @@ def batch_conditioning(
 
     Samples with fewer entities than the batch's most get slots holding the empty prompt with an empty region: no
     other token attends to them and they attend to nothing else, so each sample's image tokens get exactly its own
-    unpadded attention. Without any entity in the batch there is no mask (plain FLUX).
+    unpadded attention. Texts of different lengths (Qwen-Image's unpadded groups) are padded with masked tokens
+    (`conditioning.batched`). Without any entity in the batch and texts of one length there is no mask (plain
+    model).
     """
     k = max(len(names) for names in entity_prompts)
     singles = []
@@ -125,13 +127,7 @@ def batch_conditioning(
         pad = k - len(names)
         padded = torch.cat([tokens.bool(), tokens.new_zeros(pad, tokens.shape[1], dtype=torch.bool)]) if k else None
         singles.append(conditioning(encode, prompt, [*names, *[""] * pad], padded))
-    masks = [c.attention_mask for c in singles]
-    return Conditioning(
-        torch.cat([c.prompt_embeds for c in singles]),
-        None if singles[0].pooled is None else torch.cat([c.pooled for c in singles]),
-        singles[0].text_ids,
-        torch.cat(masks) if k else None,  # type: ignore[arg-type]
-    )
+    return batched(singles, regions[0].shape[1])
 
 
 def _accelerator(config: TrainConfig) -> Accelerator:
@@ -146,12 +142,13 @@ def _accelerator(config: TrainConfig) -> Accelerator:
 
 
 def _run_identity(config: TrainConfig, dataset: Dataset, train_samples: int, batches: int, world: int,
-                  max_sequence_length: int) -> dict[str, Any]:
+                  max_sequence_length: int, family_rank: int) -> dict[str, Any]:
     """The settings a checkpoint must share with the run resuming it."""
     return {
         "model": config.model, "data": str(dataset.metadata.resolve()), "samples": train_samples,
         "batches_per_epoch": batches, "global_batch": config.batch_size * world, "grad_accum": config.grad_accum,
-        "full": config.full, "rank": config.rank, "alpha": config.lora_alpha, "lr": config.lr,
+        "full": config.full, "rank": config.lora_rank(family_rank),
+        "alpha": config.lora_alpha(family_rank), "lr": config.lr,
         "weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps, "lr_schedule": config.lr_schedule,
         "max_grad_norm": config.max_grad_norm, "resolution": config.resolution, "bucket_step": config.bucket_step,
         "max_sequence_length": max_sequence_length, "seed": config.seed, "timesteps": config.timesteps,
@@ -231,6 +228,13 @@ class Trainer:
         if config.validate_every and not self.validation_source:
             raise TrainError("--validate-every needs validation layouts: --validation PATH or --holdout N")
 
+        defaults = model_info.model_family(config.model)
+        if config.export is not None and config.export not in defaults.lora_exports:
+            raise TrainError(f"--export {config.export} is not a key style of {defaults.name} LoRAs; expected "
+                             f"{' or '.join(defaults.lora_exports)}")
+        if (config.max_sequence_length or 0) > defaults.max_sequence_length:
+            raise TrainError(f"--max-sequence-length {config.max_sequence_length} is more than a {defaults.name} "
+                             f"model takes ({defaults.max_sequence_length})")
         device = self.accelerator.device
         self.dtype = pick_dtype(config.dtype, device)
         family = load_family(config.model, device, self.dtype, explicit_device=config.device is not None)
@@ -240,7 +244,8 @@ class Trainer:
         if config.full:
             self.transformer.float().requires_grad_(True)
         else:
-            add_lora(self.transformer, config.rank, config.lora_alpha)
+            add_lora(self.transformer, config.lora_rank(defaults.lora_rank), config.lora_alpha(defaults.lora_rank),
+                     defaults.lora_targets)
         if config.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.transformer.train()
@@ -250,7 +255,7 @@ class Trainer:
             self.optimizer, partial(lr_factor, warmup=config.warmup_steps, steps=config.steps,
                                     cosine=config.lr_schedule == "cosine"))
         self.identity = _run_identity(config, self.dataset, len(self.samples), len(self.sampler), world,
-                                      self.max_sequence_length)
+                                      self.max_sequence_length, defaults.lora_rank)
         self.position, self.resumed_from = Position(0, 0, 0), None
         if config.resume is not None:
             self._resume()
@@ -318,7 +323,7 @@ class Trainer:
     def _conditioning(self, batch: dict[str, list[Any]], drop: torch.Tensor) -> Conditioning:
         device = self.accelerator.device
         if "embeddings" in batch:
-            table = {p: (t5.to(device), pooled.to(device))
+            table = {p: (t5.to(device), None if pooled is None else pooled.to(device))  # Qwen-Image: no pooled
                      for embeddings in batch["embeddings"] for p, (t5, pooled) in embeddings.items()}
             encode: PromptEncoder | PromptTable = PromptTable(table, self.pipe.family.text_ids)
         else:
@@ -376,9 +381,10 @@ class Trainer:
             else:
                 save_lora(self.out / "lora.safetensors", self.transformer, dtype)
                 outputs.append(self.out / "lora.safetensors")
-                if self.config.export == "kohya":
-                    save_kohya(self.out / "lora_kohya.safetensors", self.transformer, dtype)
-                    outputs.append(self.out / "lora_kohya.safetensors")
+                if self.config.export is not None:
+                    path = self.out / f"lora_{self.config.export}.safetensors"
+                    EXPORTS[self.config.export](path, self.transformer, dtype)
+                    outputs.append(path)
         if cases and (not self.config.validate_every or step % self.config.validate_every):
             self._validate(cases, step)
         self.accelerator.wait_for_everyone()

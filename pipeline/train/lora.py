@@ -1,17 +1,20 @@
-"""The trained LoRA (paper §3.4): peft adapters on every linear layer of every FLUX block, and its files.
+"""The trained LoRA (paper §3.4): peft adapters on the linear layers of every block, and its files.
 
-`OUT_DIR/lora.safetensors` is written by diffusers' own LoRA writer: diffusers/peft keys
-(`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`) with the adapter config, alpha included, in the
-`lora_adapter_metadata` header, which both diffusers' `load_lora_weights` and `lora.load_lora` read. The kohya/BFL
-export follows the module table of `lora.py`: a fused source layer (img/txt qkv, single-block linear1) gets the
-stacked A factors and a block-diagonal B, so every part keeps exactly its own `alpha / rank * B @ A`.
+FLUX adapts every Linear of every dual- and single-stream block (the paper); Qwen-Image the reference recipe's
+modules (`FamilyDefaults.lora_targets`). `OUT_DIR/lora.safetensors` is written by diffusers' own LoRA writer (the
+same for every family): diffusers/peft keys (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`) with the
+adapter config, alpha included, in the `lora_adapter_metadata` header, which diffusers' `load_lora_weights` and
+both families' LoRA readers read. Exports: kohya/BFL for FLUX, following the module table of
+`families/flux/lora.py` (a fused source layer, img/txt qkv or single-block linear1, gets the stacked A factors and
+a block-diagonal B, so every part keeps exactly its own `alpha / rank * B @ A`); for Qwen-Image the released EliGen
+LoRAs' style (`transformer_blocks.0.attn.to_q.lora_A.default.weight`, no alpha: B carries `alpha / rank`).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +32,21 @@ BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
 PREFIX = "transformer."  # diffusers' key prefix for the transformer's LoRA layers
 
 
-def block_linears(transformer: torch.nn.Module) -> list[str]:
-    """Every Linear inside the dual- and single-stream blocks: the attention projections before and after attention,
-    the feed-forward layers and the adaptive-LayerNorm linears."""
-    return [name for name, module in transformer.named_modules()
-            if isinstance(module, torch.nn.Linear) and name.startswith(BLOCKS)]
+def block_linears(transformer: torch.nn.Module, targets: Sequence[str] | None = None) -> list[str]:
+    """The Linears inside the blocks: all of them (the attention projections before and after attention, the
+    feed-forward layers and the adaptive-LayerNorm linears), or those at `targets` paths within a block."""
+    names = [name for name, module in transformer.named_modules()
+             if isinstance(module, torch.nn.Linear) and name.startswith(BLOCKS)]
+    if targets is None:
+        return names
+    return [name for name in names if name.split(".", 2)[2] in targets]
 
 
-def add_lora(transformer: torch.nn.Module, rank: int, alpha: float) -> None:
-    """Attach a trainable peft LoRA (A random, B zero: the model is unchanged at step 0); the rest stays frozen."""
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, targets: Sequence[str] | None = None) -> None:
+    """Attach a trainable peft LoRA (A random, B zero: the model is unchanged at step 0) on `block_linears`; the rest
+    stays frozen."""
     transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=block_linears(transformer)))
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=block_linears(transformer, targets)))
     for parameter in transformer.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()  # fp32 factors under any weight dtype
@@ -99,3 +106,20 @@ def save_kohya(path: Path, transformer: torch.nn.Module, dtype: torch.dtype) -> 
     tensors = {k: v if k.endswith(".alpha") else v.to(dtype).contiguous()
                for k, v in kohya_state_dict(lora, config.lora_alpha, transformer.config).items()}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+def save_diffsynth(path: Path, transformer: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Write the Qwen-Image LoRA in the released EliGen LoRAs' key style, the reference's export (no alpha keys,
+    applied at scale 1: B is multiplied by alpha / rank), atomically."""
+    config = transformer.peft_config["default"]
+    scale = config.lora_alpha / config.r
+    tensors = {}
+    for key, value in lora_state_dict(transformer).items():
+        value = value.detach().to("cpu", torch.float32)
+        module, factor = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
+        tensors[f"{module}.{factor}.default.weight"] = (value * scale if factor == "lora_B" else value).to(dtype)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+EXPORTS: dict[str, Callable[[Path, torch.nn.Module, torch.dtype], None]] = {"kohya": save_kohya,
+                                                                          "diffsynth": save_diffsynth}
