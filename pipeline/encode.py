@@ -52,6 +52,19 @@ class PromptEncoder:
                                        truncation=True, return_tensors="pt")
         return int(tokens.attention_mask.sum())
 
+    def untruncated_count(self, prompt: str) -> int:
+        """T5 tokens of `prompt` with its end token, before truncation to max_sequence_length."""
+        return len(self.pipe.tokenizer_2(prompt, verbose=False).input_ids)
+
+    @property
+    def clip_max_length(self) -> int:
+        """CLIP tokens read per prompt (77 for FLUX.1-dev), start and end tokens included."""
+        return self.pipe.tokenizer_max_length
+
+    def clip_untruncated_count(self, prompt: str) -> int:
+        """CLIP tokens of `prompt` with its start and end tokens, before truncation."""
+        return len(self.pipe.tokenizer(prompt, verbose=False).input_ids)
+
 
 def conditioning(
     encode: PromptEncoder, prompt: str, entity_prompts: Sequence[str], token_regions: torch.Tensor | None,

@@ -15,7 +15,9 @@ from .attention_backends import Attention
 from .encode import Conditioning, PromptEncoder, conditioning
 from .hub import DEFAULT_LORAS, lora_file
 from .layout import Layout, LayoutError, LoraSpec
+from .layout_warnings import warn_truncated
 from .lora import LoraError, apply_loras, load_lora, remove_loras
+from .model_defaults import with_model_defaults
 from .models import Offload, Quantize, load_flux, pick_device, pick_dtype
 from .regions import check_canvas, entity_masks, token_masks
 from .sampler import Fuse, StepCallback, denoise, get_noise, get_schedule, image_ids, pack, unpack
@@ -127,6 +129,8 @@ class EligenPipeline:
     ) -> tuple[Conditioning, Conditioning | None]:
         """Positive and negative conditioning, encoded once for every seed of the layout."""
         encode = PromptEncoder(self.flux, self.max_sequence_length(layout))
+        warn_truncated(layout, encode.untruncated_count, encode.max_sequence_length, "T5", source)
+        warn_truncated(layout, encode.clip_untruncated_count, encode.clip_max_length, "CLIP", source, ("prompt",))
         prompts = [e.prompt for e in layout.entities]
         token_regions = torch.from_numpy(regions) if prompts else None
         lengths = entity_lengths(encode, layout.entity_tokens, prompts, source=source)
@@ -182,6 +186,8 @@ class EligenPipeline:
         self, layout: Layout, seeds: list[int], base_dir: Path = Path("."), source: str = "<layout>",
         on_step: StepCallback | None = None,
     ) -> list[Image.Image]:
-        """One image per seed for a validated layout (mask and LoRA paths resolve against `base_dir`)."""
+        """One image per seed for a validated layout (mask and LoRA paths resolve against `base_dir`); what the
+        layout leaves out of size, steps and cfg comes from this model's declared defaults (`model_defaults`)."""
+        layout = with_model_defaults(layout, self.model)
         positive, negative = self.prepare(layout, base_dir, source)
         return [self.decode(self.sample(layout, positive, negative, seed, on_step), layout) for seed in seeds]
