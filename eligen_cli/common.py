@@ -22,7 +22,8 @@ DeviceOpt = Annotated[str | None, typer.Option(
 
 
 def _png_name(value: Path | None) -> Path | None:
-    if value is not None and value.suffix.lower() != ".png":
+    """Refuse a name not ending in .png (an existing folder is left to `check_writable`, which says so)."""
+    if value is not None and not value.is_dir() and value.suffix.lower() != ".png":
         raise typer.BadParameter(f"expected a file name ending in .png, got {str(value)!r}: eligen writes PNG, "
                                  "with the layout embedded in it")
     return value

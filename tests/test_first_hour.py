@@ -142,15 +142,16 @@ def test_data_shapes_layouts_render_on_the_shapes_model(tmp_path: Path, monkeypa
 
 # 4. An output path that is a folder is refused before any model is loaded, --overwrite or not.
 
+@pytest.mark.parametrize("name", ["out", "results.png"])  # a folder's name may end in .png too
 @pytest.mark.parametrize("command", ["generate", "preview"])
-def test_an_existing_folder_is_never_an_output_file(tmp_path: Path, command: str) -> None:
-    folder_png = tmp_path / "results.png"
-    folder_png.mkdir()  # a folder whose name ends in .png
-    result = runner.invoke(app, [command, str(SHAPES_LAYOUT), "-o", str(folder_png), "--overwrite"])
+def test_an_existing_folder_is_never_an_output_file(tmp_path: Path, command: str, name: str) -> None:
+    folder = tmp_path / name
+    folder.mkdir()
+    result = runner.invoke(app, [command, str(SHAPES_LAYOUT), "-o", str(folder), "--overwrite"])
     assert result.exit_code == 1, result.output
-    assert f"error: {folder_png} is a folder; name an output file" in _squeeze(result.output)
+    assert f"error: {folder} is a folder; name an output file, e.g. {folder / 'image.png'}" in _squeeze(result.output)
     assert "loading" not in result.output and "Traceback" not in result.output
-    assert list(folder_png.iterdir()) == []
+    assert list(folder.iterdir()) == []
 
 
 def test_an_output_under_a_file_is_refused_before_loading(tmp_path: Path) -> None:

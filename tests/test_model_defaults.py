@@ -114,3 +114,24 @@ def test_a_broken_declaration_names_the_file_and_the_key(tmp_path: Path, content
     with pytest.raises(ModelLoadError) as caught:
         with_model_defaults(parse_layout({"prompt": "x"}), str(tmp_path))
     assert all(word in str(caught.value) for word in words), caught.value
+
+
+def test_chat_designs_at_the_model_size_and_renders_with_its_steps(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat_server import serve
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("ELIGEN_MLLM_URL", raising=False)
+    design, edit = (json.dumps({"prompt": p, "entities": [{"prompt": p, "bbox_2d": [0, 0, 500, 500]}]})
+                    for p in ("a red circle", "a blue circle"))
+    folder = tmp_path / "session"
+    with serve([design, edit]) as server:
+        result = runner.invoke(app, ["chat", "--session", str(folder), "--model", "shapes", "--device", "cpu",
+                                     "--mllm-url", server.url, "--mllm-family", "qwen2-vl", "--mllm-retries", "0"],
+                               input="a red circle\n/render\n/edit make it blue\n/quit\n")
+    assert result.exit_code == 0, result.output
+    layout = yaml.safe_load((folder / "layout-001.yaml").read_text())
+    assert layout["size"] == [64, 64] and "steps" not in layout  # no --size, no --steps: the model's
+    assert read_png_metadata(folder / "image-002.png")["layout"]["steps"] == 24
+    assert Image.open(folder / "image-002.png").size == (64, 64)
+    assert read_png_metadata(folder / "image-003.png")["edits"]["steps"] == 24
