@@ -20,6 +20,7 @@ from eligen.pipeline.regions import entity_masks
 
 L = TypeVar("L", bound=Layout)
 
+
 def seeded_paths(target: Path, seeds: list[int]) -> list[Path]:
     """One output per seed: `target` itself for one seed, `<stem>-<seed><suffix>` for several."""
     if len(seeds) == 1:
