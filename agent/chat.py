@@ -137,7 +137,8 @@ class Chat:
             result = plan_edits(self.backend, self.family, request, image)
         self.session.log("assistant", result.raw)
         layout = self.session.layout()
-        keep = {key: getattr(layout, key) for key in ("model", "steps", "loras")} if layout else {}
+        keep = {key: getattr(layout, key) for key in ("model", "steps", "loras")
+                if layout and key in layout.model_fields_set}  # unset ones stay the model's defaults
         edits = result.layout.model_copy(update=keep)
         edits_name, image_name = self.session.new_name("edits", ".yaml"), self.session.new_name("image", ".png")
         write_layout(edits, self.session.folder / edits_name)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from eligen.pipeline.inpaint_canvas import place
 from eligen.pipeline.layout import Layout
 from eligen.pipeline.model_info import scale_factor
 from eligen.pipeline.preview import draw_preview
@@ -20,7 +21,5 @@ def preview_image(layout: Layout, base_dir: Path = Path("."), background: Image.
         check_canvas(layout, factor)
         masks = entity_masks(layout, base_dir)
         return draw_preview(layout, masks, token_masks(masks, factor, layout), factor * PATCH)
-    from eligen.pipeline.inpaint import place  # imports torch
-
     canvas = place(layout, entity_masks(layout, base_dir, same_size=True), background.size, factor)  # type: ignore[arg-type]
     return draw_preview(canvas.layout, canvas.grid_masks, canvas.regions, factor * PATCH, background=background)

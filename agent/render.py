@@ -12,6 +12,8 @@ from PIL import Image
 
 from eligen import __version__
 from eligen.pipeline.layout import Edits, Layout
+from eligen.pipeline.layout_warnings import check_layout
+from eligen.pipeline.model_defaults import with_model_defaults
 from eligen.pipeline.model_info import resolve_model
 from eligen.pipeline.outputs import save_png
 from eligen.pipeline.regions import entity_masks, inline_masks
@@ -37,10 +39,12 @@ class Renderer:
 
     def generate(self, layout: Layout, base_dir: Path, seed: int, out: Path,
                  on_step: StepCallback | None = None) -> None:
-        """Render the layout for one seed to `out`, with the resolved layout embedded."""
-        layout = layout.model_copy(update={"model": resolve_model(layout.model, base_dir)})
+        """Render the layout for one seed to `out`, with the resolved layout (the model's defaults filled in)
+        embedded."""
+        layout = with_model_defaults(layout.model_copy(update={"model": resolve_model(layout.model, base_dir)}))
         pipe = self.pipeline(layout.model)
         masks = entity_masks(layout, base_dir)
+        check_layout(layout, masks, pipe.scale_factor)
         positive, negative = pipe.prepare(layout, base_dir)
         tokens = pipe.sample(layout, positive, negative, seed, on_step=on_step)
         resolved = inline_masks(layout, masks).model_copy(update={
@@ -57,10 +61,12 @@ class Renderer:
         data = image_path.read_bytes()
         with Image.open(image_path) as opened:
             image = opened.convert("RGB")
-        edits = edits.model_copy(update={"model": resolve_model(edits.model, base_dir)})
+        edits = with_model_defaults(edits.model_copy(update={"model": resolve_model(edits.model, base_dir)}))
         masks = entity_masks(edits, base_dir, same_size=True)
         pipe = self.pipeline(edits.model)
-        plan = prepare(pipe, place(edits, masks, image.size, pipe.scale_factor), image, base_dir)
+        canvas = place(edits, masks, image.size, pipe.scale_factor)
+        check_layout(canvas.layout, canvas.grid_masks, pipe.scale_factor)
+        plan = prepare(pipe, canvas, image, base_dir)
         resolved = inline_masks(edits, masks).model_copy(update={"seed": seed, "loras": pipe.lora_specs(edits)})
         metadata = {"eligen_version": __version__, "model": edits.model, "seed": seed,
                     "source_image": image_path.name, "source_sha256": hashlib.sha256(data).hexdigest(),

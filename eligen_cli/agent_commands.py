@@ -25,18 +25,22 @@ if TYPE_CHECKING:
 
 
 MllmUrlOpt = Annotated[str | None, typer.Option(
-    "--mllm-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM) [env ELIGEN_MLLM_URL].")]
+    "--mllm-url", metavar="URL",
+    help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM) [env ELIGEN_MLLM_URL].")]
 MllmModelOpt = Annotated[str | None, typer.Option(
-    "--mllm-model", help="Model name at the endpoint [default: the first one it serves] [env ELIGEN_MLLM_MODEL].")]
+    "--mllm-model", metavar="NAME",
+    help="Model name at the endpoint [default: the first one it serves] [env ELIGEN_MLLM_MODEL].")]
 MllmFamilyOpt = Annotated[Literal["qwen2-vl", "qwen2.5-vl", "qwen3-vl"] | None, typer.Option(
     "--mllm-family", help="How the model writes boxes [default: qwen2.5-vl] [env ELIGEN_MLLM_FAMILY].")]
 MllmLocalOpt = Annotated[str | None, typer.Option(
-    "--mllm-local", help="Run a Qwen-VL model locally: hub id or folder (needs eligen[local]) "
+    "--mllm-local", metavar="MODEL", help="Run a Qwen-VL model locally: hub id or folder (needs eligen[local]) "
     "[env ELIGEN_MLLM_LOCAL].")]
 MllmDeviceOpt = Annotated[str | None, typer.Option(
-    "--mllm-device", help="Device of the local MLLM [default: the best available] [env ELIGEN_MLLM_DEVICE].")]
+    "--mllm-device", metavar="DEVICE",
+    help="Device of the local MLLM [default: the best available] [env ELIGEN_MLLM_DEVICE].")]
 MllmTimeoutOpt = Annotated[float | None, typer.Option(
-    "--mllm-timeout", help="Seconds to wait for one answer [default: 60] [env ELIGEN_MLLM_TIMEOUT].")]
+    "--mllm-timeout", metavar="SECONDS",
+    help="Seconds to wait for one answer [default: 60] [env ELIGEN_MLLM_TIMEOUT].")]
 MllmRetriesOpt = Annotated[int | None, typer.Option(
     "--mllm-retries", help="Retries after 408/409/429/5xx, timeouts and connection errors [default: 3] "
     "[env ELIGEN_MLLM_RETRIES].")]
@@ -97,7 +101,7 @@ def write_preview(layout: Layout, target: Path, image: Any = None) -> None:
 
 
 def plan(
-    request: Annotated[str, typer.Argument(help="What to draw, or with --image what to change.")],
+    request: Annotated[str, typer.Argument(metavar="REQUEST", help="What to draw, or with --image what to change.")],
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Layout (or edits) YAML to write [default: print it].")] = None,
     size: Annotated[tuple[int, int] | None, typer.Option(
@@ -115,7 +119,13 @@ def plan(
     mllm_retries: MllmRetriesOpt = None,
     mllm_max_pixels: MllmMaxPixelsOpt = None,
 ) -> None:
-    """Plan a layout file from a request with a multimodal LLM (or, with --image, an edits file)."""
+    """Plan a layout file from a request with a multimodal LLM (or, with --image, an edits file).
+
+    \b
+    Examples:
+      eligen plan "a cat on a sofa under a lamp" -o cat.yaml --preview --mllm-url http://localhost:8000/v1
+      eligen plan "make the car red" --image photo.png -o edits.yaml     # then: eligen inpaint photo.png edits.yaml
+    """
     from eligen.agent.layout_yaml import dump_layout, write_layout
     from eligen.agent.plan import design_layout, plan_edits
     from eligen.pipeline.outputs import check_writable
@@ -180,12 +190,15 @@ def _lines(console: Console) -> Iterator[str]:
 def chat(
     session: Annotated[Path | None, typer.Option(
         help="Session folder: resumed when it holds a session [default: a new chat-YYYYMMDD-HHMMSS folder].")] = None,
-    model: Annotated[str | None, typer.Option(help="Diffusers FLUX folder, hub id or built-in name for rendering "
-                                                  "[default: black-forest-labs/FLUX.1-dev].")] = None,
+    model: Annotated[str | None, typer.Option(metavar="MODEL", help="Diffusers FLUX folder, hub id or built-in name "
+                                              "for rendering [default: black-forest-labs/FLUX.1-dev].")] = None,
     size: Annotated[tuple[int, int] | None, typer.Option(
-        help="Canvas width and height of new designs, multiples of 16 [default: 1024 1024].")] = None,
-    steps: Annotated[int | None, typer.Option(help="Sampling steps of new designs [default: 50].")] = None,
-    device: Annotated[str | None, typer.Option(help="cuda, mps or cpu for rendering [default: the best].")] = None,
+        help="Canvas width and height of new designs, multiples of 16 [default: the model's size, 1024 1024 for "
+        "FLUX.1-dev].")] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="Sampling steps of new designs [default: the model's, 50 for FLUX.1-dev].")] = None,
+    device: Annotated[str | None, typer.Option(
+        metavar="DEVICE", help="cuda, mps or cpu for rendering [default: the best].")] = None,
     dtype: Annotated[Literal["bf16", "fp16", "fp32"] | None, typer.Option(
         help="Weights dtype [default: bf16 on GPU, fp32 on CPU].")] = None,
     mllm_url: MllmUrlOpt = None,
@@ -197,21 +210,30 @@ def chat(
     mllm_retries: MllmRetriesOpt = None,
     mllm_max_pixels: MllmMaxPixelsOpt = None,
 ) -> None:
-    """Design, refine, render and edit images by conversation with a multimodal LLM (/help inside)."""
+    """Design, refine, render and edit images by conversation with a multimodal LLM (/help inside).
+
+    \b
+    Examples:
+      eligen chat --mllm-url http://localhost:8000/v1
+      eligen chat --model shapes --mllm-url http://localhost:8000/v1   # renders on a CPU, at 64x64
+      eligen chat --session chat-20260101-120000                       # resume a session
+      printf 'a red circle\\n/render\\n' | eligen chat --model shapes ...  # piped input works too
+    """
     from datetime import datetime
 
     from eligen.agent.chat import Chat
     from eligen.agent.render import Renderer
     from eligen.agent.session import Session
-    from eligen.pipeline.model_info import resolve_model
+    from eligen.pipeline.model_info import declaration, resolve_model
 
     out = Console(highlight=False, soft_wrap=True)
     with user_errors():
         settings = _settings(url=mllm_url, model=mllm_model, family=mllm_family, local=mllm_local,
                              device=mllm_device, timeout=mllm_timeout, retries=mllm_retries,
                              max_pixels=mllm_max_pixels)
-        canvas = _size(size)
-        defaults: dict[str, Any] = {"model": resolve_model(model, Path.cwd(), "--model", "--model")} if model else {}
+        model = resolve_model(model, Path.cwd(), "--model", "--model") if model else None
+        canvas = _size(size or (declaration(model).size if model else None))  # the model's native size
+        defaults: dict[str, Any] = {"model": model} if model else {}
         if steps is not None:
             defaults["steps"] = steps
         folder = session or Path(f"chat-{datetime.now():%Y%m%d-%H%M%S}")
@@ -230,7 +252,8 @@ def chat(
 
 
 def annotate(
-    images: Annotated[Path, typer.Argument(help="Folder of images (PNG, JPEG, WebP) to caption and ground.")],
+    images: Annotated[Path, typer.Argument(
+        metavar="IMAGES_DIR", help="Folder of images (PNG, JPEG, WebP) to caption and ground.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Dataset folder to write (images/ and "
                                          "metadata.jsonl).")],
     overwrite: OverwriteOpt = False,
@@ -243,7 +266,13 @@ def annotate(
     mllm_retries: MllmRetriesOpt = None,
     mllm_max_pixels: MllmMaxPixelsOpt = None,
 ) -> None:
-    """Caption images and ground their entities with a multimodal LLM, as a training dataset."""
+    """Caption images and ground their entities with a multimodal LLM, as a training dataset.
+
+    \b
+    Examples:
+      eligen annotate photos/ -o my-dataset --mllm-url http://localhost:8000/v1
+      eligen train --data my-dataset --model shapes-base -o run --steps 200     # then train on it
+    """
     from eligen.agent.annotate import Annotation, annotate_images, image_files, write_dataset
 
     def report(result: Annotation) -> None:

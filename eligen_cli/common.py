@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,8 +15,23 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing output files.")]
 EntityTokensOpt = Annotated[str | None, typer.Option(
-    help="T5 tokens per entity prompt: max (padded, as the reference), auto (its own tokens) or a number "
-    "[file default: max].")]
+    metavar="max|auto|N", help="T5 tokens per entity prompt: max (padded, as the reference), auto (its own "
+    "tokens) or a number [default: the layout's, else max].")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    metavar="DEVICE", help="cuda, mps or cpu [default: the best available].")]
+
+
+def _png_name(value: Path | None) -> Path | None:
+    """Refuse a name not ending in .png (an existing folder is left to `check_writable`, which says so)."""
+    if value is not None and not value.is_dir() and value.suffix.lower() != ".png":
+        raise typer.BadParameter(f"expected a file name ending in .png, got {str(value)!r}: eligen writes PNG, "
+                                 "with the layout embedded in it")
+    return value
+
+
+def png_output(help: str) -> Any:
+    """The `-o/--output PATH` option of a command that writes one PNG per image (any other suffix is refused)."""
+    return typer.Option("-o", "--output", metavar="PATH", callback=_png_name, help=help)
 
 
 def entity_tokens_value(value: str | None) -> str | int | None:

@@ -6,62 +6,76 @@ and `eligen preview` start fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 from eligen import __version__
 from eligen.pipeline.outputs import check_writable, save_png
 
 from .agent_commands import register as register_agent_commands
-from .common import EntityTokensOpt, OverwriteOpt, entity_tokens_value, err, fail, user_errors
+from .common import (
+    DeviceOpt,
+    EntityTokensOpt,
+    OverwriteOpt,
+    entity_tokens_value,
+    err,
+    fail,
+    png_output,
+    user_errors,
+)
+from .help_format import tidy_help
 from .shapes_commands import register as register_shapes_commands
 from .sources import LayoutSource, load_edits, load_source
+from .terminal import library_output, status, step_progress
 from .train_command import register as register_train_command
 
 if TYPE_CHECKING:
     from eligen.pipeline.generate import EligenPipeline
 
 app = typer.Typer(
-    help="Entity-level controlled image generation (EliGen) on FLUX and Qwen-Image.",
+    help="Entity-level controlled image generation (EliGen) on FLUX and Qwen-Image: a global prompt plus entities, "
+    "each a prompt with a region, rendered with every entity in its place.\n\n"
+    "\b\nStart here (offline, seconds on a CPU):\n  eligen generate layouts/shapes.yaml --preview\n\n"
+    "Run `eligen COMMAND --help` for a command's options and examples; docs/getting-started.md has more.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
 # Options shared by the commands that render.
-SeedOpt = Annotated[list[int] | None, typer.Option(help="Seed; repeat for one image per seed.")]
-StepsOpt = Annotated[int | None, typer.Option(help="Sampling steps [file default: 50].")]
-CfgOpt = Annotated[float | None, typer.Option(help="True CFG scale, 1 turns it off [file default: 3.0].")]
-GuidanceOpt = Annotated[float | None, typer.Option(help="FLUX embedded guidance [file default: 3.5].")]
-ScheduleOpt = Annotated[Literal["flux", "diffsynth"] | None, typer.Option(help="Sigma schedule [file default: flux].")]
+SeedOpt = Annotated[list[int] | None, typer.Option(metavar="N", help="Seed; repeat for one image per seed.")]
+StepsOpt = Annotated[int | None, typer.Option(
+    help="Sampling steps [default: the layout's, else the model's: 50 for FLUX.1-dev, 24 for shapes].")]
+CfgOpt = Annotated[float | None, typer.Option(
+    metavar="SCALE", help="True CFG scale, 1 turns it off [default: the layout's, else the model's: 3.0].")]
+GuidanceOpt = Annotated[float | None, typer.Option(
+    metavar="SCALE", help="FLUX embedded guidance [default: the layout's, else 3.5].")]
+ScheduleOpt = Annotated[Literal["flux", "diffsynth"] | None, typer.Option(
+    help="Sigma schedule [default: the layout's, else flux].")]
 ModelOpt = Annotated[str | None, typer.Option(
-    help="Diffusers FLUX or Qwen-Image folder, hub id (black-forest-labs/FLUX.1-dev, Qwen/Qwen-Image) or built-in "
-    "name: shapes, shapes-base (overrides the file).")]
+    metavar="MODEL", help="Diffusers FLUX or Qwen-Image folder, hub id (black-forest-labs/FLUX.1-dev, Qwen/Qwen-Image) "
+    "or built-in name: shapes, shapes-base (overrides the file).")]
 TransformerOpt = Annotated[str | None, typer.Option(
-    help="Single-file transformer checkpoint replacing the model's: a local .safetensors or "
+    metavar="FILE", help="Single-file transformer checkpoint replacing the model's: a local .safetensors or "
     "hub-repo-id/path/in/repo.safetensors; the rest comes from the model (overrides the file).")]
-DeviceOpt = Annotated[str | None, typer.Option(help="cuda, mps or cpu [default: the best available].")]
 DtypeOpt = Annotated[Literal["bf16", "fp16", "fp32"] | None,
                      typer.Option(help="Weights dtype [default: bf16 on GPU, fp32 on CPU].")]
 OffloadOpt = Annotated[Literal["none", "model", "sequential"], typer.Option(help="CPU offload of the weights.")]
 QuantizeOpt = Annotated[Literal["none", "nf4", "int8", "fp8"], typer.Option(
     help="Quantise the transformer: nf4 (bitsandbytes, CUDA), int8 or fp8 (torchao, weight-only).")]
 LoraOpt = Annotated[list[str] | None, typer.Option(
-    "--lora", help="LoRA: a local .safetensors or hub-repo-id/path/in/repo.safetensors; repeat to stack "
-    "(replaces the file's `loras`).")]
+    "--lora", metavar="FILE", help="LoRA: a local .safetensors or hub-repo-id/path/in/repo.safetensors; repeat to "
+    "stack (replaces the file's `loras`).")]
 LoraScaleOpt = Annotated[list[float] | None, typer.Option(
-    "--lora-scale", help="Scale of each --lora, paired in order [default: 1.0].")]
+    "--lora-scale", metavar="SCALE", help="Scale of each --lora, paired in order [default: 1.0].")]
 FuseOpt = Annotated[bool, typer.Option("--fuse-loras", help="Merge LoRAs into the weights (faster steps).")]
 PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write <output stem>.preview.png.")]
 AttentionOpt = Annotated[Literal["auto", "dense", "flex", "split"] | None, typer.Option(
     help="How the regional mask runs: auto (split where it is faster, else dense), dense (exact to the reference), "
-    "flex or split (sparse, same result within float tolerance) [file default: auto].")]
+    "flex or split (sparse, same result within float tolerance) [default: the layout's, else auto].")]
 BatchCfgOpt = Annotated[bool, typer.Option("--batch-cfg", help="Run both CFG branches in one batched pass.")]
 
 
@@ -87,21 +101,28 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show the libraries' warnings, logs and loading bars (hidden by default).")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
     """Entity-level controlled image generation (EliGen) on FLUX and Qwen-Image."""
+    ctx.with_resource(library_output(verbose))
 
 
 def _preview_image(src: LayoutSource, scale_factor: int) -> tuple[list[Any], Any]:
-    """Rasterise and validate the regions of a layout, and draw its preview."""
+    """Rasterise and validate the regions of a layout, warn of what the model will not draw as written, and
+    draw its preview."""
+    from eligen.pipeline.layout_warnings import check_layout
     from eligen.pipeline.preview import draw_preview
     from eligen.pipeline.regions import check_canvas, entity_masks, token_masks
 
     check_canvas(src.layout, scale_factor, src.source)
     masks = entity_masks(src.layout, src.base_dir, src.source)
     tokens = token_masks(masks, scale_factor, src.layout, src.source)
+    check_layout(src.layout, masks, scale_factor, src.source)
     return masks, draw_preview(src.layout, masks, tokens, scale_factor * 2)
 
 
@@ -109,21 +130,9 @@ def _preview_path(image_path: Path) -> Path:
     return image_path.with_name(f"{image_path.stem}.preview.png")
 
 
-class _SpeedColumn(ProgressColumn):
-    """Steps per second."""
-
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
-
-
-@contextmanager
-def _progress(description: str, steps: int) -> Iterator[Callable[[int, int], None]]:
-    """A transient progress bar over sampling steps; yields the sampler's `on_step` callback."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(),
-               TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=True) as progress:
-        task = progress.add_task(description, total=steps)
-        yield lambda done, _total: progress.update(task, completed=done)
+def _wrote(path: Path, size: tuple[int, int], steps: int, started: float) -> None:
+    """The one line per finished image."""
+    err.print(f"wrote {path} ({size[0]}x{size[1]}, {steps} steps, {time.monotonic() - started:.1f} s)")
 
 
 class _Models:
@@ -141,20 +150,30 @@ class _Models:
 
         key = (model, transformer, repr(loras) if self.options["fuse_loras"] else None)
         if key not in self.loaded:
-            with err.status(f"loading {model}" + (f" with transformer {transformer}" if transformer else "")):
+            with status(f"loading {model}" + (f" with transformer {transformer}" if transformer else "")):
                 self.loaded[key] = EligenPipeline.from_pretrained(model, transformer=transformer, **self.options)
         return self.loaded[key]
 
 
 @app.command()
 def preview(
-    layout: Annotated[Path, typer.Argument(help="Layout YAML file (or a PNG written by eligen).")],
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Preview PNG [default: <stem>.preview.png].")
-    ] = None,
+    layout: Annotated[Path, typer.Argument(
+        metavar="LAYOUT.yaml", help="Layout YAML file (or a PNG written by eligen).")],
+    output: Annotated[Path | None, png_output(
+        "Preview PNG [default: <stem>.preview.png].")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Draw a layout's regions and the token cells the model will see, without loading a model."""
+    """Draw a layout's regions and the token cells the model will see, without loading a model.
+
+    Also checks the layout against its model (words it does not know, too many entities, regions smaller than
+    a token) and warns.
+
+    \b
+    Examples:
+      eligen preview layouts/shapes.yaml                 # writes shapes.preview.png
+      eligen preview layouts/desk.yaml -o desk-regions.png
+      eligen preview image.png                           # the layout embedded in a PNG eligen wrote
+    """
     from eligen.pipeline.model_info import scale_factor
 
     with user_errors():
@@ -168,11 +187,10 @@ def preview(
 
 @app.command()
 def generate(
-    layouts: Annotated[list[Path], typer.Argument(help="Layout YAML files, or PNGs written by eligen to re-run.")],
-    output: Annotated[Path | None, typer.Option(
-        "-o", "--output",
-        help="Output PNG (one layout only) [default: <layout stem>.png, <stem>-<seed>.png for several seeds].",
-    )] = None,
+    layouts: Annotated[list[Path], typer.Argument(
+        metavar="LAYOUT.yaml", help="Layout YAML files, or PNGs written by eligen to re-run.")],
+    output: Annotated[Path | None, png_output(
+        "Output PNG (one layout only) [default: <layout stem>.png, <stem>-<seed>.png for several seeds].")] = None,
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     cfg: CfgOpt = None,
@@ -194,7 +212,19 @@ def generate(
     overwrite: OverwriteOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and write the preview only.")] = False,
 ) -> None:
-    """Render layout files to PNGs with entity-level regional attention."""
+    """Render layout files to PNGs with entity-level regional attention.
+
+    What a layout leaves out (size, steps, cfg) comes from its model: 1024x1024, 50 steps, CFG 3 for
+    FLUX.1-dev, 64x64 and 24 steps for the built-in shapes model. Options given here win over both.
+
+    \b
+    Examples:
+      eligen generate layouts/shapes.yaml --preview      # offline, seconds on a CPU
+      eligen generate layouts/shapes.yaml --seed 1 --seed 2 --steps 32
+      eligen generate layouts/desk.yaml                  # FLUX.1-dev with the EliGen LoRA (GPU)
+      eligen generate layouts/*.yaml --dry-run           # validate all, write previews only
+      eligen generate shapes.png -o again.png            # re-run a PNG eligen wrote
+    """
     from eligen.pipeline.model_info import scale_factor
 
     if output is not None and len(layouts) > 1:
@@ -232,7 +262,8 @@ def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: lis
     resolved = inline_masks(layout, masks).model_copy(
         update={"max_sequence_length": pipe.max_sequence_length(layout), "loras": pipe.lora_specs(layout)})
     for seed, out in zip(src.seeds, outs, strict=True):
-        with _progress(f"{src.path.name} seed {seed}", layout.steps) as on_step:
+        started = time.monotonic()
+        with step_progress(f"{src.path.name} seed {seed}", layout.steps) as on_step:
             tokens = pipe.sample(layout, positive, negative, seed, on_step=on_step, batch_cfg=batch_cfg)
         metadata = {
             "eligen_version": __version__,
@@ -241,20 +272,23 @@ def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: lis
             "layout": resolved.model_copy(update={"seed": seed}).model_dump(mode="json", exclude_none=True),
         }
         save_png(pipe.decode(tokens, layout), out, metadata)
-        err.print(f"wrote {out}")
+        _wrote(out, layout.size, layout.steps, started)
 
 
 @app.command()
 def inpaint(
-    image: Annotated[Path, typer.Argument(help="The image to edit (PNG, JPEG, WebP...).")],
-    edits: Annotated[Path, typer.Argument(help="Edits YAML: a layout whose entities are the regions to repaint.")],
-    output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Output PNG [default: <image stem>-edited.png, -<seed> added for several seeds].",
-    )] = None,
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="The image to edit (PNG, JPEG, WebP...).")],
+    edits: Annotated[Path, typer.Argument(
+        metavar="EDITS.yaml", help="Edits YAML: a layout whose entities are the regions to repaint.")],
+    output: Annotated[Path | None, png_output(
+        "Output PNG [default: <image stem>-edited.png, -<seed> added for several seeds].")] = None,
     fusion: Annotated[Literal["exact", "paper"] | None, typer.Option(
-        help="exact: keep everything outside the regions; paper: the paper's fusion [file default: exact].")] = None,
-    dilate: Annotated[int | None, typer.Option(help="Grow the regions by N px (exact) [file default: 8].")] = None,
-    feather: Annotated[int | None, typer.Option(help="Blend over this many px (exact) [file default: 8].")] = None,
+        help="exact: keep everything outside the regions; paper: the paper's fusion [default: the file's, else "
+        "exact].")] = None,
+    dilate: Annotated[int | None, typer.Option(
+        help="Grow the regions by N px (exact) [default: the file's, else 8].")] = None,
+    feather: Annotated[int | None, typer.Option(
+        help="Blend over N px (exact) [default: the file's, else 8].")] = None,
     seed: SeedOpt = None,
     steps: StepsOpt = None,
     cfg: CfgOpt = None,
@@ -274,9 +308,18 @@ def inpaint(
     preview: Annotated[bool, typer.Option("--preview", help="Also write the regions over the source.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Repaint the regions of an existing image with new entities in one pass, keeping the rest."""
-    from eligen.pipeline.inpaint import inpaint as run_inpaint
-    from eligen.pipeline.inpaint import place, prepare
+    """Repaint the regions of an existing image with new entities in one pass, keeping the rest.
+
+    Every input is checked before torch is imported or a model loaded. Steps and cfg left out of the edits come
+    from the model; the output PNG records the edits and the source's SHA-256 (docs/inpaint.md).
+
+    \b
+    Examples:
+      eligen inpaint layouts/inpaint/photo.png layouts/inpaint/edits.yaml --preview
+      eligen inpaint shapes.png recolour.yaml --seed 0 --seed 1 -o recoloured.png
+    """
+    from eligen.pipeline.inpaint_canvas import place
+    from eligen.pipeline.layout_warnings import check_layout
     from eligen.pipeline.model_info import scale_factor
     from eligen.pipeline.preview import draw_preview
     from eligen.pipeline.regions import PATCH, inline_masks
@@ -289,7 +332,12 @@ def inpaint(
         job = load_edits(image, edits, overrides)
         outs = job.output_paths(output)
         check_writable(outs + [_preview_path(p) for p in outs] * preview, overwrite)
-        place(job.edits, job.masks, job.image.size, scale_factor(job.edits.model), job.source)  # fail early
+        factor = scale_factor(job.edits.model)
+        early = place(job.edits, job.masks, job.image.size, factor, job.source)  # fail before torch is imported
+        check_layout(early.layout, early.grid_masks, factor, job.source)
+        from eligen.pipeline.inpaint import inpaint as run_inpaint
+        from eligen.pipeline.inpaint import prepare
+
         pipe = _Models(device, dtype, offload, quantize, fuse_loras)(job.edits.model, transformer=job.edits.transformer)
         canvas = place(job.edits, job.masks, job.image.size, pipe.scale_factor, job.source)
         (w, h), (gw, gh) = job.image.size, canvas.layout.size
@@ -306,22 +354,30 @@ def inpaint(
         resolved = inline_masks(job.edits, job.masks).model_copy(update={"loras": pipe.lora_specs(job.edits)})
         resolved = resolved.model_dump(mode="json", exclude_none=True)
         for seed_value, out in zip(job.seeds, outs, strict=True):
-            with _progress(f"{image.name} seed {seed_value}", plan.layout.steps) as on_step:
+            started = time.monotonic()
+            with step_progress(f"{image.name} seed {seed_value}", plan.layout.steps) as on_step:
                 result = run_inpaint(pipe, plan, seed_value, on_step, batch_cfg)
             metadata = {"eligen_version": __version__, "model": job.edits.model, "seed": seed_value,
                         "source_image": image.name, "source_sha256": job.sha256,
                         "edits": {**resolved, "seed": seed_value}}
             save_png(result, out, metadata)
-            err.print(f"wrote {out}")
+            _wrote(out, result.size, plan.layout.steps, started)
 
 
 @app.command("tiny-model")
 def tiny_model(
-    folder: Annotated[Path, typer.Argument(help="Folder to create (must not exist or be empty).")],
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder to create (must not exist or be empty).")],
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
     family: Annotated[Literal["flux", "qwen-image"], typer.Option(help="Model family.")] = "flux",
 ) -> None:
-    """Write a tiny random-weight FLUX or Qwen-Image model folder for trying eligen offline (its images are noise)."""
+    """Write a tiny random-weight FLUX or Qwen-Image model folder for trying eligen offline (its images are noise).
+
+    \b
+    Examples:
+      eligen tiny-model tiny-flux
+      eligen generate layouts/desk.yaml --model tiny-flux --steps 4
+      eligen tiny-model tiny-qwen --family qwen-image
+    """
     try:
         if family == "qwen-image":
             from eligen.pipeline.shapes.tiny_qwen_image import build_tiny_qwen_image
@@ -338,3 +394,4 @@ def tiny_model(
 register_agent_commands(app)
 register_train_command(app)
 register_shapes_commands(app)
+tidy_help(app)

@@ -17,8 +17,9 @@ from rich.table import Table
 from eligen.pipeline.layout import LayoutError
 from eligen.pipeline.outputs import check_writable, save_png
 
-from .common import EntityTokensOpt, OverwriteOpt, entity_tokens_value, err, user_errors
+from .common import DeviceOpt, EntityTokensOpt, OverwriteOpt, entity_tokens_value, err, user_errors
 from .sources import LayoutSource, load_source
+from .terminal import status
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -35,10 +36,19 @@ def data_shapes(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed; the dataset depends on it only.")] = 0,
     size: Annotated[int, typer.Option(min=16, help="Image side in pixels (a multiple of 16).")] = 64,
-    entities: Annotated[str, typer.Option(help="Allowed shape counts per scene, e.g. 1-4 or 2-3.")] = "1-4",
-    layouts: Annotated[Path | None, typer.Option(help="Also write each scene as a layout YAML here.")] = None,
+    entities: Annotated[str, typer.Option(
+        metavar="N|LOW-HIGH", help="Allowed shape counts per scene, e.g. 1-4 or 2-3.")] = "1-4",
+    layouts: Annotated[Path | None, typer.Option(
+        metavar="DIR", help="Also write each scene as a layout YAML here (for the shapes model).")] = None,
 ) -> None:
-    """Scenes of 1-4 flat circles, squares and triangles with captions, entity boxes and exact masks."""
+    """Scenes of 1-4 flat circles, squares and triangles with captions, entity boxes and exact masks.
+
+    \b
+    Examples:
+      eligen data shapes -o shapes-data --n 12000 --seed 1          # a training set
+      eligen data shapes -o heldout --n 64 --seed 999 --entities 2-3 --layouts heldout-layouts
+      eligen generate heldout-layouts/00000.yaml                     # a scene's layout, on the shapes model
+    """
     from eligen.pipeline.shapes.scenes import write_shapes_dataset
 
     low, _, high = entities.partition("-")
@@ -57,9 +67,10 @@ def _layout_paths(paths: list[Path]) -> list[Path]:
     """Files as given; folders as their *.yaml files, sorted."""
     found = []
     for path in paths:
-        found += sorted(path.glob("*.yaml")) if path.is_dir() else [path]
-    if not found:
-        raise typer.BadParameter("no layout files found", param_hint="LAYOUTS")
+        inside = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+        if not inside:
+            raise LayoutError(str(path), "(folder)", "expected layout files (*.yaml) in this folder, it holds none")
+        found += inside
     return found
 
 
@@ -89,27 +100,39 @@ def _summary_table(report: EvalReport, title: str) -> Table:
 
 
 def eval_command(
-    layouts: Annotated[list[Path], typer.Argument(help="Layout YAML files or folders of them (boxes only).")],
-    model: Annotated[str | None, typer.Option(help="Model folder, hub id or built-in name (overrides the files).")]
-    = None,
+    layouts: Annotated[list[Path], typer.Argument(
+        metavar="LAYOUTS", help="Layout YAML files or folders of them (boxes only).")],
+    model: Annotated[str | None, typer.Option(
+        metavar="MODEL", help="Model folder, hub id or built-in name (overrides the files).")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..N-1 per layout.")] = 4,
-    steps: Annotated[int | None, typer.Option(help="Sampling steps [file default: 50].")] = None,
-    cfg: Annotated[float | None, typer.Option(help="True CFG scale [file default: 3.0].")] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="Sampling steps [default: the file's, else the model's: 24 for shapes, 50 for FLUX.1-dev].")] = None,
+    cfg: Annotated[float | None, typer.Option(
+        metavar="SCALE", help="True CFG scale [default: the file's, else the model's: 3.0].")] = None,
     transformer: Annotated[str | None, typer.Option(
-        help="Single-file transformer checkpoint replacing the model's (e.g. a `eligen train --full` result).")]
-    = None,
-    lora: Annotated[str | None, typer.Option(help="A LoRA to use (replaces the files' `loras`).")] = None,
+        metavar="FILE", help="Single-file transformer checkpoint replacing the model's (e.g. a `eligen train --full` "
+        "result).")] = None,
+    lora: Annotated[str | None, typer.Option(
+        metavar="FILE", help="A LoRA to use (replaces the files' `loras`).")] = None,
     entity_tokens: EntityTokensOpt = None,
     global_only: Annotated[bool, typer.Option(
         "--global-only", help="Generate from the global prompt alone (no entities); score against the layout.")]
     = False,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Folder for eval.json and contact.png [default: no files].")] = None,
-    device: Annotated[str | None, typer.Option(help="cuda, mps or cpu [default: the best available].")] = None,
+    device: DeviceOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Generate each layout over several seeds, detect the coloured shapes and score every entity."""
-    from eligen.pipeline.generate import EligenPipeline
+    """Generate each layout over several seeds, detect the coloured shapes and score every entity.
+
+    \b
+    Examples:
+      eligen eval layouts/shapes.yaml --model shapes --seeds 8
+      eligen eval heldout-layouts --model shapes --seeds 4 --steps 16 -o eval-out
+      eligen eval heldout-layouts --model shapes-base --global-only   # the baseline without entities
+    """
+    from eligen.pipeline.layout_warnings import check_layout
+    from eligen.pipeline.model_info import scale_factor
     from eligen.pipeline.regions import entity_masks, token_masks
     from eligen.pipeline.shapes.evaluation import contact_sheet, evaluate, overlay
 
@@ -120,8 +143,12 @@ def eval_command(
         sources = [load_source(path, overrides) for path in _layout_paths(layouts)]
         for src in sources:
             _check_boxes(src)
+            factor = scale_factor(src.layout.model)
+            check_layout(src.layout, entity_masks(src.layout, src.base_dir, src.source), factor, src.source)
         targets = [output / "eval.json", output / "contact.png"] if output else []
         check_writable(targets, overwrite)
+        from eligen.pipeline.generate import EligenPipeline
+
         pipes: dict[tuple[str, str | None], EligenPipeline] = {}
         by_name: dict[str, LayoutSource] = {src.source: src for src in sources}
 
@@ -129,7 +156,7 @@ def eval_command(
             src = by_name[name]
             key = (layout.model, layout.transformer)
             if key not in pipes:
-                with err.status(f"loading {key[0]}"):
+                with status(f"loading {key[0]}"):
                     pipes[key] = EligenPipeline.from_pretrained(key[0], transformer=key[1], device=device)
             shown = layout.model_copy(update={"entities": []}) if global_only else layout
             return pipes[key].generate(shown, [seed], src.base_dir, src.source)[0]

@@ -7,15 +7,18 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from eligen.pipeline.layout import Edits, Layout, LayoutError, load_layout, parse_layout
+from eligen.pipeline.model_defaults import with_model_defaults
 from eligen.pipeline.model_info import is_hub_file, resolve_model
 from eligen.pipeline.outputs import read_png_metadata
 from eligen.pipeline.regions import entity_masks
+
+L = TypeVar("L", bound=Layout)
 
 
 def seeded_paths(target: Path, seeds: list[int]) -> list[Path]:
@@ -37,15 +40,15 @@ def resolve_transformer(value: str, base_dir: Path, source: str = "<layout>", fi
                       f"{local} does not exist")
 
 
-def _resolve(layout: Layout, overrides: dict[str, Any], base_dir: Path, source: str) -> Layout:
-    """The layout with its model and transformer resolved: command-line values against the current folder,
-    the file's own against the file's folder."""
+def _resolve(layout: L, overrides: dict[str, Any], base_dir: Path, source: str) -> L:
+    """The layout with its model and transformer resolved (command-line values against the current folder,
+    the file's own against the file's folder), and what it leaves out taken from the model's defaults."""
     update = {}
     if "model" not in overrides:
         update["model"] = resolve_model(layout.model, base_dir, source)
     if layout.transformer is not None and "transformer" not in overrides:
         update["transformer"] = resolve_transformer(layout.transformer, base_dir, source)
-    return layout.model_copy(update=update)
+    return with_model_defaults(layout.model_copy(update=update))
 
 
 def _cli_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +85,12 @@ def _png_layout_data(path: Path) -> dict[str, Any]:
         metadata = read_png_metadata(path)
     except (OSError, ValueError) as exc:
         raise LayoutError(str(path), "(file)", f"expected a readable PNG written by eligen ({exc})") from None
+    if metadata and isinstance(metadata.get("edits"), dict):
+        source = metadata.get("source_image", "the source image")
+        raise LayoutError(str(path), "(metadata)", f"expected a PNG written by `eligen generate`; this one was written "
+                          f"by `eligen inpaint` (edits of {source}, SHA-256 {metadata.get('source_sha256', '?')})",
+                          f"re-run it with `eligen inpaint {source} EDITS.yaml`, the source image and the edits file; "
+                          "the edits are in this PNG's `eligen` text chunk")
     if not metadata or not isinstance(metadata.get("layout"), dict):
         raise LayoutError(str(path), "(metadata)", "expected a PNG written by eligen, it has no `eligen` layout chunk")
     return metadata["layout"]
@@ -126,7 +135,8 @@ class EditsJob:
 def read_source_image(path: Path) -> tuple[Image.Image, str]:
     """The image to edit, upright (EXIF orientation applied) and RGB, with the SHA-256 of its file."""
     if not path.is_file():
-        raise LayoutError(str(path), "(image)", "expected an existing image file")
+        problem = "this is a folder" if path.is_dir() else "there is no file at this path"
+        raise LayoutError(str(path), "(image)", f"expected an existing image file, {problem}")
     data = path.read_bytes()
     try:
         with Image.open(path) as opened:

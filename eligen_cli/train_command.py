@@ -45,8 +45,12 @@ def _help(name: str) -> str:
     return f"{field.description}{shown}"
 
 
+METAVARS = {"model": "MODEL", "device": "DEVICE", "resume": "latest|PATH"}  # the others are named by their type
+
+
 def _option(name: str, *flags: str) -> Any:
-    return typer.Option(*flags or (f"--{name.replace('_', '-')}",), help=_help(name), show_default=False)
+    return typer.Option(*flags or (f"--{name.replace('_', '-')}",), help=_help(name), show_default=False,
+                        metavar=METAVARS.get(name))
 
 
 def _flag(name: str) -> Any:
@@ -221,7 +225,15 @@ def train(
     num_processes: Annotated[int | None, _option("num_processes")] = None,
     deepspeed: Annotated[Path | None, _option("deepspeed")] = None,
 ) -> None:
-    """Train the EliGen LoRA (or the whole transformer) on a dataset of images with entity annotations."""
+    """Train the EliGen LoRA (or the whole transformer) on a dataset of images with entity annotations.
+
+    \b
+    Examples:
+      eligen train --data my-dataset --check                           # validate every line and image
+      eligen train --data my-dataset -o run --steps 1000               # the EliGen LoRA on FLUX.1-dev
+      eligen train --config recipes/shapes-eligen.yaml --model shapes-base --data shapes-data -o run
+      eligen train --config recipes/shapes-eligen.yaml ... --resume latest --steps 3000
+    """
     given = {k: v for k, v in locals().items() if k not in ("config", "check")}
     with _training_errors():
         options = merge_options(config, given)

@@ -17,7 +17,9 @@ from .families.base import ModelFamily, PromptEncoder
 from .families.loading import load_family
 from .hub import DEFAULT_LORAS, lora_file
 from .layout import Layout, LayoutError, LoraSpec
+from .layout_warnings import warn_truncated
 from .lora import LoraError, apply_loras, remove_loras
+from .model_defaults import with_model_defaults
 from .regions import check_canvas, entity_masks, token_masks
 from .sampler import Fuse, Schedule, StepCallback, denoise, get_noise, get_schedule, pack
 
@@ -147,6 +149,8 @@ class EligenPipeline:
     ) -> tuple[Conditioning, Conditioning | None]:
         """Positive and negative conditioning, encoded once for every seed of the layout."""
         encode = self.prompt_encoder(self.max_sequence_length(layout, source))
+        for limit in encode.token_limits():
+            warn_truncated(layout, limit.count, limit.limit, limit.encoder, source, limit.fields)
         prompts = [e.prompt for e in layout.entities]
         token_regions = torch.from_numpy(regions) if prompts else None
         lengths = entity_lengths(encode, layout.entity_tokens, prompts, source=source)
@@ -202,6 +206,8 @@ class EligenPipeline:
         self, layout: Layout, seeds: list[int], base_dir: Path = Path("."), source: str = "<layout>",
         on_step: StepCallback | None = None,
     ) -> list[Image.Image]:
-        """One image per seed for a validated layout (mask and LoRA paths resolve against `base_dir`)."""
+        """One image per seed for a validated layout (mask and LoRA paths resolve against `base_dir`); what the
+        layout leaves out of size, steps and cfg comes from this model's declared defaults (`model_defaults`)."""
+        layout = with_model_defaults(layout, self.model)
         positive, negative = self.prepare(layout, base_dir, source)
         return [self.decode(self.sample(layout, positive, negative, seed, on_step), layout) for seed in seeds]

@@ -23,11 +23,10 @@ from PIL import Image
 
 from .conditioning import Conditioning
 from .generate import EligenPipeline
+from .inpaint_canvas import Canvas, resize_mask
+from .inpaint_canvas import place as place  # re-exported: the public inpainting API (docs/python-api.md)
 from .layout import Edits, Layout
-from .regions import PATCH, token_masks
 from .sampler import StepCallback, pack
-
-MAX_PIXELS = 1024 * 1024  # larger sources are scaled down to this area for the model, then back up
 
 
 @dataclass(frozen=True)
@@ -41,20 +40,6 @@ class Fusion:
         """Algorithm 1: `Nf * U + Nb * (1 - U)` with `Nb = (z_t - z_init) / sigma_t`."""
         background = (x - self.z_init) / sigma
         return torch.where(self.union, v, background)
-
-
-def model_size(image_size: tuple[int, int], multiple: int) -> tuple[int, int]:
-    """The model canvas for a source image: at most MAX_PIXELS in area, sides rounded to `multiple`."""
-    width, height = image_size
-    scale = min(1.0, (MAX_PIXELS / (width * height)) ** 0.5)
-    return (max(multiple, int(width * scale / multiple + 0.5) * multiple),
-            max(multiple, int(height * scale / multiple + 0.5) * multiple))
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a boolean mask to (width, height) with nearest sampling."""
-    image = Image.fromarray(mask.astype(np.uint8) * 255)
-    return np.asarray(image.resize(size, Image.Resampling.NEAREST)) > 127
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -117,25 +102,6 @@ def composite(source: Image.Image, generated: Image.Image, alpha: np.ndarray) ->
     a = alpha[..., None]
     blended = np.clip(np.round(gen * a + src.astype(np.float32) * (1 - a)), 0, 255).astype(np.uint8)
     return Image.fromarray(np.where(a > 0, blended, src))
-
-
-@dataclass(frozen=True)
-class Canvas:
-    """The edits placed on the model canvas: validated before any model is loaded."""
-
-    layout: Layout  # the edits at the model canvas size
-    masks: list[np.ndarray]  # entity masks at the source image size
-    grid_masks: list[np.ndarray]  # the same at the model canvas size
-    regions: np.ndarray  # (k, n_tokens) token regions for the attention mask
-
-
-def place(edits: Edits, masks: list[np.ndarray], image_size: tuple[int, int], scale_factor: int,
-          source: str = "<edits>") -> Canvas:
-    """Map source-size entity masks onto the model canvas and check every entity still covers a token."""
-    size = model_size(image_size, scale_factor * PATCH)
-    layout = edits.model_copy(update={"size": size})
-    grid_masks = [resize_mask(m, size) for m in masks]
-    return Canvas(layout, masks, grid_masks, token_masks(grid_masks, scale_factor, layout, source))
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,25 @@ def _explain(error: dict[str, Any], schema: type[BaseModel]) -> tuple[str, str |
     return f"{message[0].lower()}{message[1:]}, got {error['input']!r}", None
 
 
+def _empty_value(data: Any, loc: tuple[int | str, ...]) -> str | None:
+    """The field (`entities[0].color`) that YAML read as empty (None) where validation failed: the failing key
+    itself, or the first empty key of the failing mapping. None when the failure is something else."""
+    target, name = data, ""
+    for part in loc:
+        if isinstance(part, int) and isinstance(target, list) and 0 <= part < len(target):
+            target, name = target[part], f"{name}[{part}]"
+        elif isinstance(part, str) and isinstance(target, dict) and part in target:
+            target, name = target[part], f"{name}.{part}" if name else part
+        else:
+            break
+    if target is None and name:
+        return name
+    if isinstance(target, dict):
+        empty = next((key for key, value in target.items() if value is None and key in Entity.model_fields), None)
+        return f"{name}.{empty}" if empty and name else None
+    return None
+
+
 def parse_layout(data: Any, source: str = "<layout>", schema: type[Layout] = Layout) -> Layout:
     """Validate already-parsed YAML data (a mapping) as a version-1 layout (or as `schema`)."""
     if not isinstance(data, dict):
@@ -213,10 +232,17 @@ def parse_layout(data: Any, source: str = "<layout>", schema: type[Layout] = Lay
     except ValidationError as exc:
         first = exc.errors()[0]
         expected, hint = _explain(first, schema)
+        field = _field_name(first["loc"], first["type"])
+        empty = _empty_value(data, first["loc"])
+        if empty is not None:  # most often `color: #dc1e1e`: YAML reads an unquoted `#` as a comment
+            key = re.split(r"[.\]]", empty)[-1]
+            example = '"#dc1e1e"' if key == "color" else '"#..."'
+            field, expected = empty, "expected a value, the file gives none (YAML read it as empty)"
+            hint = f"an unquoted # starts a comment in YAML; quote the value: {key}: {example}"
         others = len(exc.errors()) - 1
         if others:
             expected += f" (and {others} more problem{'s' if others > 1 else ''})"
-        raise LayoutError(source, _field_name(first["loc"], first["type"]), expected, hint) from None
+        raise LayoutError(source, field, expected, hint) from None
     if any(e.color is not None for e in layout.entities) and layout.color_mask is None:
         index = next(i for i, e in enumerate(layout.entities) if e.color is not None)
         raise LayoutError(source, f"entities[{index}].color", "expected a top-level `color_mask` PNG, required "
@@ -241,8 +267,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_layout_data(path: Path) -> dict[str, Any]:
     """Read a layout YAML file safely, with errors that name the file."""
     source = str(path)
+    if path.is_dir():
+        found = len(list(path.glob("*.yaml")))
+        raise LayoutError(source, "(file)", "expected a layout file, this is a folder",
+                          f"it holds {found} .yaml file{'s' * (found != 1)}: give them as {path / '*.yaml'}; "
+                          "`eligen eval` takes folders of layouts as they are")
     if not path.is_file():
-        raise LayoutError(source, "(file)", "expected an existing layout file")
+        raise LayoutError(source, "(file)", "expected an existing layout file, there is no file at this path")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except UnicodeDecodeError:

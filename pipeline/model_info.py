@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .families.defaults import FamilyDefaults, family_for_class, family_for_hub_id
-from .layout import LayoutError
+from .layout import LayoutError, PositiveInt, Side
 
-EXTRA_CONFIG = "eligen.json"  # optional per-folder defaults, e.g. {"max_sequence_length": 32}
+EXTRA_CONFIG = "eligen.json"  # optional per-folder declarations (ModelDeclaration), e.g. {"size": [64, 64]}
 BUILTIN_MODELS = Path(__file__).parent / "shapes" / "builtin-models"  # shipped with the package (docs/shapes.md)
 BUILTIN_NAMES = ("shapes", "shapes-base")  # the shapes model with its EliGen weights, and its base alone
 
@@ -63,10 +66,57 @@ def model_family(model: str) -> FamilyDefaults:
     return family_for_class(index.get("_class_name"))
 
 
+class ModelDeclaration(BaseModel):
+    """What a model folder declares about itself in its `eligen.json`; every key is optional.
+
+    `size`, `steps` and `cfg` are the model's native defaults, used where a layout leaves them out
+    (`model_defaults`); `vocabulary` (the words its text encoders were trained on) and `max_entities` (the most
+    entities per image it was trained with) let a layout be checked against the model (`layout_warnings`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    note: str | None = None
+    max_sequence_length: Annotated[int, Field(ge=1, le=1024)] | None = None  # FLUX at most 512
+    size: tuple[Side, Side] | None = None
+    steps: PositiveInt | None = None
+    cfg: Annotated[float, Field(ge=1.0)] | None = None
+    vocabulary: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    max_entities: PositiveInt | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_16(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and (value[0] % 16 or value[1] % 16):
+            raise ValueError(f"expected [width, height], both multiples of 16, got {list(value)}")
+        return value
+
+
+def declaration(model: str) -> ModelDeclaration:
+    """The model folder's `eligen.json`, validated; an empty declaration for hub ids and folders without one."""
+    path = Path(model_folder(model)) / EXTRA_CONFIG
+    if not path.is_file():
+        return ModelDeclaration()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: (file): expected a JSON object ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: (top level): expected a JSON object, got {type(data).__name__}")
+    try:
+        return ModelDeclaration.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        expected = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        known = ", ".join(ModelDeclaration.model_fields)
+        hint = f" (known keys: {known})" if first["type"] == "extra_forbidden" else f", got {first['input']!r}"
+        raise ModelLoadError(f"{path}: {field}: {expected}{hint}") from None
+
+
 def default_max_sequence_length(model: str) -> int:
     """The folder's declared text length per prompt group (eligen.json), else its family's (FLUX.1-dev: 512)."""
-    extra = _local_json(model, EXTRA_CONFIG) or {}
-    return int(extra.get("max_sequence_length", model_family(model).max_sequence_length))
+    return declaration(model).max_sequence_length or model_family(model).max_sequence_length
 
 
 def scale_factor(model: str) -> int:

@@ -27,13 +27,19 @@ class OutputExistsError(OutputError, FileExistsError):
 
 
 def check_writable(paths: list[Path], overwrite: bool) -> None:
-    """Refuse before any work when an output exists (unless `overwrite`) or two outputs collide."""
+    """Refuse before any work when an output is a folder (a file name is needed, `--overwrite` or not), sits
+    under a file, exists (unless `overwrite`), or collides with another output."""
     seen: set[Path] = set()
     for path in paths:
         resolved = path.resolve()
         if resolved in seen:
             raise OutputError(f"two outputs would both be written to {path}; give distinct -o names")
         seen.add(resolved)
+        if path.is_dir():
+            raise OutputError(f"{path} is a folder; name an output file, e.g. {path / 'image.png'}")
+        parent = next((p for p in resolved.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise OutputError(f"cannot write {path}: {parent} is a file, not a folder")
         if path.exists() and not overwrite:
             raise OutputExistsError(path)
 

@@ -7,8 +7,8 @@ captions is one token; T5 length 16), and a FluxTransformer2DModel (2 dual + 4 s
 no guidance embedding: use true CFG) trained from scratch on global captions only: rectified flow,
 logit-normal t, 10% caption dropout (the empty prompt), AdamW with warmup and cosine decay, EMA 0.999 (the
 EMA weights are saved). Training scenes are a fixed pool encoded once by the VAE of `shapes_vae.py`.
-The folder holds fp16 weights and `eligen.json` with `max_sequence_length: 16`; `train_summary.json`
-records wall time, samples/s and the loss curve.
+The folder holds fp16 weights and `eligen.json` (T5 length 16, the native size, steps and CFG, the vocabulary
+and the most shapes per training scene); `train_summary.json` records wall time, samples/s and the loss curve.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from eligen.pipeline.train.loss import rectified_flow_loss
 WORDS: tuple[str, ...] = ("a", "and", *PALETTE, *SHAPES)
 MAX_SEQUENCE_LENGTH = 16
 TEXT_WIDTH = 64
+SIDE = 64  # px: the scenes' default size
+STEPS, CFG = 24, 3.0  # the model's sampling defaults: what the README layout and the inpainting figure use
+MAX_ENTITIES = 4  # the most shapes in a training scene (`scenes` and `eligen data shapes` default to 1-4)
 
 
 def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxPipeline:
@@ -158,7 +161,9 @@ def main() -> None:
     pipe.register_modules(transformer=ema)
     pipe.to(torch.float16).save_pretrained(args.output, safe_serialization=True)
     _write_compat_files(args.output, *_clip_vocab_and_merges(WORDS))
-    meta = {"max_sequence_length": MAX_SEQUENCE_LENGTH, "note": "the built-in shapes model (recipes/shapes_base.py)"}
+    meta = {"note": "the built-in shapes model (recipes/shapes_base.py): 64x64 scenes of 1-4 flat shapes, "
+            "captions in the words of `vocabulary`", "max_sequence_length": MAX_SEQUENCE_LENGTH,
+            "size": [SIDE, SIDE], "steps": STEPS, "cfg": CFG, "vocabulary": list(WORDS), "max_entities": MAX_ENTITIES}
     (args.output / "eligen.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     summary = {"steps": step, "batch_size": args.batch_size, "wall_s": round(wall, 1),
                "samples_per_s": round(step * args.batch_size / wall, 2), "parameters": transformer.num_parameters(),

@@ -62,7 +62,10 @@ CASES = [
          ("expected valid YAML", "line 4")),
     Case("empty_file", "", "(file)", ("empty",)),
     Case("not_utf8", b"prompt: \xff\xfe a desk\n", "(file)", ("UTF-8",)),
-    Case("layout_file_missing", None, "(file)", ("existing layout file",)),
+    Case("layout_file_missing", None, "(file)", ("existing layout file", "no file at this path")),
+    Case("layout_is_a_folder", None, "(file)", ("expected a layout file", "this is a folder"),
+         ("1 .yaml file", "layout.yaml/*.yaml", "eligen eval", "folders"),
+         extra={"layout.yaml/scene.yaml": b"prompt: a"}),
     Case("top_level_list", "- prompt: a desk\n- prompt: a chair\n", "(top level)", ("mapping", "list")),
     Case("version_2", "version: 2\nprompt: a desk\n", "version", ("expected 1", "got 2"), ("version-1",)),
     Case("unknown_top_level_key", "prompt: a desk\nseeds: [1, 2]\n", "seeds", ("unknown key",), ("seed", "entities")),
@@ -93,6 +96,10 @@ CASES = [
     Case("seed_boolean", "prompt: a\nseed: true\n", "seed", ("integer",)),
     Case("polygon_two_points", "prompt: a\nentities:\n  - prompt: x\n    polygon: [[0, 0], [100, 100]]\n",
          "entities[0].polygon", ("at least 3",)),
+    # YAML reads an unquoted `#` as a comment: `color:` is then empty (issue 15)
+    Case("unquoted_hash_colour", "prompt: a\nsize: [64, 64]\ncolor_mask: colours.png\nentities:\n  - prompt: x\n"
+         "    color: #ff0000\n", "entities[0].color", ("expected a value", "empty"),
+         ("unquoted #", "comment", 'color: "#dc1e1e"'), extra={"colours.png": COLOURS}),
     Case("bad_colour_string", "prompt: a\nsize: [64, 64]\ncolor_mask: colours.png\nentities:\n  - prompt: x\n"
          "    color: red\n",
          "entities[0].color", ('"#rrggbb"', "'red'"), extra={"colours.png": COLOURS}),

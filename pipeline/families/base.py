@@ -7,6 +7,7 @@ fusion, outputs, training loop, evaluation, agent, CLI) is written once and work
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -22,6 +23,17 @@ if TYPE_CHECKING:
 Velocity = Callable[[torch.Tensor, torch.Tensor, "Conditioning"], torch.Tensor]  # (tokens, timestep 0..1000, cond)
 
 
+@dataclass(frozen=True)
+class TokenLimit:
+    """One text encoder's limit: `count(prompt)` tokens before truncation, of which it reads `limit`; `fields` the
+    layout prompts it reads (None: all)."""
+
+    encoder: str
+    count: Callable[[str], int]
+    limit: int
+    fields: tuple[str, ...] | None = None
+
+
 class PromptEncoder(Protocol):
     """A family's text encoder for prompt groups, each distinct prompt encoded once."""
 
@@ -33,6 +45,10 @@ class PromptEncoder(Protocol):
 
     def token_count(self, prompt: str) -> int:
         """Tokens of `prompt` the family keeps at most (its own tokens with the end token)."""
+        ...
+
+    def token_limits(self) -> list[TokenLimit]:
+        """What the family's text encoders read of a prompt (truncation warnings)."""
         ...
 
     def text_ids(self, group_lengths: Sequence[int], like: torch.Tensor) -> torch.Tensor:

@@ -101,9 +101,13 @@ def scenes(count: int, seed: int, size: int = 64, counts: tuple[int, ...] = (1, 
     return [random_scene(rng, size, counts) for _ in range(count)]
 
 
+SHAPES_MODEL = "shapes"  # the built-in model these scenes are for (docs/shapes.md)
+
+
 def layout_data(scene: Scene, seed: int = 0) -> dict:
-    """The scene as a layout file's data (pixel boxes), for `eligen generate` and `eligen eval`."""
-    return {"size": [scene.size, scene.size], "seed": seed, "prompt": scene.caption,
+    """The scene as a layout file's data (pixel boxes) for the shapes model, for `eligen generate` and
+    `eligen eval`."""
+    return {"model": SHAPES_MODEL, "size": [scene.size, scene.size], "seed": seed, "prompt": scene.caption,
             "entities": [{"prompt": s.prompt, "box": list(s.box)} for s in scene.shapes]}
 
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from diffusers import FluxPipeline
 
+from ..base import TokenLimit
+
 
 class PromptEncoder:
     """Encodes prompts with the pipeline's CLIP and T5, each distinct prompt once."""
@@ -31,6 +33,19 @@ class PromptEncoder:
         tokens = self.pipe.tokenizer_2(prompt, padding="max_length", max_length=self.max_sequence_length,
                                        truncation=True, return_tensors="pt")
         return int(tokens.attention_mask.sum())
+
+    def token_limits(self) -> list[TokenLimit]:
+        """T5 reads max_sequence_length tokens of every prompt group; CLIP reads 77 of the global prompt."""
+        return [TokenLimit("T5", self.untruncated_count, self.max_sequence_length),
+                TokenLimit("CLIP", self.clip_untruncated_count, self.pipe.tokenizer_max_length, ("prompt",))]
+
+    def untruncated_count(self, prompt: str) -> int:
+        """T5 tokens of `prompt` with its end token, before truncation to max_sequence_length."""
+        return len(self.pipe.tokenizer_2(prompt, verbose=False).input_ids)
+
+    def clip_untruncated_count(self, prompt: str) -> int:
+        """CLIP tokens of `prompt` with its start and end tokens, before truncation."""
+        return len(self.pipe.tokenizer(prompt, verbose=False).input_ids)
 
     @staticmethod
     def text_ids(group_lengths: Sequence[int], like: torch.Tensor) -> torch.Tensor:

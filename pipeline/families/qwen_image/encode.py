@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from diffusers import QwenImagePipeline
 
+from ..base import TokenLimit
+
 
 class PromptEncoder:
     """Encodes prompts with the pipeline's Qwen2.5-VL under its template, each distinct prompt once."""
@@ -45,6 +47,17 @@ class PromptEncoder:
         ids = pipe.tokenizer(text, max_length=pipe.tokenizer_max_length + pipe.prompt_template_encode_start_idx,
                              truncation=True).input_ids
         return min(len(ids) - pipe.prompt_template_encode_start_idx, self.max_sequence_length)
+
+    def token_limits(self) -> list[TokenLimit]:
+        """Qwen2.5-VL reads max_sequence_length tokens of every prompt group (its own and the template's closing
+        tokens)."""
+        return [TokenLimit("Qwen2.5-VL", self.untruncated_count, self.max_sequence_length)]
+
+    def untruncated_count(self, prompt: str) -> int:
+        """Tokens the group of `prompt` would hold without any limit."""
+        pipe = self.pipe
+        ids = pipe.tokenizer(pipe.prompt_template_encode.format(prompt), verbose=False).input_ids
+        return len(ids) - pipe.prompt_template_encode_start_idx
 
     @staticmethod
     def text_ids(group_lengths: Sequence[int], like: torch.Tensor) -> torch.Tensor:
