@@ -9,7 +9,8 @@ from .layout import LayoutError
 
 DEFAULT_MAX_SEQUENCE_LENGTH = 512  # T5 tokens per prompt group for FLUX.1-dev
 DEFAULT_SCALE_FACTOR = 8  # FLUX.1-dev's VAE
-EXTRA_CONFIG = "eligen.json"  # optional per-folder defaults, e.g. {"max_sequence_length": 32}
+DEFAULT_SIZE = (1024, 1024)  # FLUX.1-dev's canvas, the layout format's default `size`
+EXTRA_CONFIG = "eligen.json"  # optional per-folder facts: {"max_sequence_length": 32, "size": [64, 64], "words": [...]}
 BUILTIN_MODELS = Path(__file__).parent / "builtin-models"  # shipped with the package (docs/shapes.md)
 BUILTIN_NAMES = ("shapes", "shapes-base")  # the shapes model with its EliGen weights, and its base alone
 
@@ -67,3 +68,17 @@ def scale_factor(model: str) -> int:
     if vae is None:
         return DEFAULT_SCALE_FACTOR
     return 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def default_size(model: str) -> tuple[int, int]:
+    """The canvas a model was made for: the folder's declared `size` (eligen.json), else FLUX.1-dev's 1024x1024."""
+    size = (_local_json(model, EXTRA_CONFIG) or {}).get("size")
+    valid = isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+    return (size[0], size[1]) if valid else DEFAULT_SIZE
+
+
+def known_words(model: str) -> list[str] | None:
+    """The whole vocabulary of a model with a tiny word-level one (the folder's declared `words`, eligen.json), else
+    None (a real text encoder knows any word)."""
+    words = (_local_json(model, EXTRA_CONFIG) or {}).get("words")
+    return [str(w) for w in words] if isinstance(words, list) else None

@@ -157,7 +157,8 @@ def main() -> None:
     pipe.register_modules(transformer=ema)
     pipe.to(torch.float16).save_pretrained(args.output, safe_serialization=True)
     _write_compat_files(args.output, *_clip_vocab_and_merges(WORDS))
-    meta = {"max_sequence_length": MAX_SEQUENCE_LENGTH, "note": "the built-in shapes model (recipes/shapes_base.py)"}
+    meta = {"max_sequence_length": MAX_SEQUENCE_LENGTH, "size": [64, 64], "words": list(WORDS),
+            "note": "the built-in shapes model (recipes/shapes_base.py)"}
     (args.output / "eligen.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     summary = {"steps": step, "batch_size": args.batch_size, "wall_s": round(wall, 1),
                "samples_per_s": round(step * args.batch_size / wall, 2), "parameters": transformer.num_parameters(),
