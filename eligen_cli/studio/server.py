@@ -223,6 +223,9 @@ def make_handler(studio: Studio) -> type[BaseHTTPRequestHandler]:
                 self._send(HTTPStatus.OK, resources.files(__package__).joinpath("static", name).read_bytes(),
                            content_type)
                 return
+            if path == "/favicon.ico":
+                self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+                return
             if path == "/api/info":
                 self._json(HTTPStatus.OK, studio.info)
                 return

@@ -20,6 +20,7 @@ const S = {
   check: null, // {grid, cells, warnings} of the last valid check
   error: null, // the last check's error
   checkSeq: 0,
+  checking: false, // a check is scheduled or on its way
   draft: null, // a box or polygon being drawn, a drag in progress
   jobs: new Set(),
   uid: 1,
@@ -276,6 +277,7 @@ function requestBody(extra) {
 let checkTimer = null;
 
 function scheduleCheck() {
+  S.checking = true;
   clearTimeout(checkTimer);
   checkTimer = setTimeout(runCheck, 120);
 }
@@ -283,6 +285,7 @@ function scheduleCheck() {
 async function runCheck() {
   if (S.mode === "inpaint" && !S.image) {
     S.check = null;
+    S.checking = false;
     showProblems(null, []);
     draw();
     return;
@@ -299,6 +302,7 @@ async function runCheck() {
     S.check = result;
     showProblems(null, result.warnings);
   }
+  S.checking = false;
   draw();
 }
 
@@ -415,7 +419,7 @@ function entityElement(e, i) {
   meta.append(kind,
     button("↑", "move up", () => move(i, -1)),
     button("↓", "move down", () => move(i, 1)),
-    button("⧉", "duplicate", () => duplicate(i)),
+    button("dup", "duplicate", () => duplicate(i)),
     button("clear", "clear the region", () => clearRegion(i)),
     maskLabel,
     button("✕", "delete", () => remove(i)));
