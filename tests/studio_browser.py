@@ -30,10 +30,11 @@ class Served:
 
 
 @contextmanager
-def serve(cwd: Path, *args: str) -> Iterator[Served]:
-    """`eligen studio ARGS --port 0` in `cwd`, until the context ends; yields its URL once it listens."""
+def serve(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """`eligen studio ARGS --port 0` in `cwd` (with `env` added to the environment), until the context ends;
+    yields its URL once it listens."""
     log = cwd.parent / f"{cwd.name}-studio.log"
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})}
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "eligen", "studio", *args, "--port", "0"], cwd=cwd,
                                    stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from chat_server import serve as serve_mllm
 from PIL import Image
 from studio_browser import (
     CHROMIUM,
@@ -332,3 +333,60 @@ def test_auth_and_the_model_cannot_be_changed(tmp_path: Path) -> None:
         info = json.load(urllib.request.urlopen(urllib.request.Request(
             f"{served.url}api/info", headers={"Authorization": f"Basic {token}"})))
         assert info["model"] == "shapes"
+
+        def post(path: str, data: bytes, length: int | None = None) -> tuple[int, dict[str, Any]]:
+            headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+            if length is not None:
+                headers["Content-Length"] = str(length)
+            try:
+                response = urllib.request.urlopen(urllib.request.Request(f"{served.url}{path}", data, headers))
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.load(exc)
+            return response.status, json.load(response)
+
+        local_lora = {**body["layout"], "loras": [{"path": str(SHAPES)}]}
+        status, answer = post("api/check", json.dumps({"mode": "generate", "layout": local_lora}).encode())
+        assert status == 400 and answer["field"] == "loras[0].path"
+        assert answer["message"].startswith("layout: loras[0].path: expected a LoRA the studio was started with")
+        status, answer = post("api/restore", b"{}", length=200 * 2**20)  # claims more than MAX_BODY: not read
+        assert status == 413 and answer["message"] == "expected a request of at most 48 MiB"
+    assert list(cwd.iterdir()) == []
+
+
+def test_only_loopback_addresses_count_as_local() -> None:
+    from eligen.studio.command import _is_local
+
+    assert _is_local("127.0.0.1") and _is_local("::1") and _is_local("localhost") and _is_local("127.0.0.2")
+    assert not _is_local("0.0.0.0") and not _is_local("192.168.1.5") and not _is_local("example.org")
+
+
+def _answer(prompt: str, *entities: tuple[str, list[int]]) -> str:
+    return json.dumps({"prompt": prompt, "entities": [{"prompt": p, "bbox_2d": b} for p, b in entities]})
+
+
+def test_the_chat_panel_designs_and_refines_the_canvas(tmp_path: Path, js_errors: list[str]) -> None:
+    design = _answer("a red circle and a blue square", ("a red circle", [0, 0, 500, 500]),
+                     ("a blue square", [500, 500, 1000, 1000]))
+    refined = _answer("a red circle and a blue square", ("a red circle", [500, 0, 1000, 500]),
+                      ("a blue square", [500, 500, 1000, 1000]))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    with serve_mllm([design, refined]) as mllm, \
+            serve(cwd, "--model", "shapes", "--mllm-url", mllm.url, "--mllm-family", "qwen2-vl",
+                  env={"XDG_CONFIG_HOME": str(tmp_path / "config")}) as served, \
+            chromium(tmp_path / "profile") as ctx:
+        page = open_page(ctx, served.url, js_errors)
+        assert page.is_visible("#chat-panel")
+        page.fill("#chat-input", "a red circle and a blue square")
+        page.click("#chat-form button")
+        page.wait_for_function("S.docs.generate.entities.length === 2")
+        assert page.evaluate("S.docs.generate.entities.map(e => e.box)") == [[0, 0, 32, 32], [32, 32, 64, 64]]
+        page.fill("#chat-input", "move the circle to the right")
+        page.click("#chat-form button")
+        page.wait_for_function("S.docs.generate.entities[0].box[0] === 32")
+        assert page.input_value("#prompt") == "a red circle and a blue square"
+        page.click("#undo")  # the person can step back from what the MLLM did
+        assert page.evaluate("S.docs.generate.entities[0].box") == [0, 0, 32, 32]
+        assert "eligen: a red circle and a blue square (2: a red circle, a blue square)" in page.inner_text("#chat-log")
+        sent = mllm.chat_requests[1]["body"]["messages"][-1]["content"]
+        assert "move the circle to the right" in json.dumps(sent)
