@@ -19,6 +19,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
 START_TIMEOUT = 180  # s: importing torch and loading the model on a busy 2-core machine
+PAGE_TIMEOUT_MS = 120_000  # Playwright waits: generous, for a 2-core CI machine shared with other work
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def chromium(profile: Path) -> Iterator[Any]:
         context = playwright.chromium.launch_persistent_context(
             str(profile), executable_path=str(CHROMIUM), args=FLAGS, headless=True, accept_downloads=True,
             bypass_csp=True, viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(PAGE_TIMEOUT_MS)
         try:
             yield context
         finally:

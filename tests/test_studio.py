@@ -305,6 +305,20 @@ def test_a_colour_coded_png_makes_one_entity_per_colour(page: Any, tmp_path: Pat
     assert page.evaluate("S.docs.generate.entities.map(e => e.color)") == ["#ff0000", "#0000ff"]
 
 
+def test_a_mask_png_becomes_an_entity_region(page: Any, tmp_path: Path) -> None:
+    mask = np.zeros((32, 32), dtype=np.uint8)  # half the canvas size: scaled up with nearest sampling
+    mask[2:10, 4:20] = 200
+    path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(path)
+    page.click("#add-entity")
+    page.set_input_files(".entity input[type=file]", str(path))
+    page.wait_for_function("S.docs.generate.entities[0].kind === 'mask'")
+    pixels = np.asarray(page.evaluate("Array.from(S.docs.generate.entities[0].mask)")).reshape(64, 64)
+    expected = np.zeros((64, 64), dtype=bool)
+    expected[4:20, 8:40] = True
+    assert np.array_equal(pixels.astype(bool), expected)
+
+
 def test_the_page_shows_the_cli_defaults_and_the_model_words(page: Any) -> None:
     assert page.input_value("#width") == "64" and page.input_value("#height") == "64"  # the shapes model's size
     assert page.input_value("#steps") == "50" and page.input_value("#cfg") == "3"
@@ -364,7 +378,7 @@ def _answer(prompt: str, *entities: tuple[str, list[int]]) -> str:
     return json.dumps({"prompt": prompt, "entities": [{"prompt": p, "bbox_2d": b} for p, b in entities]})
 
 
-def test_the_chat_panel_designs_and_refines_the_canvas(tmp_path: Path, js_errors: list[str]) -> None:
+def test_the_chat_panel_designs_and_refines_the_canvas(context: Any, tmp_path: Path, js_errors: list[str]) -> None:
     design = _answer("a red circle and a blue square", ("a red circle", [0, 0, 500, 500]),
                      ("a blue square", [500, 500, 1000, 1000]))
     refined = _answer("a red circle and a blue square", ("a red circle", [500, 0, 1000, 500]),
@@ -373,9 +387,8 @@ def test_the_chat_panel_designs_and_refines_the_canvas(tmp_path: Path, js_errors
     cwd.mkdir()
     with serve_mllm([design, refined]) as mllm, \
             serve(cwd, "--model", "shapes", "--mllm-url", mllm.url, "--mllm-family", "qwen2-vl",
-                  env={"XDG_CONFIG_HOME": str(tmp_path / "config")}) as served, \
-            chromium(tmp_path / "profile") as ctx:
-        page = open_page(ctx, served.url, js_errors)
+                  env={"XDG_CONFIG_HOME": str(tmp_path / "config")}) as served:
+        page = open_page(context, served.url, js_errors)
         assert page.is_visible("#chat-panel")
         page.fill("#chat-input", "a red circle and a blue square")
         page.click("#chat-form button")

@@ -33,6 +33,7 @@ from .inputs import NO_FOLDER, SourceImage
 
 if TYPE_CHECKING:
     from eligen.pipeline.generate import EligenPipeline
+    from eligen.pipeline.inpaint import Canvas
 
 USER_ERRORS = (LayoutError, LoraError, ModelLoadError, OutputError)  # a message, not a traceback
 MAX_RESULTS = 200  # kept in memory, oldest dropped first
@@ -125,8 +126,8 @@ class Engine:
         tokens = token_masks(masks, self.scale_factor, layout, source)
         return masks, self._check(layout, masks, tokens)
 
-    def check_edits(self, edits: Edits, image: SourceImage, source: str = "edits") -> tuple[list[np.ndarray], Any,
-                                                                                             Check]:
+    def check_edits(self, edits: Edits, image: SourceImage, source: str = "edits"
+                    ) -> tuple[list[np.ndarray], Canvas, Check]:
         """Rasterise and place edits on the model canvas as `eligen inpaint` does."""
         from eligen.pipeline.inpaint import place
 

@@ -25,7 +25,7 @@ from eligen.agent.layout_yaml import dump_layout
 from eligen.pipeline.layout import Edits, Layout, LayoutError
 
 from . import inputs
-from .engine import Engine, Job
+from .engine import Engine, Job, Result
 
 MAX_BODY = 48 * 1024 * 1024  # bytes of one request (base64 files inflate by 4/3)
 MAX_CHAT_CHARS = 4000
@@ -50,12 +50,10 @@ def _job_json(engine: Engine, job: Job) -> dict[str, Any]:
     return {"id": job.id, "kind": job.kind, "state": job.state, "step": job.step, "steps": job.total_steps,
             "image": job.image_index, "images": len(job.seeds), "seeds": job.seeds, "error": job.error,
             "waiting": engine.position(job) if job.state == "queued" else 0,
-            "results": [_result_json(engine, r) for r in job.results if engine.result(r) is not None]}
+            "results": [_result_json(result) for r in job.results if (result := engine.result(r)) is not None]}
 
 
-def _result_json(engine: Engine, result_id: str) -> dict[str, Any]:
-    result = engine.result(result_id)
-    assert result is not None
+def _result_json(result: Result) -> dict[str, Any]:
     return {"id": result.id, "kind": result.kind, "seed": result.seed, "file": result.file_name,
             "attention": result.kind == "generate" and result.layout is not None and bool(result.layout.entities)}
 

@@ -25,6 +25,7 @@ const S = {
   jobs: new Set(),
   uid: 1,
   pointer: null,
+  sequenceLength: undefined, // max_sequence_length of a restored layout
 };
 
 function newDoc() {
@@ -257,6 +258,7 @@ function layoutData() {
   data.regions_on_negative = $("regions_on_negative").checked;
   const loras = loraRows();
   if (loras.length) data.loras = loras;
+  if (S.sequenceLength !== undefined) data.max_sequence_length = S.sequenceLength;
   if (S.mode === "inpaint") {
     data.fusion = $("fusion").value;
     for (const key of ["dilate", "feather"]) {
@@ -894,9 +896,12 @@ function setSettings(data) {
   const value = (key) => (data[key] !== undefined ? data[key] : d[key]);
   $("prompt").value = data.prompt ?? "";
   $("negative_prompt").value = value("negative_prompt");
-  const size = data.size || d.size;
-  $("width").value = size[0];
-  $("height").value = size[1];
+  if (S.mode === "generate") {
+    const size = data.size || d.size;
+    $("width").value = size[0];
+    $("height").value = size[1];
+  }
+  S.sequenceLength = data.max_sequence_length; // kept as restored: the page has no field for it
   const seed = data.seed;
   $("seeds").value = seed === undefined || seed === null ? "" : [].concat(seed).join(", ");
   for (const key of ["steps", "cfg", "guidance", "schedule", "attention", "fusion", "dilate", "feather"]) {
