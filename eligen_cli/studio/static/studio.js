@@ -396,8 +396,11 @@ function entityElement(e, i) {
   prompt.className = "prompt";
   prompt.placeholder = "entity prompt";
   prompt.value = e.prompt;
-  prompt.addEventListener("focus", () => pushUndo());
+  let typed = false; // one undo step per visit to the field
+  prompt.addEventListener("focus", () => { typed = false; });
   prompt.addEventListener("input", () => {
+    if (!typed) pushUndo();
+    typed = true;
     e.prompt = prompt.value;
     scheduleCheck();
   });
