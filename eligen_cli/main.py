@@ -27,8 +27,10 @@ from .common import (
     user_errors,
 )
 from .help_format import tidy_help
+from .render_outputs import generate_metadata, inpaint_metadata, resolved_edits, resolved_layout
 from .shapes_commands import register as register_shapes_commands
 from .sources import LayoutSource, load_edits, load_source
+from .studio.command import register as register_studio_command
 from .terminal import library_output, status, step_progress
 from .train_command import register as register_train_command
 
@@ -77,6 +79,13 @@ AttentionOpt = Annotated[Literal["auto", "dense", "flex", "split"] | None, typer
     help="How the regional mask runs: auto (split where it is faster, else dense), dense (exact to the reference), "
     "flex or split (sparse, same result within float tolerance) [default: the layout's, else auto].")]
 BatchCfgOpt = Annotated[bool, typer.Option("--batch-cfg", help="Run both CFG branches in one batched pass.")]
+AttentionMapsOpt = Annotated[bool, typer.Option(
+    "--attention-maps", help="Also write <output stem>.attention.png: where each entity prompt looks, at a few steps "
+    "(one extra sampling pass).")]
+AttentionStepsOpt = Annotated[list[int] | None, typer.Option(
+    "--attention-step", help="A step shown by --attention-maps; repeat [default: 1/4, 1/2, 3/4 and the last].")]
+AttentionBlockOpt = Annotated[str, typer.Option(
+    "--attention-block", help="The block --attention-maps reads: dual:N or single:N, N negative from the end.")]
 
 
 def _lora_overrides(loras: list[str] | None, scales: list[float] | None) -> list[dict[str, Any]] | None:
@@ -122,7 +131,7 @@ def _preview_image(src: LayoutSource, scale_factor: int) -> tuple[list[Any], Any
     check_canvas(src.layout, scale_factor, src.source)
     masks = entity_masks(src.layout, src.base_dir, src.source)
     tokens = token_masks(masks, scale_factor, src.layout, src.source)
-    check_layout(src.layout, masks, scale_factor, src.source)
+    check_layout(src.layout, masks, scale_factor, src.source, tokens)
     return masks, draw_preview(src.layout, masks, tokens, scale_factor * 2)
 
 
@@ -209,6 +218,9 @@ def generate(
     lora_scale: LoraScaleOpt = None,
     fuse_loras: FuseOpt = False,
     preview: PreviewOpt = False,
+    attention_maps: AttentionMapsOpt = False,
+    attention_step: AttentionStepsOpt = None,
+    attention_block: AttentionBlockOpt = "dual:-1",
     overwrite: OverwriteOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and write the preview only.")] = False,
 ) -> None:
@@ -229,6 +241,7 @@ def generate(
 
     if output is not None and len(layouts) > 1:
         raise typer.BadParameter("names one file; with several layouts leave it out", param_hint="-o/--output")
+    maps = _attention_request(attention_maps, attention_step, attention_block)
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "schedule": schedule,
                  "entity_tokens": entity_tokens_value(entity_tokens), "attention": attention,
                  "model": model, "transformer": transformer, "loras": _lora_overrides(lora, lora_scale)}
@@ -240,7 +253,8 @@ def generate(
             jobs.append((src, masks, preview_image, src.output_paths(output)))
         targets = [p for *_, outs in jobs for p in outs]
         previews = [_preview_path(p) for p in targets] if preview or dry_run else []
-        check_writable(targets * (not dry_run) + previews, overwrite)
+        grids = [_attention_path(p) for p in targets] if maps and not dry_run else []
+        check_writable(targets * (not dry_run) + previews + grids, overwrite)
         for *_, image, outs in jobs:
             for out in outs if preview or dry_run else []:
                 save_png(image, _preview_path(out))
@@ -250,29 +264,55 @@ def generate(
             return
         models = _Models(device, dtype, offload, quantize, fuse_loras)
         for src, masks, _, outs in jobs:
-            _render(models(src.layout.model, src.layout.loras, src.layout.transformer), src, masks, outs, batch_cfg)
+            _render(models(src.layout.model, src.layout.loras, src.layout.transformer), src, masks, outs, batch_cfg,
+                    maps)
 
 
-def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: list[Path], batch_cfg: bool) -> None:
-    """Render every seed of one layout, writing each PNG with the resolved layout embedded."""
-    from eligen.pipeline.regions import inline_masks
+def _attention_path(image_path: Path) -> Path:
+    return image_path.with_name(f"{image_path.stem}.attention.png")
+
+
+def _attention_request(wanted: bool, steps: list[int] | None, block: str) -> tuple[list[int] | None, Any] | None:
+    """(steps or None for the default ones, the block) of `--attention-maps`, or None when not asked."""
+    from eligen.pipeline.attention_maps import Block
+
+    if not wanted:
+        if steps:
+            raise typer.BadParameter("given without --attention-maps", param_hint="--attention-step")
+        return None
+    try:
+        return steps or None, Block.parse(block)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--attention-block") from None
+
+
+def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: list[Path], batch_cfg: bool,
+            maps: tuple[list[int] | None, Any] | None = None) -> None:
+    """Render every seed of one layout, writing each PNG with the resolved layout embedded (and, with `maps`, its
+    attention maps beside it)."""
+    from eligen.pipeline.attention_maps import attention_maps, default_steps, draw_attention_grid
 
     layout = src.layout
     positive, negative = pipe.prepare(layout, src.base_dir, src.source)
-    resolved = inline_masks(layout, masks).model_copy(
-        update={"max_sequence_length": pipe.max_sequence_length(layout), "loras": pipe.lora_specs(layout)})
+    resolved = resolved_layout(pipe, layout, masks)
     for seed, out in zip(src.seeds, outs, strict=True):
         started = time.monotonic()
         with step_progress(f"{src.path.name} seed {seed}", layout.steps) as on_step:
             tokens = pipe.sample(layout, positive, negative, seed, on_step=on_step, batch_cfg=batch_cfg)
-        metadata = {
-            "eligen_version": __version__,
-            "model": layout.model,
-            "seed": seed,
-            "layout": resolved.model_copy(update={"seed": seed}).model_dump(mode="json", exclude_none=True),
-        }
-        save_png(pipe.decode(tokens, layout), out, metadata)
+        image = pipe.decode(tokens, layout)
+        save_png(image, out, generate_metadata(resolved, seed))
         _wrote(out, layout.size, layout.steps, started)
+        if maps is None:
+            continue
+        steps, block = maps
+        try:
+            with step_progress(f"attention maps, seed {seed}", layout.steps) as on_step:
+                result = attention_maps(pipe, layout, positive, negative, seed, steps or default_steps(layout.steps),
+                                        block, on_step, source=src.source)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--attention-maps") from None
+        save_png(draw_attention_grid(image, layout, result), _attention_path(out))
+        err.print(f"wrote {_attention_path(out)}")
 
 
 @app.command()
@@ -322,7 +362,7 @@ def inpaint(
     from eligen.pipeline.layout_warnings import check_layout
     from eligen.pipeline.model_info import scale_factor
     from eligen.pipeline.preview import draw_preview
-    from eligen.pipeline.regions import PATCH, inline_masks
+    from eligen.pipeline.regions import PATCH
 
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
                  "transformer": transformer, "loras": _lora_overrides(lora, lora_scale), "fusion": fusion,
@@ -351,16 +391,12 @@ def inpaint(
                 save_png(drawing, _preview_path(out))
                 err.print(f"wrote {_preview_path(out)}")
         plan = prepare(pipe, canvas, job.image, job.base_dir, job.source)
-        resolved = inline_masks(job.edits, job.masks).model_copy(update={"loras": pipe.lora_specs(job.edits)})
-        resolved = resolved.model_dump(mode="json", exclude_none=True)
+        resolved = resolved_edits(pipe, job.edits, job.masks)
         for seed_value, out in zip(job.seeds, outs, strict=True):
             started = time.monotonic()
             with step_progress(f"{image.name} seed {seed_value}", plan.layout.steps) as on_step:
                 result = run_inpaint(pipe, plan, seed_value, on_step, batch_cfg)
-            metadata = {"eligen_version": __version__, "model": job.edits.model, "seed": seed_value,
-                        "source_image": image.name, "source_sha256": job.sha256,
-                        "edits": {**resolved, "seed": seed_value}}
-            save_png(result, out, metadata)
+            save_png(result, out, inpaint_metadata(job.edits, resolved, seed_value, image.name, job.sha256))
             _wrote(out, result.size, plan.layout.steps, started)
 
 
@@ -394,4 +430,5 @@ def tiny_model(
 register_agent_commands(app)
 register_train_command(app)
 register_shapes_commands(app)
+register_studio_command(app)
 tidy_help(app)

@@ -274,8 +274,13 @@ def read_layout_data(path: Path) -> dict[str, Any]:
                           "`eligen eval` takes folders of layouts as they are")
     if not path.is_file():
         raise LayoutError(source, "(file)", "expected an existing layout file, there is no file at this path")
+    return layout_data_from_bytes(path.read_bytes(), source)
+
+
+def layout_data_from_bytes(content: bytes, source: str) -> dict[str, Any]:
+    """Parse layout YAML text (UTF-8 bytes) safely, with errors that name `source`."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+        data = yaml.load(content.decode("utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except UnicodeDecodeError:
         raise LayoutError(source, "(file)", "expected a UTF-8 text YAML file") from None
     except yaml.YAMLError as exc:

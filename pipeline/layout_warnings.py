@@ -3,7 +3,8 @@
 * words outside the vocabulary a model folder declares (the shapes model knows twelve words; others are
   split into pieces it never saw),
 * prompts longer than the model reads (T5's `max_sequence_length`, CLIP's 77 tokens for the pooled vector),
-* more entities than the model was trained with (`max_entities`), regions smaller than one token.
+* more entities than the model was trained with (`max_entities`), regions smaller than one token, regions that
+  share tokens.
 
 Each is a `LayoutWarning` (Python's `warnings`) whose message reads `file: field: what happens`, so a
 command line can show it and a script can filter it. No torch here: token counts come from the caller.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -86,9 +88,52 @@ def warn_entities(layout: Layout, masks: list[np.ndarray], scale_factor: int, ma
               "make the regions larger")
 
 
-def check_layout(layout: Layout, masks: list[np.ndarray], scale_factor: int, source: str = "<layout>") -> None:
-    """Every warning that needs no loaded model: the declared vocabulary and entity count, region sizes."""
+def check_layout(layout: Layout, masks: list[np.ndarray], scale_factor: int, source: str = "<layout>",
+                 token_masks: np.ndarray | None = None) -> None:
+    """Every warning that needs no loaded model: the declared vocabulary and entity count, region sizes, and (with
+    the token regions) regions that share tokens."""
     declared = declaration(layout.model)
     if declared.vocabulary is not None:
         warn_unknown_words(layout, declared.vocabulary, layout.model, source)
     warn_entities(layout, masks, scale_factor, declared.max_entities, source)
+    shared = [f"entities[{j}] with entities[{i}] ({n})" for i, j, n in overlaps(token_masks)] \
+        if token_masks is not None else []
+    if shared:
+        _warn(source, "entities", f"regions sharing tokens (both prompts reach them; allowed): {_listed(shared)}")
+
+
+@dataclass(frozen=True)
+class RegionWarning:
+    """A warning about one entity's region: the field it is about and what to know."""
+
+    field: str
+    message: str
+
+
+def region_warnings(layout: Layout, pixel_masks: list[np.ndarray], token_masks: np.ndarray, scale_factor: int
+                    ) -> list[RegionWarning]:
+    """Per entity, for a display next to its field (the studio): a region smaller than one token (the model sees
+    whole tokens), and regions sharing tokens (both prompts reach those tokens; allowed, but often a mistake)."""
+    token_side = scale_factor * PATCH
+    warnings = []
+    for i, (entity, mask) in enumerate(zip(layout.entities, pixel_masks, strict=True)):
+        area = int(mask.sum())
+        if area < token_side * token_side:
+            cells = int(token_masks[i].sum())
+            warnings.append(RegionWarning(
+                f"entities[{i}].{entity.region_kind}",
+                f"the region covers {area} px, less than one {token_side}x{token_side}-px token; the model sees "
+                f"it as {cells} whole token{'s' if cells != 1 else ''}"))
+    for i, j, shared in overlaps(token_masks):
+        warnings.append(RegionWarning(
+            f"entities[{j}].{layout.entities[j].region_kind}",
+            f"shares {shared} token{'s' if shared != 1 else ''} with entities[{i}]: both prompts reach "
+            "them (allowed; regions may overlap)"))
+    return warnings
+
+
+def overlaps(token_masks: np.ndarray) -> list[tuple[int, int, int]]:
+    """(i, j, tokens shared) for each pair of entities i < j whose token regions meet."""
+    k = len(token_masks)
+    pairs = [(i, j, int((token_masks[i] & token_masks[j]).sum())) for i in range(k) for j in range(i + 1, k)]
+    return [pair for pair in pairs if pair[2]]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image, PngImagePlugin
 
@@ -60,16 +61,25 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_png(image: Image.Image, path: Path, metadata: dict[str, Any] | None = None) -> None:
-    """Write `image` as PNG with `metadata` as JSON in one iTXt chunk named `eligen`."""
+def png_bytes(image: Image.Image, metadata: dict[str, Any] | None = None) -> bytes:
+    """`image` encoded as PNG with `metadata` as JSON in one iTXt chunk named `eligen`."""
     info = PngImagePlugin.PngInfo()
     if metadata is not None:
         info.add_itxt(METADATA_KEY, json.dumps(metadata, separators=(",", ":")), zip=True)
-    write_atomic(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
-def read_png_metadata(path: Path) -> dict[str, Any] | None:
-    """The eligen metadata of a PNG written by `save_png`, or None when it has none."""
+def save_png(image: Image.Image, path: Path, metadata: dict[str, Any] | None = None) -> None:
+    """Write `image` as PNG with `metadata` embedded (`png_bytes`), atomically."""
+    data = png_bytes(image, metadata)
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def read_png_metadata(path: Path | IO[bytes]) -> dict[str, Any] | None:
+    """The eligen metadata of a PNG written by `save_png` (a path or an open binary file), or None when it has
+    none."""
     with Image.open(path) as image:
         text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
     return json.loads(text) if text else None

@@ -1,0 +1,158 @@
+"""`eligen studio`: draw entities in the browser, generate, inpaint and chat, on one loaded model."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from ..agent_commands import MllmFamilyOpt, MllmModelOpt, MllmTimeoutOpt, MllmUrlOpt
+from ..common import err, fail, user_errors
+
+LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def page_info(model: str, loras: list[str], chat: bool, initial: dict[str, Any] | None) -> dict[str, Any]:
+    """What the page needs once: the model, the CLI's defaults, the LoRAs it may use, the vocabulary."""
+    from eligen.pipeline.layout import Edits, Layout, parse_layout
+    from eligen.pipeline.model_defaults import with_model_defaults
+    from eligen.pipeline.model_info import known_words
+    from eligen.pipeline.preview import PALETTE
+
+    native = with_model_defaults(parse_layout({"model": model, "prompt": "-"}), model)  # as `eligen generate` fills
+    fields = {**Layout.model_fields, **Edits.model_fields}
+    defaults = {key: getattr(native, key) if key in Layout.model_fields else fields[key].default for key in (
+        "negative_prompt", "steps", "cfg", "guidance", "schedule", "entity_tokens", "attention",
+        "regions_on_negative", "fusion", "dilate", "feather")}
+    return {"model": model, "defaults": {**defaults, "size": list(native.size)}, "words": known_words(model),
+            "loras": loras, "chat": chat, "initial": initial,
+            "palette": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in PALETTE]}
+
+
+def _has_layout(path: Path) -> bool:
+    """Whether `path` is a PNG written by `eligen generate` (its layout embedded)."""
+    from eligen.pipeline.outputs import read_png_metadata
+
+    try:
+        return path.suffix.lower() == ".png" and "layout" in (read_png_metadata(path) or {})
+    except (OSError, ValueError):
+        return False
+
+
+def _initial(path: Path | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The layout given on the command line for the page to open with and its model, or the image to repaint."""
+    from eligen.pipeline.layout import LayoutError
+    from eligen.pipeline.regions import entity_masks
+
+    from ..sources import load_source
+    from .inputs import layout_json
+
+    if path is None:
+        return None, None
+    if path.suffix.lower() in (".yaml", ".yml") or _has_layout(path):
+        src = load_source(path, {})
+        masks = entity_masks(src.layout, src.base_dir, src.source)
+        return {"kind": "layout", "layout": layout_json(src.layout, masks)}, src.layout.model
+    if not path.is_file():
+        raise LayoutError(str(path), "(file)", "expected a layout YAML or an image file")
+    return {"image": path}, None
+
+
+def _auth(value: str | None) -> str | None:
+    if value is not None and (":" not in value or not value.split(":", 1)[0] or not value.split(":", 1)[1]):
+        raise typer.BadParameter("expected user:password", param_hint="--auth")
+    return value
+
+
+def _is_local(host: str) -> bool:
+    try:
+        return host in LOCAL or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def studio(
+    file: Annotated[Path | None, typer.Argument(
+        help="A layout YAML or a PNG written by eligen to open, or an image to repaint.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Diffusers FLUX folder, hub id or built-in name: shapes, shapes-base [default: the file's model, "
+        "else black-forest-labs/FLUX.1-dev]. The browser cannot change it.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 exposes the studio "
+                                      "to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 7860,
+    auth: Annotated[str | None, typer.Option(help="Require HTTP basic authentication: user:password.")] = None,
+    lora: Annotated[list[str] | None, typer.Option(
+        "--lora", help="A LoRA the page may use: a local .safetensors or hub-repo-id/path/in/repo.safetensors; "
+        "repeat.")] = None,
+    device: Annotated[str | None, typer.Option(help="cuda, mps or cpu [default: the best available].")] = None,
+    dtype: Annotated[Literal["bf16", "fp16", "fp32"] | None, typer.Option(
+        help="Weights dtype [default: bf16 on GPU, fp32 on CPU].")] = None,
+    mllm_url: MllmUrlOpt = None,
+    mllm_model: MllmModelOpt = None,
+    mllm_family: MllmFamilyOpt = None,
+    mllm_timeout: MllmTimeoutOpt = None,
+) -> None:
+    """A local web app: draw entities (boxes, polygons, brush, masks), see their token cells, generate with
+    progress, inpaint, save and restore layouts, and chat with an MLLM (--mllm-url).
+
+    \b
+    Examples:
+      eligen studio --model shapes                     # open http://127.0.0.1:7860/
+      eligen studio layouts/shapes.yaml                # start from a layout (or a PNG eligen wrote)
+      eligen studio --model shapes photo.png           # repaint regions of an image
+    """
+    from eligen.pipeline.layout import DEFAULT_MODEL
+    from eligen.pipeline.model_info import resolve_model
+
+    from .chat import StudioChat
+    from .engine import Engine
+    from .inputs import Upload, source_image
+    from .server import Studio, make_server
+
+    auth = _auth(auth)
+    with user_errors():
+        initial, file_model = _initial(file)
+        chosen = resolve_model(model, Path.cwd(), "--model", "--model") if model else file_model or DEFAULT_MODEL
+        server_loras = [str(Path(spec).resolve()) if Path(spec).is_file() else spec for spec in lora or []]
+        chat = None
+        if mllm_url:
+            from eligen.agent.backends import make_backend
+            from eligen.agent.config import load_settings
+
+            settings = load_settings({"url": mllm_url, "model": mllm_model, "family": mllm_family,
+                                      "timeout": mllm_timeout})
+            chat = StudioChat(make_backend(settings), settings.family, chosen)
+        from eligen.pipeline.generate import EligenPipeline
+
+        with err.status(f"loading {chosen}"):
+            pipe = EligenPipeline.from_pretrained(chosen, device=device, dtype=dtype)
+        engine = Engine(pipe, chosen)
+        if initial is not None and "image" in initial:
+            path: Path = initial["image"]
+            image = source_image(Upload(path.name, path.read_bytes()))
+            initial = {"image": {"image": engine.add_image(image), "name": image.name,
+                                 "size": list(image.image.size)}}
+    try:
+        server = make_server(Studio(engine, page_info(chosen, server_loras, chat is not None, initial), server_loras,
+                                    auth, chat), host, port)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})", 1) from None
+    if not _is_local(host):
+        err.print(f"warning: listening on {host}: anyone who can reach this machine can use the studio"
+                  + ("" if auth else "; consider --auth user:password"))
+    bound_host, bound_port = server.server_address[:2]
+    shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+    err.print(f"eligen studio: http://{shown}:{bound_port}/ (model {chosen}; Ctrl+C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        err.print("stopped")
+    finally:
+        server.server_close()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eligen studio` to the `eligen` app."""
+    app.command()(studio)
