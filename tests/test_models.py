@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from eligen.pipeline.devices import pick_dtype
-from eligen.pipeline.families.flux.load import check_device, transformer_config
+from eligen.pipeline.families.diffusers_family import transformer_config
+from eligen.pipeline.families.flux.load import check_device
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import parse_layout
 from eligen.pipeline.model_info import ModelLoadError
@@ -34,7 +35,7 @@ def test_default_dtypes() -> None:
 
 def test_folder_without_transformer_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a diffusers FLUX folder"):
-        transformer_config(str(tmp_path))
+        transformer_config(str(tmp_path), "FLUX")
 
 
 def test_offload_needs_a_gpu(tiny_model: Path) -> None:

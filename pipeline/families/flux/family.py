@@ -14,19 +14,19 @@ from ...lora import LoraDelta
 from ...sampler import pack, unpack
 from ..base import Velocity
 from ..defaults import FLUX
+from ..diffusers_family import DiffusersFamily
 from .encode import PromptEncoder, flux_text_ids
 from .load import load_flux
 from .lora import load_lora
 from .transformer import image_ids, predict, use_rotary_cache
 
 
-class FluxFamily:
+class FluxFamily(DiffusersFamily):
     """A loaded FLUX.1 model (FLUX.1-dev, schnell, tiny test models): what EliGen needs from it."""
 
     defaults = FLUX
 
-    def __init__(self, pipe: FluxPipeline) -> None:
-        self.pipe = pipe
+    pipe: FluxPipeline
 
     @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, offload: Offload = "none",
@@ -35,29 +35,9 @@ class FluxFamily:
         return cls(load_flux(model, device, dtype, offload, quantize, explicit_device, transformer))
 
     @property
-    def transformer(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
-    @property
     def scale_factor(self) -> int:
         """Pixels per latent pixel (8 for FLUX.1-dev)."""
         return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.pipe.transformer.config.in_channels // 4
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipe._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.transformer.dtype
-
-    @property
-    def scheduler_config(self) -> dict[str, Any]:
-        return self.pipe.scheduler.config
 
     def prompt_encoder(self, max_sequence_length: int) -> PromptEncoder:
         return PromptEncoder(self.pipe, max_sequence_length)

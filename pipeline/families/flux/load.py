@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import FluxPipeline
 
 from ...devices import Offload, Quantize, place, quantization
-from ...hub import fetch
 from ...model_info import ModelLoadError, model_folder
+from ..diffusers_family import transformer_config
 
 FULL_SIZE_LAYERS = 19  # FLUX.1-dev/schnell: 19 double-stream blocks, 12B parameters
-
-
-def transformer_config(model: str) -> dict[str, Any]:
-    """The transformer config of a local folder, or of a hub model (fetched first: clear errors for gated
-    models, missing repos and an offline machine with an empty cache)."""
-    if Path(model).is_dir():
-        path = Path(model) / "transformer" / "config.json"
-        if not path.is_file():
-            raise ModelLoadError(f"{model} is not a diffusers FLUX folder: it has no transformer/config.json")
-    else:
-        fetch(model, "model_index.json")
-        path = fetch(model, "transformer/config.json")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def check_device(model: str, config: dict[str, Any], device: torch.device, explicit: bool) -> None:
@@ -53,7 +38,7 @@ def load_flux(
     transformer; its config and every other component still come from `model`.
     """
     model = model_folder(model)
-    config = transformer_config(model)
+    config = transformer_config(model, "FLUX")
     check_device(model, config, device, explicit_device)
     components = {}
     if transformer is not None:

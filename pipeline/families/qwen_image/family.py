@@ -16,19 +16,19 @@ from ...model_info import ModelLoadError
 from ...sampler import pack, unpack
 from ..base import Velocity
 from ..defaults import QWEN_IMAGE
+from ..diffusers_family import DiffusersFamily
 from .encode import PromptEncoder, qwen_text_ids
 from .load import load_qwen_image
 from .lora import load_lora
 from .transformer import predict
 
 
-class QwenImageFamily:
+class QwenImageFamily(DiffusersFamily):
     """A loaded Qwen-Image model (Qwen/Qwen-Image, tiny test models): what EliGen needs from it."""
 
     defaults = QWEN_IMAGE
 
-    def __init__(self, pipe: QwenImagePipeline) -> None:
-        self.pipe = pipe
+    pipe: QwenImagePipeline
 
     @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, offload: Offload = "none",
@@ -40,29 +40,9 @@ class QwenImageFamily:
         return cls(load_qwen_image(model, device, dtype, offload, quantize, explicit_device))
 
     @property
-    def transformer(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
-    @property
     def scale_factor(self) -> int:
         """Pixels per latent pixel (8 for Qwen-Image)."""
         return self.pipe.vae_scale_factor
-
-    @property
-    def latent_channels(self) -> int:
-        return self.pipe.transformer.config.in_channels // 4
-
-    @property
-    def device(self) -> torch.device:
-        return self.pipe._execution_device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.transformer.dtype
-
-    @property
-    def scheduler_config(self) -> dict[str, Any]:
-        return self.pipe.scheduler.config
 
     def prompt_encoder(self, max_sequence_length: int) -> PromptEncoder:
         return PromptEncoder(self.pipe, max_sequence_length)

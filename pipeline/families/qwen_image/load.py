@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import QwenImagePipeline
 
 from ...devices import Offload, Quantize, place, quantization
-from ...hub import fetch
 from ...model_info import ModelLoadError, model_folder
+from ..diffusers_family import transformer_config
 
 FULL_SIZE_LAYERS = 60  # Qwen-Image: 60 dual-stream blocks of width 3072, about 20B parameters
-
-
-def transformer_config(model: str) -> dict[str, Any]:
-    """The transformer config of a local folder, or of a hub model (fetched first, with clear errors)."""
-    if Path(model).is_dir():
-        path = Path(model) / "transformer" / "config.json"
-        if not path.is_file():
-            raise ModelLoadError(f"{model} is not a diffusers Qwen-Image folder: it has no transformer/config.json")
-    else:
-        fetch(model, "model_index.json")
-        path = fetch(model, "transformer/config.json")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def check_device(model: str, config: dict[str, Any], device: torch.device, explicit: bool) -> None:
@@ -45,7 +31,7 @@ def load_qwen_image(model: str, device: torch.device, dtype: torch.dtype, offloa
                     quantize: Quantize = "none", explicit_device: bool = True) -> QwenImagePipeline:
     """A QwenImagePipeline from a diffusers folder or hub id, placed on `device` or offloaded to it."""
     model = model_folder(model)
-    check_device(model, transformer_config(model), device, explicit_device)
+    check_device(model, transformer_config(model, "Qwen-Image"), device, explicit_device)
     try:
         pipe = QwenImagePipeline.from_pretrained(model, dtype=dtype, quantization_config=quantization(quantize, dtype))
     except (OSError, ValueError) as exc:
