@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -19,6 +19,16 @@ EntityTokensOpt = Annotated[str | None, typer.Option(
     "tokens) or a number [default: the layout's, else max].")]
 DeviceOpt = Annotated[str | None, typer.Option(
     metavar="DEVICE", help="cuda, mps or cpu [default: the best available].")]
+
+# How a model is loaded (`eligen generate`, `eligen inpaint`, `eligen studio`).
+TransformerOpt = Annotated[str | None, typer.Option(
+    metavar="FILE", help="Single-file transformer checkpoint replacing the model's: a local .safetensors or "
+    "hub-repo-id/path/in/repo.safetensors; the rest comes from the model (overrides the file).")]
+DtypeOpt = Annotated[Literal["bf16", "fp16", "fp32"] | None,
+                     typer.Option(help="Weights dtype [default: bf16 on GPU, fp32 on CPU].")]
+OffloadOpt = Annotated[Literal["none", "model", "sequential"], typer.Option(help="CPU offload of the weights.")]
+QuantizeOpt = Annotated[Literal["none", "nf4", "int8", "fp8"], typer.Option(
+    help="Quantise the transformer: nf4 (bitsandbytes, CUDA), int8 or fp8 (torchao, weight-only).")]
 
 
 def _png_name(value: Path | None) -> Path | None:

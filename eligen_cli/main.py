@@ -18,8 +18,12 @@ from eligen.pipeline.outputs import check_writable, save_png
 from .agent_commands import register as register_agent_commands
 from .common import (
     DeviceOpt,
+    DtypeOpt,
     EntityTokensOpt,
+    OffloadOpt,
     OverwriteOpt,
+    QuantizeOpt,
+    TransformerOpt,
     entity_tokens_value,
     err,
     fail,
@@ -60,14 +64,6 @@ ScheduleOpt = Annotated[Literal["flux", "diffsynth"] | None, typer.Option(
 ModelOpt = Annotated[str | None, typer.Option(
     metavar="MODEL", help="Diffusers FLUX or Qwen-Image folder, hub id (black-forest-labs/FLUX.1-dev, Qwen/Qwen-Image) "
     "or built-in name: shapes, shapes-base (overrides the file).")]
-TransformerOpt = Annotated[str | None, typer.Option(
-    metavar="FILE", help="Single-file transformer checkpoint replacing the model's: a local .safetensors or "
-    "hub-repo-id/path/in/repo.safetensors; the rest comes from the model (overrides the file).")]
-DtypeOpt = Annotated[Literal["bf16", "fp16", "fp32"] | None,
-                     typer.Option(help="Weights dtype [default: bf16 on GPU, fp32 on CPU].")]
-OffloadOpt = Annotated[Literal["none", "model", "sequential"], typer.Option(help="CPU offload of the weights.")]
-QuantizeOpt = Annotated[Literal["none", "nf4", "int8", "fp8"], typer.Option(
-    help="Quantise the transformer: nf4 (bitsandbytes, CUDA), int8 or fp8 (torchao, weight-only).")]
 LoraOpt = Annotated[list[str] | None, typer.Option(
     "--lora", metavar="FILE", help="LoRA: a local .safetensors or hub-repo-id/path/in/repo.safetensors; repeat to "
     "stack (replaces the file's `loras`).")]

@@ -119,6 +119,12 @@ def entity_groups(pipe: EligenPipeline, layout: Layout, source: str = "<layout>"
     return [slice(int(a), int(b)) for a, b in itertools.pairwise(np.cumsum([0, *lengths]))]
 
 
+def unsupported_reason(pipe: EligenPipeline) -> str | None:
+    """Why `pipe`'s model has no attention maps, or None when it has them (FLUX)."""
+    name = pipe.family.defaults.name
+    return None if name == "flux" else f"attention maps are implemented for FLUX models, not yet for {name}"
+
+
 def attention_maps(
     pipe: EligenPipeline, layout: Layout, positive: Conditioning, negative: Conditioning | None, seed: int,
     steps: Sequence[int], block: Block = Block(), on_step: StepCallback | None = None,
@@ -131,8 +137,8 @@ def attention_maps(
     wanted = sorted(set(steps))
     if not wanted or wanted[0] < 1 or wanted[-1] > layout.steps:
         raise ValueError(f"expected steps from 1 to {layout.steps}, got {list(steps)}")
-    if pipe.family.defaults.name != "flux":
-        raise ValueError(f"attention maps are implemented for FLUX models, not yet for {pipe.family.defaults.name}")
+    if (reason := unsupported_reason(pipe)) is not None:
+        raise ValueError(reason)
     from .families.flux.attention import joint_qkv
 
     layer = block_attention(pipe.transformer, block)

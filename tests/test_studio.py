@@ -132,6 +132,60 @@ def test_draw_two_boxes_and_a_brush_region_generate_and_the_cli_renders_the_same
     assert read_png_metadata(png)["layout"]["seed"] == 7
 
 
+def test_save_yaml_renders_with_generate_to_the_studios_own_png(
+        page: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    page.fill("#prompt", "a red circle and a blue square")
+    drag(page, (6, 6), (28, 28))
+    page.locator(".entity .prompt").nth(0).fill("a red circle")
+    drag(page, (36, 30), (60, 58))
+    page.locator(".entity .prompt").nth(1).fill("a blue square")
+    page.fill("#seeds", "11")
+    page.fill("#steps", "6")
+    settle(page)
+    page.click("#generate")
+    wait_results(page, 1)
+    png = download(page, "#gallery .result a:text-is('PNG')", tmp_path / "studio.png")
+    saved = download(page, "#save-yaml", tmp_path / "layout.yaml")  # the canvas as it is, not the result's YAML
+
+    layout = load_layout(saved)
+    assert layout.seed == 11 and layout.steps == 6 and layout.model == "shapes"
+    assert [e.box for e in layout.entities] == [(6, 6, 28, 28), (36, 30, 60, 58)]
+    monkeypatch.chdir(tmp_path)
+    _cli("generate", str(saved), "-o", "cli.png")
+    assert (tmp_path / "cli.png").read_bytes() == png.read_bytes()  # same threads: bit for bit
+
+
+def test_inpaint_edits_come_back_from_an_inpaint_png_or_its_edits_yaml(
+        page: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    source = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(source)
+    edits = {"model": "shapes", "prompt": "a red circle and a blue square", "seed": 5, "steps": 2, "dilate": 4,
+             "feather": 2, "fusion": "paper", "entities": [{"prompt": "a red circle", "box": [8, 8, 32, 32]},
+                                        {"prompt": "a blue square", "box": [44, 20, 76, 52]}]}
+    (tmp_path / "edits.yaml").write_text(yaml.safe_dump(edits))
+    monkeypatch.chdir(tmp_path)
+    _cli("inpaint", str(source), "edits.yaml", "-o", "edited.png")
+
+    page.click("#mode-inpaint")
+    page.set_input_files("#source-file", str(source))
+    page.wait_for_function("document.querySelector('#source-name').textContent === 'photo.png (80x64)'")
+    expected_boxes = [e["box"] for e in edits["entities"]]
+    for name, data, kind in [("edited.png", (tmp_path / "edited.png").read_bytes(), "image/png"),
+                             ("edits.yaml", (tmp_path / "edits.yaml").read_bytes(), "application/yaml")]:
+        drop_files(page, [(name, data, kind)])
+        page.wait_for_function(f"document.querySelector('#notice').textContent.startsWith('restored from {name}')")
+        settle(page)
+        assert page.evaluate("S.mode") == "inpaint"
+        assert page.evaluate("S.docs.inpaint.entities.map(e => e.prompt)") == ["a red circle", "a blue square"]
+        assert page.evaluate("S.docs.inpaint.entities.map(e => e.box)") == expected_boxes  # boxes stay boxes
+        assert page.input_value("#fusion") == "paper" and page.input_value("#dilate") == "4"
+        assert page.input_value("#feather") == "2" and page.input_value("#seeds") == "5"
+        assert page.evaluate("S.check.cells.length") == 2
+        page.click("#undo")  # back to the empty canvas for the next file
+        assert page.locator("#entities .entity").count() == 0
+
+
 def test_a_dropped_png_restores_its_layout(page: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     _cli("generate", str(SHAPES), "-o", "shapes.png", "--steps", "2")

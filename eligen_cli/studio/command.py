@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 
 from ..agent_commands import MllmFamilyOpt, MllmModelOpt, MllmTimeoutOpt, MllmUrlOpt
-from ..common import err, fail, user_errors
+from ..common import DeviceOpt, DtypeOpt, OffloadOpt, QuantizeOpt, TransformerOpt, err, fail, user_errors
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
 
-def page_info(model: str, loras: list[str], chat: bool, initial: dict[str, Any] | None) -> dict[str, Any]:
-    """What the page needs once: the model, the CLI's defaults, the LoRAs it may use, the vocabulary."""
+def page_info(model: str, loras: list[str], chat: bool, initial: dict[str, Any] | None,
+              no_attention_maps: str | None = None) -> dict[str, Any]:
+    """What the page needs once: the model, the CLI's defaults, the LoRAs it may use, the vocabulary, and why the
+    model has no attention maps (None when it has them)."""
     from eligen.pipeline.layout import Edits, Layout, parse_layout
     from eligen.pipeline.model_defaults import with_model_defaults
     from eligen.pipeline.model_info import known_words
@@ -27,7 +29,7 @@ def page_info(model: str, loras: list[str], chat: bool, initial: dict[str, Any] 
         "negative_prompt", "steps", "cfg", "guidance", "schedule", "entity_tokens", "attention",
         "regions_on_negative", "fusion", "dilate", "feather")}
     return {"model": model, "defaults": {**defaults, "size": list(native.size)}, "words": known_words(model),
-            "loras": loras, "chat": chat, "initial": initial,
+            "loras": loras, "chat": chat, "initial": initial, "no_attention_maps": no_attention_maps,
             "palette": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in PALETTE]}
 
 
@@ -41,8 +43,9 @@ def _has_layout(path: Path) -> bool:
         return False
 
 
-def _initial(path: Path | None) -> tuple[dict[str, Any] | None, str | None]:
-    """The layout given on the command line for the page to open with and its model, or the image to repaint."""
+def _initial(path: Path | None) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """The layout given on the command line for the page to open with, its model and transformer, or the image to
+    repaint."""
     from eligen.pipeline.layout import LayoutError
     from eligen.pipeline.regions import entity_masks
 
@@ -50,14 +53,14 @@ def _initial(path: Path | None) -> tuple[dict[str, Any] | None, str | None]:
     from .inputs import layout_json
 
     if path is None:
-        return None, None
+        return None, None, None
     if path.suffix.lower() in (".yaml", ".yml") or _has_layout(path):
         src = load_source(path, {})
         masks = entity_masks(src.layout, src.base_dir, src.source)
-        return {"kind": "layout", "layout": layout_json(src.layout, masks)}, src.layout.model
+        return {"kind": "layout", "layout": layout_json(src.layout, masks)}, src.layout.model, src.layout.transformer
     if not path.is_file():
         raise LayoutError(str(path), "(file)", "expected a layout YAML or an image file")
-    return {"image": path}, None
+    return {"image": path}, None, None
 
 
 def _auth(value: str | None) -> str | None:
@@ -77,8 +80,8 @@ def studio(
     file: Annotated[Path | None, typer.Argument(
         help="A layout YAML or a PNG written by eligen to open, or an image to repaint.")] = None,
     model: Annotated[str | None, typer.Option(
-        help="Diffusers FLUX folder, hub id or built-in name: shapes, shapes-base [default: the file's model, "
-        "else black-forest-labs/FLUX.1-dev]. The browser cannot change it.")] = None,
+        help="Diffusers FLUX or Qwen-Image folder, hub id or built-in name: shapes, shapes-base [default: the "
+        "file's model, else black-forest-labs/FLUX.1-dev]. The browser cannot change it.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 exposes the studio "
                                       "to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 7860,
@@ -86,9 +89,11 @@ def studio(
     lora: Annotated[list[str] | None, typer.Option(
         "--lora", help="A LoRA the page may use: a local .safetensors or hub-repo-id/path/in/repo.safetensors; "
         "repeat.")] = None,
-    device: Annotated[str | None, typer.Option(help="cuda, mps or cpu [default: the best available].")] = None,
-    dtype: Annotated[Literal["bf16", "fp16", "fp32"] | None, typer.Option(
-        help="Weights dtype [default: bf16 on GPU, fp32 on CPU].")] = None,
+    transformer: TransformerOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    offload: OffloadOpt = "none",
+    quantize: QuantizeOpt = "none",
     mllm_url: MllmUrlOpt = None,
     mllm_model: MllmModelOpt = None,
     mllm_family: MllmFamilyOpt = None,
@@ -106,6 +111,7 @@ def studio(
     from eligen.pipeline.layout import DEFAULT_MODEL
     from eligen.pipeline.model_info import resolve_model
 
+    from ..sources import resolve_transformer
     from .chat import StudioChat
     from .engine import Engine
     from .inputs import Upload, source_image
@@ -113,8 +119,10 @@ def studio(
 
     auth = _auth(auth)
     with user_errors():
-        initial, file_model = _initial(file)
+        initial, file_model, file_transformer = _initial(file)
         chosen = resolve_model(model, Path.cwd(), "--model", "--model") if model else file_model or DEFAULT_MODEL
+        transformer = resolve_transformer(transformer, Path.cwd(), "--transformer", "--transformer") \
+            if transformer else file_transformer  # as `eligen generate`: the option, else the file's
         server_loras = [str(Path(spec).resolve()) if Path(spec).is_file() else spec for spec in lora or []]
         chat = None
         if mllm_url:
@@ -126,16 +134,18 @@ def studio(
             chat = StudioChat(make_backend(settings), settings.family, chosen)
         from eligen.pipeline.generate import EligenPipeline
 
-        with err.status(f"loading {chosen}"):
-            pipe = EligenPipeline.from_pretrained(chosen, device=device, dtype=dtype)
-        engine = Engine(pipe, chosen)
+        with err.status(f"loading {chosen}" + (f" with transformer {transformer}" if transformer else "")):
+            pipe = EligenPipeline.from_pretrained(chosen, transformer=transformer, device=device, dtype=dtype,
+                                                  offload=offload, quantize=quantize)
+        engine = Engine(pipe, chosen, transformer)
         if initial is not None and "image" in initial:
             path: Path = initial["image"]
             image = source_image(Upload(path.name, path.read_bytes()))
             initial = {"image": {"image": engine.add_image(image), "name": image.name,
                                  "size": list(image.image.size)}}
     try:
-        server = make_server(Studio(engine, page_info(chosen, server_loras, chat is not None, initial), server_loras,
+        server = make_server(Studio(engine, page_info(chosen, server_loras, chat is not None, initial,
+                                                      engine.no_attention_maps), server_loras,
                                     auth, chat), host, port)
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})", 1) from None

@@ -102,8 +102,11 @@ def _seeds(layout: Layout) -> list[int]:
 class Engine:
     """The loaded model and the queue of jobs on it."""
 
-    def __init__(self, pipe: EligenPipeline, model: str) -> None:
-        self.pipe, self.model = pipe, model
+    def __init__(self, pipe: EligenPipeline, model: str, transformer: str | None = None) -> None:
+        from eligen.pipeline.attention_maps import unsupported_reason
+
+        self.pipe, self.model, self.transformer = pipe, model, transformer
+        self.no_attention_maps = unsupported_reason(pipe)  # why this model has none, or None
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.submitted = 0
         self.results: OrderedDict[str, Result] = OrderedDict()
@@ -227,6 +230,8 @@ class Engine:
         from eligen.pipeline.attention_maps import Block, attention_maps, default_steps, draw_attention_grid
 
         layout = result.layout
+        if self.no_attention_maps is not None:
+            raise LayoutError("attention maps", "(model)", self.no_attention_maps)
         if layout is None or not layout.entities:
             raise LayoutError("attention maps", "(image)", "expected a generated image of a layout with entities")
         try:

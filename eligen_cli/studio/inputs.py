@@ -141,23 +141,27 @@ def _check_inline(data: dict[str, Any], source: str) -> None:
                               f"with the layout, got {value[:80]!r}", "the studio reads no files on the server")
 
 
-def _server_data(data: Any, model: str, server_loras: list[str], source: str) -> dict[str, Any]:
+def _server_data(data: Any, model: str, server_loras: list[str], source: str, transformer: str | None = None
+                 ) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LayoutError(source, "(top level)", f"expected a mapping of keys, got {type(data).__name__}")
     data = {k: v for k, v in data.items() if k not in SERVER_KEYS}
     _check_inline(data, source)
-    return {**_check_loras(data, server_loras, source), "model": model}
+    server = {"model": model} if transformer is None else {"model": model, "transformer": transformer}
+    return {**_check_loras(data, server_loras, source), **server}
 
 
-def browser_layout(data: Any, model: str, server_loras: list[str], source: str = "layout") -> Layout:
-    """A layout from the browser, validated as a layout file, on the server's model."""
-    return parse_layout(_server_data(data, model, server_loras, source), source)
+def browser_layout(data: Any, model: str, server_loras: list[str], source: str = "layout",
+                   transformer: str | None = None) -> Layout:
+    """A layout from the browser, validated as a layout file, on the server's model (and its `transformer`)."""
+    return parse_layout(_server_data(data, model, server_loras, source, transformer), source)
 
 
 def browser_edits(data: Any, image_size: tuple[int, int], model: str, server_loras: list[str],
-                  source: str = "edits") -> Edits:
-    """Edits from the browser for an image of `image_size`, validated as an edits file, on the server's model."""
-    data = _server_data(data, model, server_loras, source)
+                  source: str = "edits", transformer: str | None = None) -> Edits:
+    """Edits from the browser for an image of `image_size`, validated as an edits file, on the server's model (and
+    its `transformer`)."""
+    data = _server_data(data, model, server_loras, source, transformer)
     data.pop("size", None)
     return parse_edits(data, image_size, source)
 

@@ -79,11 +79,12 @@ class Studio:
         return {"grid": check.grid, "cells": check.cells, "warnings": check.warnings}
 
     def _layout(self, body: dict[str, Any]) -> tuple[Layout, inputs.SourceImage | None]:
-        model = self.engine.model
+        model, transformer = self.engine.model, self.engine.transformer
         if body.get("mode") == "inpaint":
             image = self.engine.image(body.get("image"))
-            return inputs.browser_edits(body.get("layout"), image.image.size, model, self.server_loras), image
-        return inputs.browser_layout(body.get("layout"), model, self.server_loras), None
+            return inputs.browser_edits(body.get("layout"), image.image.size, model, self.server_loras,
+                                        transformer=transformer), image
+        return inputs.browser_layout(body.get("layout"), model, self.server_loras, transformer=transformer), None
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         layout, image = self._layout(body)

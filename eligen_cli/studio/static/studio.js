@@ -1150,7 +1150,9 @@ function addResult(result) {
              link("YAML", `/api/results/${result.id}.yaml?download`, `${result.file}.yaml`),
              button("Restore", "put this image's layout on the canvas", () => restoreResult(result)));
   if (result.attention) {
-    row.append(button("Attention", "where each entity prompt looks (one extra sampling pass)", async () => {
+    // a model without attention maps keeps the button: the server's refusal says why, next to the canvas
+    const title = S.info.no_attention_maps || "where each entity prompt looks (one extra sampling pass)";
+    row.append(button("Attention", title, async () => {
       const job = await api("/api/attention", { result: result.id });
       if (job.failed) return notice(job.message, true);
       track({ ...job, forResult: result.id });

@@ -1,0 +1,124 @@
+"""`eligen studio` started with the model-loading options of `eligen generate`, and on a Qwen-Image model: driven
+through its JSON API (no browser), each started as a person starts it."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+from studio_browser import STUDIO_THREADS, serve
+from typer.testing import CliRunner
+
+import eligen.pipeline.shapes as shapes_package
+from eligen.main import app
+from eligen.pipeline.outputs import read_png_metadata
+
+runner = CliRunner()
+SHAPES_TRANSFORMER = (Path(shapes_package.__file__).parent / "builtin-models" / "shapes" / "transformer"
+                      / "diffusion_pytorch_model.safetensors")
+SCENE = {"prompt": "a red circle and a blue square", "seed": 3, "steps": 3,
+         "entities": [{"prompt": "a red circle", "box": [4, 4, 30, 30]},
+                      {"prompt": "a blue square", "box": [34, 34, 60, 60]}]}
+JOB_TIMEOUT = 120  # s: a few sampling steps of a tiny model on a busy 2-core machine
+
+
+def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url) as response:
+        return response.read()
+
+
+def _finished(base: str, job: dict[str, Any]) -> dict[str, Any]:
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job still {job['state']} after {JOB_TIMEOUT} s"
+        time.sleep(0.2)
+        job = json.loads(_get(f"{base}api/jobs/{job['id']}"))
+    return job
+
+
+def _generate(base: str, layout: dict[str, Any]) -> tuple[bytes, str]:
+    """Generate one image through the API: its PNG bytes and its YAML."""
+    status, job = _post(f"{base}api/generate", {"mode": "generate", "layout": layout})
+    assert status == 200, job
+    job = _finished(base, job)
+    assert job["state"] == "done", job
+    result = job["results"][0]["id"]
+    return _get(f"{base}api/results/{result}.png"), _get(f"{base}api/results/{result}.yaml").decode()
+
+
+def _cli(*args: str) -> None:
+    """The CLI in this process, on the studio's thread count (the same computation, so the same bits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(STUDIO_THREADS)
+    try:
+        result = runner.invoke(app, list(args))
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+
+
+def test_help_lists_the_loading_options_of_generate() -> None:
+    text = runner.invoke(app, ["studio", "--help"], terminal_width=200).output
+    for option in ("--transformer", "--device", "--dtype", "--offload", "--quantize"):
+        assert option in text, option
+    assert "bf16|fp16|fp32" in text and "none|model|sequential" in text and "none|nf4|int8|fp8" in text
+
+
+def test_loading_options_are_used_and_recorded_so_generate_repeats_the_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    with serve(cwd, "--model", "shapes", "--dtype", "fp32", "--device", "cpu",
+               "--transformer", str(SHAPES_TRANSFORMER)) as served:
+        png, layout_yaml = _generate(served.url, SCENE)
+        _, theirs = _generate(served.url, {**SCENE, "transformer": "/etc/hostname"})  # the browser cannot name one
+        assert f"transformer: {SHAPES_TRANSFORMER}" in theirs and "/etc/hostname" not in theirs
+    assert list(cwd.iterdir()) == []
+    assert read_png_metadata(io.BytesIO(png))["layout"]["transformer"] == str(SHAPES_TRANSFORMER)
+    (tmp_path / "studio.yaml").write_text(layout_yaml)
+    monkeypatch.chdir(tmp_path)
+    _cli("generate", "studio.yaml", "-o", "cli.png", "--dtype", "fp32", "--device", "cpu")
+    assert (tmp_path / "cli.png").read_bytes() == png  # same weights, dtype and threads: the same bytes
+
+
+def test_the_studio_runs_a_qwen_image_model_and_says_it_has_no_attention_maps(
+        tiny_qwen_model: Path, tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    with serve(cwd, "--model", str(tiny_qwen_model), "--dtype", "fp32", "--device", "cpu") as served:
+        info = json.loads(_get(f"{served.url}api/info"))
+        assert info["model"] == str(tiny_qwen_model)
+        assert info["no_attention_maps"] == "attention maps are implemented for FLUX models, not yet for qwen-image"
+        png, _ = _generate(served.url, {**SCENE, "size": [64, 64], "steps": 2})
+        metadata = read_png_metadata(io.BytesIO(png))
+        assert metadata["model"] == str(tiny_qwen_model) and metadata["seed"] == 3
+        assert Image.open(io.BytesIO(png)).size == (64, 64)
+
+        status, job = _post(f"{served.url}api/generate", {"mode": "generate",
+                                                          "layout": {**SCENE, "size": [64, 64], "steps": 2}})
+        result = _finished(served.url, job)["results"][0]["id"]
+        status, answer = _post(f"{served.url}api/attention", {"result": result})
+        assert status == 400 and answer["field"] == "(model)"
+        assert answer["message"] == ("attention maps: (model): attention maps are implemented for FLUX models, "
+                                     "not yet for qwen-image")
+        assert served.process.poll() is None  # still serving
+        png_again, _ = _generate(served.url, {**SCENE, "size": [64, 64], "steps": 2})
+        assert png_again == png  # and still generating, deterministically
+    assert list(cwd.iterdir()) == []
