@@ -340,8 +340,11 @@ def test_cli_inpaint_takes_transformer(tiny_model: Path, bfl_file: Path, tmp_pat
         result = runner.invoke(app, ["inpaint", "photo.png", "edits.yaml", "-o", out, "--model", str(tiny_model),
                                      "--steps", "2", *extra])
         assert result.exit_code == 0, result.output
-        outputs.append(np.asarray(Image.open(tmp_path / out)))
-    assert np.array_equal(*outputs)
+        outputs.append(np.asarray(Image.open(tmp_path / out)).astype(int))
+    # The same weights, but the single file's converted tensors sit in memory differently (fused rows split), so a
+    # matmul kernel may sum in another order (seen on one thread): the images agree within one 8-bit level.
+    assert np.abs(outputs[0] - outputs[1]).max() <= 1
+    assert np.abs(outputs[0] - 120).max() > 5  # the entity was repainted: the comparison is not of two blank images
     assert read_png_metadata(tmp_path / "out1.png")["edits"]["transformer"] == str(bfl_file)
 
 
