@@ -27,6 +27,22 @@ PAGE_TIMEOUT_MS = 120_000  # Playwright waits: generous, for a 2-core CI machine
 STUDIO_THREADS = 1
 
 
+def run_cli(*args: str) -> None:
+    """`eligen ARGS` in this process on the studio's thread count (the same computation, so the same bits)."""
+    import torch
+    from typer.testing import CliRunner
+
+    from eligen.main import app
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(STUDIO_THREADS)
+    try:
+        result = CliRunner().invoke(app, list(args))
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+
+
 @dataclass(frozen=True)
 class Served:
     url: str

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 import torch
 from diffsynth.diffusion import FlowMatchScheduler
-from diffsynth.pipelines.flux_image import FluxImagePipeline, FluxImageUnit_EntityControl, model_fn_flux_image
+from diffsynth.pipelines.flux_image import FluxImagePipeline, model_fn_flux_image
 from diffusers import FluxTransformer2DModel
 from PIL import Image, ImageDraw
 from reference_flux import (
+    EntityUnit,
     TinyFluxDiT,
     diffusers_conditioning_order,
     full_size_parameter_patterns,
@@ -52,22 +53,6 @@ ENTITIES = ["a red cup", "an old book", "a blue hat", "a small coin"]
 
 
 # ---------------------------------------------------------------- the two sides
-
-
-class EntityUnit(FluxImageUnit_EntityControl):
-    """The reference's EliGen unit with its text encoders replaced by ours (the same embeddings on both sides)."""
-
-    def __init__(self, encode: PromptEncoder) -> None:
-        super().__init__()
-        self.encode = encode
-
-    def encode_prompt(self, tokenizer_1, tokenizer_2, text_encoder_1, text_encoder_2, prompt, positive=True,
-                      device="cpu", t5_sequence_length=512):
-        assert t5_sequence_length == self.encode.max_sequence_length
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        t5 = torch.cat([self.encode(p)[0] for p in prompts])
-        pooled = torch.cat([self.encode(p)[1] for p in prompts])
-        return t5, pooled, torch.zeros(t5.shape[0], t5.shape[1], 3)
 
 
 def reference_pipeline(dit: TinyFluxDiT | None = None) -> FluxImagePipeline:

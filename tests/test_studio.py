@@ -15,26 +15,23 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from chat_server import serve as serve_mllm
 from PIL import Image
 from studio_browser import (
     CHROMIUM,
-    STUDIO_THREADS,
     chromium,
     click_at,
     download,
     drag,
     drop_files,
     open_page,
+    run_cli,
     serve,
     settle,
     wait_results,
 )
-from typer.testing import CliRunner
 
-from eligen.main import app
 from eligen.pipeline.inpaint import dilate
 from eligen.pipeline.layout import load_layout
 from eligen.pipeline.model_info import scale_factor
@@ -44,7 +41,6 @@ from eligen.pipeline.regions import entity_masks, token_masks
 playwright = pytest.importorskip("playwright.sync_api", reason="the studio's browser tests need playwright")
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="the studio's browser tests need /usr/bin/chromium "
                                 "(apt-get install chromium chromium-driver; .ci/run installs it)")
-runner = CliRunner()
 SHAPES = Path(__file__).parent.parent / "layouts" / "shapes.yaml"
 
 
@@ -72,17 +68,6 @@ def page(context: Any, studio: Any, js_errors: list[str]) -> Iterator[Any]:
     tab = open_page(context, studio.url, js_errors)
     yield tab
     tab.close()
-
-
-def _cli(*args: str) -> None:
-    """The CLI in this process, on the studio's thread count (the same computation, so the same bits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(STUDIO_THREADS)
-    try:
-        result = runner.invoke(app, list(args))
-    finally:
-        torch.set_num_threads(threads)
-    assert result.exit_code == 0, result.output
 
 
 def _yaml_file(data: dict[str, Any]) -> tuple[str, bytes, str]:
@@ -127,7 +112,7 @@ def test_draw_two_boxes_and_a_brush_region_generate_and_the_cli_renders_the_same
     assert cells == [np.flatnonzero(t).tolist() for t in tokens]  # the cells shown are the ones the model gets
 
     monkeypatch.chdir(tmp_path)
-    _cli("generate", str(layout_file), "-o", "cli.png")
+    run_cli("generate", str(layout_file), "-o", "cli.png")
     assert (tmp_path / "cli.png").read_bytes() == png.read_bytes()  # same pixels, same embedded layout
     assert read_png_metadata(png)["layout"]["seed"] == 7
 
@@ -151,7 +136,7 @@ def test_save_yaml_renders_with_generate_to_the_studios_own_png(
     assert layout.seed == 11 and layout.steps == 6 and layout.model == "shapes"
     assert [e.box for e in layout.entities] == [(6, 6, 28, 28), (36, 30, 60, 58)]
     monkeypatch.chdir(tmp_path)
-    _cli("generate", str(saved), "-o", "cli.png")
+    run_cli("generate", str(saved), "-o", "cli.png")
     assert (tmp_path / "cli.png").read_bytes() == png.read_bytes()  # same threads: bit for bit
 
 
@@ -165,7 +150,7 @@ def test_inpaint_edits_come_back_from_an_inpaint_png_or_its_edits_yaml(
                                         {"prompt": "a blue square", "box": [44, 20, 76, 52]}]}
     (tmp_path / "edits.yaml").write_text(yaml.safe_dump(edits))
     monkeypatch.chdir(tmp_path)
-    _cli("inpaint", str(source), "edits.yaml", "-o", "edited.png")
+    run_cli("inpaint", str(source), "edits.yaml", "-o", "edited.png")
 
     page.click("#mode-inpaint")
     page.set_input_files("#source-file", str(source))
@@ -188,7 +173,7 @@ def test_inpaint_edits_come_back_from_an_inpaint_png_or_its_edits_yaml(
 
 def test_a_dropped_png_restores_its_layout(page: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    _cli("generate", str(SHAPES), "-o", "shapes.png", "--steps", "2")
+    run_cli("generate", str(SHAPES), "-o", "shapes.png", "--steps", "2")
     drop_files(page, [("shapes.png", (tmp_path / "shapes.png").read_bytes(), "image/png")])
     page.wait_for_function("document.querySelector('#notice').textContent.startsWith('restored from shapes.png')")
     settle(page)
@@ -278,7 +263,7 @@ def test_cancel_stops_a_generation(page: Any) -> None:
     assert page.locator("#gallery .result").count() == 0
 
 
-def test_inpaint_keeps_every_pixel_outside_the_grown_regions_and_equals_the_cli(
+def test_inpaint_keeps_every_pixel_outside_the_grown_regions_and_equals_therun_cli(
         page: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(0)
     source = tmp_path / "photo.png"
@@ -305,7 +290,7 @@ def test_inpaint_keeps_every_pixel_outside_the_grown_regions_and_equals_the_cli(
     assert not np.array_equal(before[region], after[region])
 
     monkeypatch.chdir(tmp_path)
-    _cli("inpaint", str(source), str(edits), "-o", "cli-edited.png")
+    run_cli("inpaint", str(source), str(edits), "-o", "cli-edited.png")
     assert (tmp_path / "cli-edited.png").read_bytes() == result.read_bytes()
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image
-from studio_browser import STUDIO_THREADS, serve
+from studio_browser import run_cli, serve
 from typer.testing import CliRunner
 
 import eligen.pipeline.shapes as shapes_package
@@ -63,17 +62,6 @@ def _generate(base: str, layout: dict[str, Any]) -> tuple[bytes, str]:
     return _get(f"{base}api/results/{result}.png"), _get(f"{base}api/results/{result}.yaml").decode()
 
 
-def _cli(*args: str) -> None:
-    """The CLI in this process, on the studio's thread count (the same computation, so the same bits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(STUDIO_THREADS)
-    try:
-        result = runner.invoke(app, list(args))
-    finally:
-        torch.set_num_threads(threads)
-    assert result.exit_code == 0, result.output
-
-
 def test_help_lists_the_loading_options_of_generate() -> None:
     text = runner.invoke(app, ["studio", "--help"], terminal_width=200).output
     for option in ("--transformer", "--device", "--dtype", "--offload", "--quantize"):
@@ -94,7 +82,7 @@ def test_loading_options_are_used_and_recorded_so_generate_repeats_the_image(
     assert read_png_metadata(io.BytesIO(png))["layout"]["transformer"] == str(SHAPES_TRANSFORMER)
     (tmp_path / "studio.yaml").write_text(layout_yaml)
     monkeypatch.chdir(tmp_path)
-    _cli("generate", "studio.yaml", "-o", "cli.png", "--dtype", "fp32", "--device", "cpu")
+    run_cli("generate", "studio.yaml", "-o", "cli.png", "--dtype", "fp32", "--device", "cpu")
     assert (tmp_path / "cli.png").read_bytes() == png  # same weights, dtype and threads: the same bytes
 
 

@@ -278,6 +278,14 @@ def _write_compat_files(folder: Path, clip_vocab: dict[str, int], clip_merges: l
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a finished folder to its name in one rename (the target checked once more just before)."""
+    _check_target(out)
+    if out.is_dir():
+        out.rmdir()  # empty (checked just above); rename needs the name free on every platform
+    tmp.rename(out)
+
+
 def _check_target(out_dir: Path) -> None:
     """Raise FileExistsError unless out_dir is absent or an empty directory."""
     if out_dir.is_dir():
@@ -332,10 +340,7 @@ def build_tiny_flux(
         _write_compat_files(tmp, *_clip_vocab_and_merges())
         meta = {"max_sequence_length": max_sequence_length, "note": "random weights: images are noise"}
         (tmp / "eligen.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _check_target(out)
-        if out.is_dir():
-            out.rmdir()  # empty (checked just above); rename needs the name free on every platform
-        tmp.rename(out)
+        _publish(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny_flux import _check_target, _quiet_transformers_progress
+from .tiny_flux import _check_target, _publish, _quiet_transformers_progress
 
 __all__ = ["build_tiny_qwen_image"]
 
@@ -191,10 +191,7 @@ def build_tiny_qwen_image(out_dir: str | Path, *, seed: int = 0) -> Path:
             torch.manual_seed(seed)
             tmp.mkdir()
             _save(tmp)
-        _check_target(out)
-        if out.is_dir():
-            out.rmdir()  # empty (checked just above); rename needs the name free on every platform
-        tmp.rename(out)
+        _publish(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
