@@ -15,9 +15,15 @@ eligen train --config "$here/shapes-eligen.yaml" --model "$runs/base" --data "$r
 # the shipped weights continued that run (the cosine restarts at half the rate, decays to 0 at step 3000)
 eligen train --config "$here/shapes-eligen.yaml" --model "$runs/base" --data "$runs/data" -o "$runs/eligen" \
     --resume latest --steps 3000
+python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" -o "$runs/stage3"
+# step 3b: more EliGen training on 40,000 fresh scenes from those weights; step 1b: a sharper decoder
+eligen data shapes -o "$runs/data2" --n 40000 --seed 2
+eligen train --config "$here/shapes-eligen-continue.yaml" --model "$runs/stage3/shapes" --data "$runs/data2" \
+    -o "$runs/eligen2"
+python "$here/shapes_vae.py" -o "$runs/vae-sharp" --init "$runs/vae" --decoder-only --lr 5e-4 --steps 800 --seed 1
+python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" --eligen "$runs/eligen2" \
+    --vae "$runs/vae-sharp" -o "$here/../pipeline/shapes/builtin-models"
 eval=(eligen eval "$runs/heldout-layouts" --seeds 4 --steps 16)
-"${eval[@]}" --model "$runs/base" --global-only -o "$runs/eval-a"
-"${eval[@]}" --model "$runs/base" -o "$runs/eval-b"
-"${eval[@]}" --model "$runs/base" --transformer "$runs/eligen/transformer/diffusion_pytorch_model.safetensors" \
-    -o "$runs/eval-c"
-python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" -o "$here/../pipeline/shapes/builtin-models"
+"${eval[@]}" --model shapes-base --global-only -o "$runs/eval-a"
+"${eval[@]}" --model shapes-base -o "$runs/eval-b"
+"${eval[@]}" --model shapes -o "$runs/eval-c"

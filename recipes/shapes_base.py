@@ -9,6 +9,7 @@ logit-normal t, 10% caption dropout (the empty prompt), AdamW with warmup and co
 EMA weights are saved). Training scenes are a fixed pool encoded once by the VAE of `shapes_vae.py`.
 The folder holds fp16 weights and `eligen.json` (T5 length 16, the native size, steps and CFG, the vocabulary
 and the most shapes per training scene); `train_summary.json` records wall time, samples/s and the loss curve.
+Runs on CUDA when there is a GPU (`--device`); the random draws come from a CPU generator, so they are the same.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeli
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from eligen.pipeline.conditioning import Conditioning
-from eligen.pipeline.families.flux.transformer import image_ids
+from eligen.pipeline.families.flux.transformer import image_ids, predict
 from eligen.pipeline.sampler import pack
 from eligen.pipeline.shapes.scenes import PALETTE, SHAPES, render, scenes
 from eligen.pipeline.shapes.tiny_flux import (
@@ -109,7 +110,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=16384, help="training scenes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, help="start from the transformer of an earlier base folder (continue)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     vae = AutoencoderKL.from_pretrained(args.vae)
     pipe = build_pipeline(vae, args.seed)
@@ -119,11 +122,16 @@ def main() -> None:
             text_encoder=CLIPTextModel.from_pretrained(args.init, subfolder="text_encoder").float().eval(),
             text_encoder_2=T5EncoderModel.from_pretrained(args.init, subfolder="text_encoder_2").float().eval(),
         )
+    latents, captions = encode_pool(vae, args.pool, args.seed)
+    pipe.to(device)
+    latents = latents.to(device)
     transformer = pipe.transformer
     ema = copy.deepcopy(transformer).requires_grad_(False)
-    latents, captions = encode_pool(vae, args.pool, args.seed)
     side = 2 * math.isqrt(latents.shape[1])  # latent pixels per side (2x2 latent pixels per token)
-    ids = image_ids(side, side, torch.device("cpu"), torch.float32)
+    ids = image_ids(side, side, device, torch.float32)
+    def velocity(x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return predict(transformer, x, timestep, cond, ids, None)
+
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(args.seed)
     prompt_cache: dict[str, tuple] = {}
@@ -137,11 +145,11 @@ def main() -> None:
         drop = torch.rand(args.batch_size, generator=generator) < args.caption_dropout
         prompts = ["" if d else captions[i] for i, d in zip(index.tolist(), drop.tolist(), strict=True)]
         t5, pooled = encode_prompts(pipe, prompts, prompt_cache)
-        cond = Conditioning(t5, pooled, torch.zeros(t5.shape[1], 3), None)
-        x0 = latents[index]
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.sigmoid(torch.randn(args.batch_size, generator=generator))
-        loss = rectified_flow_loss(transformer, x0, noise, t, torch.ones_like(t), cond, ids, None)
+        cond = Conditioning(t5, pooled, torch.zeros(t5.shape[1], 3, device=device), None)
+        x0 = latents[index.to(device)]
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        t = torch.sigmoid(torch.randn(args.batch_size, generator=generator)).to(device)
+        loss = rectified_flow_loss(velocity, x0, noise, t, torch.ones_like(t), cond)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -159,7 +167,7 @@ def main() -> None:
 
     pipe.transformer = ema
     pipe.register_modules(transformer=ema)
-    pipe.to(torch.float16).save_pretrained(args.output, safe_serialization=True)
+    pipe.to("cpu", torch.float16).save_pretrained(args.output, safe_serialization=True)
     _write_compat_files(args.output, *_clip_vocab_and_merges(WORDS))
     meta = {"note": "the built-in shapes model (recipes/shapes_base.py): 64x64 scenes of 1-4 flat shapes, "
             "captions in the words of `vocabulary`", "max_sequence_length": MAX_SEQUENCE_LENGTH,

@@ -1,10 +1,13 @@
 """Assemble the built-in shapes models from a recipe run (last step of docs/shapes.md).
 
-    python recipes/shapes_ship.py --base runs/shapes/base --eligen runs/shapes/eligen -o pipeline/shapes/builtin-models
+    python recipes/shapes_ship.py --base runs/shapes/base --eligen runs/shapes/eligen [--eligen runs/shapes/eligen2] \
+        [--vae runs/shapes/vae-sharp] -o pipeline/shapes/builtin-models
 
 Writes OUT/shapes-base (the base folder as written by shapes_base.py) and OUT/shapes (the same folder with
-the transformer of `eligen train --full` in fp16 in place of the base transformer, and the training settings
-without this machine's paths).
+the transformer of the last `--eligen` run (`eligen train --full`) in fp16 in place of the base transformer, and
+the training settings of every `--eligen` run in order, without this machine's paths). `--vae` puts a VAE whose
+decoder was sharpened with `shapes_vae.py --decoder-only` into both folders: its encoder, and so the latents the
+transformers were trained on, are the base folder's.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import FluxTransformer2DModel
+from diffusers import AutoencoderKL, FluxTransformer2DModel
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, required=True, help="folder written by shapes_base.py")
-    parser.add_argument("--eligen", type=Path, required=True, help="output folder of `eligen train --full`")
+    parser.add_argument("--eligen", type=Path, required=True, action="append",
+                        help="output folder of `eligen train --full` (again for each later stage, in order)")
+    parser.add_argument("--vae", type=Path, help="a VAE from `shapes_vae.py --decoder-only` for both folders")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
 
@@ -30,12 +35,18 @@ def main() -> None:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(args.base, target)
+        if args.vae is not None:
+            shutil.rmtree(target / "vae")
+            AutoencoderKL.from_pretrained(args.vae, torch_dtype=torch.float16).save_pretrained(
+                target / "vae", safe_serialization=True)
     shutil.rmtree(shapes / "transformer")
-    transformer = FluxTransformer2DModel.from_pretrained(args.eligen / "transformer", torch_dtype=torch.float16)
+    transformer = FluxTransformer2DModel.from_pretrained(args.eligen[-1] / "transformer", torch_dtype=torch.float16)
     transformer.save_pretrained(shapes / "transformer", safe_serialization=True)
-    config = json.loads((args.eligen / "config.json").read_text(encoding="utf-8"))
-    settings = {k: v for k, v in config.items() if k not in ("data", "output", "model", "cache_dir", "resume")}
-    (shapes / "eligen_train_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    stages = []
+    for run in args.eligen:
+        config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        stages.append({k: v for k, v in config.items() if k not in ("data", "output", "model", "cache_dir", "resume")})
+    (shapes / "eligen_train_config.json").write_text(json.dumps(stages, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {base} and {shapes}")
 
 

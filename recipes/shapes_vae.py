@@ -1,11 +1,15 @@
 """Train the shapes model's VAE (step 1 of the shapes recipe, docs/shapes.md).
 
     python recipes/shapes_vae.py -o runs/shapes/vae [--steps 700] [--minutes 8] [--seed 0] [--init VAE]
+    python recipes/shapes_vae.py -o runs/shapes/vae-sharp --init runs/shapes/vae --decoder-only [--lr 5e-4]
 
 An `AutoencoderKL` with 3 blocks (16, 32, 64 channels), one layer per block, 16 latent channels and
 factor 4 (64x64 images -> 16x16 latents), no mid-block attention; loss L1 + MSE + 1e-6 KL on freshly
 generated scenes; Adam with cosine decay. Its `scaling_factor` (1/std) and `shift_factor` (mean) of the
 latents of held-out scenes are written into its config. Prints wall time, samples/s and held-out PSNR.
+`--decoder-only` trains the decoder of an `--init` VAE with its encoder frozen: the latents, their scaling and
+so every transformer trained on them stay valid, and only the pixels drawn from them get sharper.
+Runs on CUDA when there is a GPU (`--device`).
 """
 
 from __future__ import annotations
@@ -48,20 +52,27 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, help="continue from a VAE this script wrote")
+    parser.add_argument("--decoder-only", action="store_true", help="train the decoder of --init, encoder frozen")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    if args.decoder_only and args.init is None:
+        parser.error("--decoder-only needs --init (the VAE whose encoder, and so whose latents, are kept)")
 
     torch.manual_seed(args.seed)
-    vae = AutoencoderKL.from_pretrained(args.init) if args.init else build_vae()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=args.lr)
-    held_out = scene_batch(256, seed=10_000_000 + args.seed)
+    vae = (AutoencoderKL.from_pretrained(args.init) if args.init else build_vae()).to(args.device)
+    if args.decoder_only:
+        vae.encoder.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=args.lr)
+    held_out = scene_batch(256, seed=10_000_000 + args.seed).to(args.device)
     start, step, log = time.time(), 0, []
     while step < args.steps and time.time() - start < args.minutes * 60:
         progress = max(step / args.steps, (time.time() - start) / (args.minutes * 60))  # whichever ends first
         lr = args.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images = scene_batch(args.batch_size, seed=args.seed * 1_000_003 + step)
-        posterior = vae.encode(images).latent_dist
+        images = scene_batch(args.batch_size, seed=args.seed * 1_000_003 + step).to(args.device)
+        with torch.set_grad_enabled(not args.decoder_only):
+            posterior = vae.encode(images).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = (recon - images).abs().mean() + ((recon - images) ** 2).mean() + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -79,6 +90,8 @@ def main() -> None:
         recon = vae.decode(latents).sample.clamp(-1, 1)
     mse = ((recon - held_out) / 2).pow(2).mean().item()
     shift, scale = latents.mean().item(), 1 / latents.std().item()
+    if args.decoder_only:  # the latents are the init's: keep its normalisation exactly
+        shift, scale = vae.config.shift_factor, vae.config.scaling_factor
     vae.register_to_config(shift_factor=round(shift, 5), scaling_factor=round(scale, 5))
     vae.save_pretrained(args.output, safe_serialization=True)
     summary = {"steps": step, "batch_size": args.batch_size, "wall_s": round(wall, 1),
