@@ -37,29 +37,38 @@ def data_shapes(
     seed: Annotated[int, typer.Option(help="Seed; the dataset depends on it only.")] = 0,
     size: Annotated[int, typer.Option(min=16, help="Image side in pixels (a multiple of 16).")] = 64,
     entities: Annotated[str, typer.Option(
-        metavar="N|LOW-HIGH", help="Allowed shape counts per scene, e.g. 1-4 or 2-3.")] = "1-4",
+        metavar="N|LOW-HIGH", help="Allowed shape counts per scene (1-7: one colour each), e.g. 1-4 or 2-3; "
+        "a shape that finds no free spot is left out.")] = "1-4",
     layouts: Annotated[Path | None, typer.Option(
         metavar="DIR", help="Also write each scene as a layout YAML here (for the shapes model).")] = None,
+    regions: Annotated[str, typer.Option(
+        metavar="box|polygon|mask", help="Entity regions of the --layouts files: boxes, the outline of each "
+        "shape as a polygon, or its exact mask PNG (in DIR/masks).")] = "box",
 ) -> None:
-    """Scenes of 1-4 flat circles, squares and triangles with captions, entity boxes and exact masks.
+    """Scenes of flat circles, squares and triangles with captions, entity boxes and exact masks.
 
     \b
     Examples:
       eligen data shapes -o shapes-data --n 12000 --seed 1          # a training set
       eligen data shapes -o heldout --n 64 --seed 999 --entities 2-3 --layouts heldout-layouts
+      eligen data shapes -o masked --n 64 --seed 999 --entities 2-3 --layouts masked-layouts --regions mask
       eligen generate heldout-layouts/00000.yaml                     # a scene's layout, on the shapes model
     """
-    from eligen.pipeline.shapes.scenes import write_shapes_dataset
+    from eligen.pipeline.shapes.scenes import PALETTE, write_shapes_dataset
 
     low, _, high = entities.partition("-")
-    if not (low.isdigit() and (high or low).isdigit()) or not 1 <= int(low) <= int(high or low) <= 4:
-        raise typer.BadParameter(f"expected COUNT or LOW-HIGH within 1-4, got {entities!r}", param_hint="--entities")
+    most = len(PALETTE)
+    if not (low.isdigit() and (high or low).isdigit()) or not 1 <= int(low) <= int(high or low) <= most:
+        raise typer.BadParameter(f"expected COUNT or LOW-HIGH within 1-{most}, got {entities!r}",
+                                 param_hint="--entities")
+    if regions not in ("box", "polygon", "mask"):
+        raise typer.BadParameter(f"expected box, polygon or mask, got {regions!r}", param_hint="--regions")
     if size % 16:
         raise typer.BadParameter(f"expected a multiple of 16, got {size}", param_hint="--size")
     if (output / "metadata.jsonl").exists():
         raise typer.BadParameter(f"{output} already holds a dataset", param_hint="-o/--output")
     counts = tuple(range(int(low), int(high or low) + 1))
-    write_shapes_dataset(output, n, seed, size, counts, layouts)
+    write_shapes_dataset(output, n, seed, size, counts, layouts, regions)  # type: ignore[arg-type]
     err.print(f"wrote {n} scenes to {output / 'metadata.jsonl'}" + (f" and layouts to {layouts}" if layouts else ""))
 
 

@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import typer
 from PIL import Image
 from typer.testing import CliRunner
 
 from eligen.pipeline.dataset import read_dataset
+from eligen.pipeline.layout import load_layout
+from eligen.pipeline.regions import entity_masks
 from eligen.pipeline.shapes.detector import box_iou, detect, parse_entity, score_entity
 from eligen.pipeline.shapes.scenes import PALETTE, render, scenes, shape_mask, write_shapes_dataset
 from eligen.shapes_commands import register
@@ -91,6 +94,37 @@ def test_data_shapes_command(tmp_path: Path) -> None:
     assert len(list((tmp_path / "d" / "masks").glob("*.png"))) == sum(len(json.loads(x)["entities"]) for x in lines)
     bad = runner.invoke(_app(), ["data", "shapes", "-o", str(tmp_path / "e"), "--entities", "0-9"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("regions", ["polygon", "mask"])
+def test_layouts_with_shape_regions_cover_the_drawn_shapes(tmp_path: Path, regions: str) -> None:
+    """`--regions polygon|mask`: each entity's region is its shape's outline or exact mask, not its box."""
+    chosen = write_shapes_dataset(tmp_path / "d", 6, seed=3, counts=(3, 4), layouts=tmp_path / "l",
+                                  regions=regions)
+    for i, scene in enumerate(chosen):
+        path = tmp_path / "l" / f"{i:05d}.yaml"
+        layout = load_layout(path)
+        masks = entity_masks(layout, path.parent, str(path))
+        for shape, mask in zip(scene.shapes, masks, strict=True):
+            truth = shape_mask(shape, scene.size)
+            iou = (mask & truth).sum() / (mask | truth).sum()
+            if regions == "mask":
+                assert iou == 1.0
+            else:  # the polygon is the shape's outline, filled by pixel centres: PIL's raster differs at the rim
+                assert iou > 0.85, (shape, iou)
+            if shape.kind != "square":
+                assert mask.sum() < 0.9 * (shape.box[2] - shape.box[0]) ** 2  # smaller than the box
+
+
+def test_data_shapes_allows_more_entities_than_training(tmp_path: Path) -> None:
+    result = runner.invoke(_app(), ["data", "shapes", "-o", str(tmp_path / "d"), "--n", "4", "--seed", "1",
+                                    "--entities", "5-6", "--layouts", str(tmp_path / "l")])
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "d" / "metadata.jsonl").read_text().splitlines()
+    counts = [len(json.loads(line)["entities"]) for line in lines]
+    assert max(counts) >= 5 and min(counts) >= 3, counts  # a shape without a free spot is left out
+    bad = runner.invoke(_app(), ["data", "shapes", "-o", str(tmp_path / "e"), "--regions", "circle"])
+    assert bad.exit_code == 2 and "--regions" in bad.output
 
 
 def test_eval_command_runs_and_writes_report(tiny_model: Path, tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ Everything depends only on the seed.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
@@ -104,26 +106,55 @@ def scenes(count: int, seed: int, size: int = 64, counts: tuple[int, ...] = (1, 
 SHAPES_MODEL = "shapes"  # the built-in model these scenes are for (docs/shapes.md)
 
 
-def layout_data(scene: Scene, seed: int = 0) -> dict:
-    """The scene as a layout file's data (pixel boxes) for the shapes model, for `eligen generate` and
-    `eligen eval`."""
+RegionKind = Literal["box", "polygon", "mask"]
+CIRCLE_VERTICES = 32
+
+
+def shape_polygon(shape: Shape) -> list[list[float]]:
+    """The outline of the shape in pixel coordinates: its square, its triangle, or a 32-gon for a circle."""
+    x0, y0, x1, y1 = shape.box
+    if shape.kind == "square":
+        return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+    if shape.kind == "triangle":
+        return [[x0, y1], [x1, y1], [(x0 + x1) / 2, y0]]
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    return [[round(cx + r * math.cos(a), 2), round(cy + r * math.sin(a), 2)]
+            for a in (2 * math.pi * k / CIRCLE_VERTICES for k in range(CIRCLE_VERTICES))]
+
+
+def layout_data(scene: Scene, seed: int = 0, regions: RegionKind = "box",
+                masks: list[str] | None = None) -> dict:
+    """The scene as a layout file's data for the shapes model, for `eligen generate` and `eligen eval`.
+
+    Each entity's region is its box (pixels), the outline of its shape (`polygon`), or, with `regions="mask"`,
+    the mask file named by `masks` (one path per shape, relative to the layout file).
+    """
+    def region(i: int, shape: Shape) -> dict:
+        if regions == "polygon":
+            return {"polygon": shape_polygon(shape)}
+        if regions == "mask":
+            assert masks is not None, "mask regions need the mask paths"
+            return {"mask": masks[i]}
+        return {"box": list(shape.box)}
+
     return {"model": SHAPES_MODEL, "size": [scene.size, scene.size], "seed": seed, "prompt": scene.caption,
-            "entities": [{"prompt": s.prompt, "box": list(s.box)} for s in scene.shapes]}
+            "entities": [{"prompt": s.prompt, **region(i, s)} for i, s in enumerate(scene.shapes)]}
 
 
 def write_shapes_dataset(
     folder: Path, count: int, seed: int = 0, size: int = 64, counts: tuple[int, ...] = (1, 2, 3, 4),
-    layouts: Path | None = None,
+    layouts: Path | None = None, regions: RegionKind = "box",
 ) -> list[Scene]:
-    """Write `count` scenes to `folder`: images/, masks/ (one PNG per shape), metadata.jsonl.
+    """Write `count` scenes to `folder`: images/, masks/ (one PNG per shape), metadata.jsonl (entity boxes).
 
-    With `layouts`, also one layout YAML per scene there (held-out layouts for `eligen eval`).
+    With `layouts`, also one layout YAML per scene there (held-out layouts for `eligen eval`), each entity's
+    region given as `regions` says; mask regions are PNGs in `layouts/masks/`.
     """
     chosen = scenes(count, seed, size, counts)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(exist_ok=True)
     if layouts is not None:
-        layouts.mkdir(parents=True, exist_ok=True)
+        (layouts / "masks" if regions == "mask" else layouts).mkdir(parents=True, exist_ok=True)
     lines = []
     for i, scene in enumerate(chosen):
         render(scene).save(folder / "images" / f"{i:05d}.png")
@@ -133,6 +164,11 @@ def write_shapes_dataset(
         lines.append(json.dumps({"image": f"images/{i:05d}.png", "prompt": data["prompt"],
                                  "entities": data["entities"]}))
         if layouts is not None:
-            (layouts / f"{i:05d}.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            masks = [f"masks/{i:05d}-{j}.png" for j in range(len(scene.shapes))]
+            if regions == "mask":
+                for j, shape in enumerate(scene.shapes):
+                    Image.fromarray(shape_mask(shape, size)).save(layouts / masks[j])
+            written = layout_data(scene, regions=regions, masks=masks)
+            (layouts / f"{i:05d}.yaml").write_text(yaml.safe_dump(written, sort_keys=False), encoding="utf-8")
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return chosen
