@@ -77,7 +77,12 @@ def check_references(layout: Layout, base_dir: Path, source: str) -> None:
     if spec.image is None and not any(e.reference is not None for e in layout.entities):
         raise LayoutError(source, "ip_adapter", "expected a reference image: `image:` here or `reference:` on an "
                           "entity")
-    adapter_file(spec, base_dir, source)
+    from .families.flux.ip_adapter import adapter_format  # the formats known (FLUX's: the only family with any)
+
+    try:
+        adapter_format(adapter_file(spec, base_dir, source))
+    except IPAdapterError as exc:
+        raise LayoutError(source, "ip_adapter.path", str(exc)) from None
     for field, image, _, _ in active_references(layout):
         open_reference(image, base_dir, source, field)
 

@@ -60,7 +60,12 @@ def read_adapter_file(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as exc:
             raise IPAdapterError(f"{path} could not be read as a .safetensors file: {exc}") from exc
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors read when used
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            data = torch.load(path, map_location="cpu", weights_only=True)  # a file in torch's legacy format
     except Exception as exc:  # torch.load raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
         raise IPAdapterError(f"{path} could not be read as a .safetensors file or a weights-only torch file: "
                              f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
@@ -73,6 +78,20 @@ def read_adapter_file(path: Path) -> dict[str, torch.Tensor]:
         elif isinstance(value, torch.Tensor):
             flat[key] = value
     return flat
+
+
+def adapter_format(path: Path) -> Format:
+    """The format of an adapter file, from its key names (the tensors are not read)."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                names = {k: torch.empty(0) for k in file.keys()}  # noqa: SIM118 - safe_open is not a mapping
+        except (SafetensorError, OSError) as exc:
+            raise IPAdapterError(f"{path} could not be read as a .safetensors file: {exc}") from exc
+        return canonical_keys(names, path)[0]
+    return canonical_keys(read_adapter_file(path), path)[0]
 
 
 _XLABS_LAYER = re.compile(r"double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)")
