@@ -75,6 +75,22 @@ def test_format_told_from_the_file(fmt, adapters, tiny_pipe) -> None:
     assert shape.bias == (fmt == "xlabs")
 
 
+def test_tiny_model_command_writes_both_adapters(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from eligen.main import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["tiny-model", str(tmp_path / "m"), "--ip-adapters"])
+    assert result.exit_code == 0, result.output
+    for fmt, name in FILES.items():
+        path = tmp_path / "m" / "ip-adapters" / name
+        assert canonical_keys(read_adapter_file(path), path)[0] == fmt
+        assert (tmp_path / "m" / "ip-adapters" / fmt / "image_encoder" / "config.json").is_file()
+    refused = runner.invoke(app, ["tiny-model", str(tmp_path / "q"), "--family", "qwen-image", "--ip-adapters"])
+    assert refused.exit_code == 2 and not (tmp_path / "q").exists()
+
+
 def test_real_instantx_names_and_shapes_fit_flux_dev() -> None:
     """The key names and shapes of InstantX/FLUX.1-dev-IP-Adapter's ip-adapter.bin, written out here from its model
     code (an MLP 1152 -> 2304 -> 128 x 4096, a LayerNorm, `to_k_ip`/`to_v_ip` 4096 -> 3072 without bias for 57
