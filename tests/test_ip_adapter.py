@@ -242,3 +242,23 @@ def test_an_entity_reference_acts_on_its_region_only(adapters, images, tiny_pipe
     assert changed_tokens(base[0], other[0]) == outside and changed_tokens(base[2], other[2]) == outside
     assert changed_tokens(base[3], other[3]) == set(range(base[3].shape[0]))  # single block: the text too
     assert changed_tokens(base[1], other[1]) == set()  # dual block: the adapter acts on the image stream only
+
+
+def test_attention_maps_pass_keeps_the_adapter(adapters, images, tiny_pipe, monkeypatch) -> None:
+    """The extra sampling pass of `--attention-maps` runs the recorded block with the adapter too: its adapter layer
+    is called in every step of both branches."""
+    from eligen.pipeline.adapter_input import AdapterInput
+    from eligen.pipeline.attention_maps import Block, attention_maps
+
+    layout = make_layout(adapters, spec={"image": "a.png"})
+    positive, negative = tiny_pipe.prepare(layout, images)
+    layers: list[int] = []
+    original = AdapterInput.contribution
+
+    def counting(self, query, layer, text_length):
+        layers.append(layer)
+        return original(self, query, layer, text_length)
+
+    monkeypatch.setattr(AdapterInput, "contribution", counting)
+    attention_maps(tiny_pipe, layout, positive, negative, 3, [1, 2], Block.parse("dual:-1"))
+    assert layers.count(1) == 2 * layout.steps  # the last dual block's layer: 2 branches x 2 steps
