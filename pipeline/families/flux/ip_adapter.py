@@ -223,17 +223,22 @@ class IPAdapter(torch.nn.Module):
     def keys_values(self, embeds: torch.Tensor, device: torch.device
                     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """Every layer's keys and values of one reference, from its image embedding (n, embed_dim); several rows
-        make one longer token sequence (as the reference's `view(1, -1, D)`). Each part runs on `device` and the
-        adapter goes back where it was."""
-        home = next(self.parameters()).device
-        self.to(device)
-        try:
-            tokens = self.image_proj(embeds.to(device))
-            tokens = tokens.reshape(1, -1, tokens.shape[-1])
-            pairs = [layer(tokens) for layer in self.ip_adapter]
-        finally:
-            self.to(home)
+        make one longer token sequence (as the reference's `view(1, -1, D)`). Each part runs on `device` in turn
+        and goes back where it was (an offloaded adapter is never on the device whole)."""
+        tokens = _on(device, self.image_proj, embeds.to(device))
+        tokens = tokens.reshape(1, -1, tokens.shape[-1])
+        pairs = [_on(device, layer, tokens) for layer in self.ip_adapter]
         return tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
+
+
+def _on(device: torch.device, module: torch.nn.Module, *args: torch.Tensor) -> Any:
+    """`module(*args)` run on `device`, the module moved back where it was afterwards."""
+    home = next(module.parameters()).device
+    module.to(device)
+    try:
+        return module(*args)
+    finally:
+        module.to(home)
 
 
 def check_fits(adapter: AdapterShape, fmt: Format, config: dict[str, Any], path: Path,
