@@ -303,10 +303,11 @@ def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: lis
     """Render every seed of one layout, writing each PNG with the resolved layout embedded (and, with `maps`, its
     attention maps beside it)."""
     from eligen.pipeline.attention_maps import attention_maps, default_steps, draw_attention_grid
+    from eligen.pipeline.references import with_absolute_paths
 
     layout = src.layout
     positive, negative = pipe.prepare(layout, src.base_dir, src.source)
-    resolved = resolved_layout(pipe, layout, masks)
+    resolved = resolved_layout(pipe, with_absolute_paths(layout, src.base_dir), masks)
     for seed, out in zip(src.seeds, outs, strict=True):
         started = time.monotonic()
         with step_progress(f"{src.path.name} seed {seed}", layout.steps) as on_step:

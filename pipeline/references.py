@@ -128,3 +128,23 @@ def load_image_prompt(family: Any, spec: IPAdapterSpec, base_dir: Path, source: 
         return load(adapter_file(spec, base_dir, source), spec.image_encoder, base_dir)
     except IPAdapterError as exc:
         raise LayoutError(source, "ip_adapter.path", str(exc)) from None
+
+
+def with_absolute_paths(layout: Layout, base_dir: Path) -> Layout:
+    """The layout with its adapter file, image encoder folder and reference images as absolute paths where they are
+    local files (folders), so that the layout embedded in a PNG re-runs from anywhere."""
+    spec = layout.ip_adapter
+    if spec is None:
+        return layout
+
+    def absolute(value: str | None, folder: bool = False) -> str | None:
+        if value is None:
+            return None
+        local = (base_dir / Path(value).expanduser()).resolve()
+        return str(local) if (local.is_dir() if folder else local.is_file()) else value
+
+    adapter = spec.model_copy(update={"path": absolute(spec.path), "image": absolute(spec.image),
+                                      "image_encoder": absolute(spec.image_encoder, folder=True)})
+    entities = [e if e.reference is None else e.model_copy(update={"reference": e.reference.model_copy(
+        update={"image": absolute(e.reference.image)})}) for e in layout.entities]
+    return layout.model_copy(update={"ip_adapter": adapter, "entities": entities})

@@ -184,3 +184,21 @@ def test_bad_adapter_inputs_exit_2_and_write_nothing(case: str, message: str, ad
     assert result.exit_code == 2, result.output
     assert message.format(other=other) in " ".join(result.output.split())
     assert not (tmp_path / "out.png").exists() and not (tmp_path / "out.preview.png").exists()
+
+
+def test_a_png_with_references_reruns_from_another_folder(adapters: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """The layout embedded in the PNG holds the adapter and reference paths absolute: re-running the PNG moved
+    elsewhere finds them and gives the same image."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+    random_image(folder / "ref.png", (40, 40), 7)
+    layout = layout_file(folder, tiny_model, ip_adapter={
+        "path": str(adapters / "instantx" / "ip-adapter.bin"), "image": "ref.png",
+        "image_encoder": str(adapters / "instantx" / "image_encoder")})
+    assert runner.invoke(app, ["generate", str(layout), "-o", str(folder / "first.png")]).exit_code == 0
+    moved = tmp_path / "elsewhere" / "first.png"
+    moved.parent.mkdir()
+    (folder / "first.png").rename(moved)
+    result = runner.invoke(app, ["generate", str(moved), "-o", str(tmp_path / "again.png")])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.asarray(Image.open(moved)), np.asarray(Image.open(tmp_path / "again.png")))
