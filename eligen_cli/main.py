@@ -434,7 +434,7 @@ def tiny_model(
       eligen tiny-model tiny-flux
       eligen generate layouts/desk.yaml --model tiny-flux --steps 4
       eligen tiny-model tiny-qwen --family qwen-image
-      eligen tiny-model tiny-flux --ip-adapters         # + tiny-flux/ip-adapters/{instantx,xlabs}/
+      eligen tiny-model tiny-flux --ip-adapters         # + tiny-flux/ip-adapters/instantx, /xlabs
     """
     if ip_adapters and family != "flux":
         raise typer.BadParameter("IP-Adapters exist for FLUX only", param_hint="--ip-adapters")
