@@ -31,12 +31,14 @@ from .common import (
     user_errors,
 )
 from .help_format import tidy_help
+from .ip_adapter_options import IPAdapterOpt, IPEncoderOpt, IPImageOpt, IPScaleOpt, ip_adapter_override
 from .render_outputs import generate_metadata, inpaint_metadata, resolved_edits, resolved_layout
 from .shapes_commands import register as register_shapes_commands
 from .sources import LayoutSource, load_edits, load_source
 from .studio.command import register as register_studio_command
 from .terminal import library_output, status, step_progress
 from .train_command import register as register_train_command
+from .transfer_command import register as register_transfer_command
 
 if TYPE_CHECKING:
     from eligen.pipeline.generate import EligenPipeline
@@ -213,6 +215,10 @@ def generate(
     lora: LoraOpt = None,
     lora_scale: LoraScaleOpt = None,
     fuse_loras: FuseOpt = False,
+    ip_adapter: IPAdapterOpt = None,
+    ip_image: IPImageOpt = None,
+    ip_scale: IPScaleOpt = None,
+    ip_encoder: IPEncoderOpt = None,
     preview: PreviewOpt = False,
     attention_maps: AttentionMapsOpt = False,
     attention_step: AttentionStepsOpt = None,
@@ -240,12 +246,14 @@ def generate(
     maps = _attention_request(attention_maps, attention_step, attention_block)
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "schedule": schedule,
                  "entity_tokens": entity_tokens_value(entity_tokens), "attention": attention,
-                 "model": model, "transformer": transformer, "loras": _lora_overrides(lora, lora_scale)}
+                 "model": model, "transformer": transformer, "loras": _lora_overrides(lora, lora_scale),
+                 "ip_adapter": ip_adapter_override(ip_adapter, ip_image, ip_scale, ip_encoder)}
     with user_errors():
         jobs = []
         for path in layouts:
             src = load_source(path, overrides)
             masks, preview_image = _preview_image(src, scale_factor(src.layout.model))
+            _check_references(src.layout, src.base_dir, src.source)
             jobs.append((src, masks, preview_image, src.output_paths(output)))
         targets = [p for *_, outs in jobs for p in outs]
         previews = [_preview_path(p) for p in targets] if preview or dry_run else []
@@ -262,6 +270,14 @@ def generate(
         for src, masks, _, outs in jobs:
             _render(models(src.layout.model, src.layout.loras, src.layout.transformer), src, masks, outs, batch_cfg,
                     maps)
+
+
+def _check_references(layout: Any, base_dir: Path, source: str) -> None:
+    """The layout's adapter file and reference images exist (before any model is loaded)."""
+    if layout.ip_adapter is not None:
+        from eligen.pipeline.references import check_references
+
+        check_references(layout, base_dir, source)
 
 
 def _attention_path(image_path: Path) -> Path:
@@ -287,10 +303,11 @@ def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: lis
     """Render every seed of one layout, writing each PNG with the resolved layout embedded (and, with `maps`, its
     attention maps beside it)."""
     from eligen.pipeline.attention_maps import attention_maps, default_steps, draw_attention_grid
+    from eligen.pipeline.references import with_absolute_paths
 
     layout = src.layout
     positive, negative = pipe.prepare(layout, src.base_dir, src.source)
-    resolved = resolved_layout(pipe, layout, masks)
+    resolved = resolved_layout(pipe, with_absolute_paths(layout, src.base_dir), masks)
     for seed, out in zip(src.seeds, outs, strict=True):
         started = time.monotonic()
         with step_progress(f"{src.path.name} seed {seed}", layout.steps) as on_step:
@@ -341,6 +358,10 @@ def inpaint(
     lora: LoraOpt = None,
     lora_scale: LoraScaleOpt = None,
     fuse_loras: FuseOpt = False,
+    ip_adapter: IPAdapterOpt = None,
+    ip_image: IPImageOpt = None,
+    ip_scale: IPScaleOpt = None,
+    ip_encoder: IPEncoderOpt = None,
     preview: Annotated[bool, typer.Option("--preview", help="Also write the regions over the source.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -363,9 +384,10 @@ def inpaint(
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
                  "transformer": transformer, "loras": _lora_overrides(lora, lora_scale), "fusion": fusion,
                  "dilate": dilate, "feather": feather, "entity_tokens": entity_tokens_value(entity_tokens),
-                 "attention": attention}
+                 "attention": attention, "ip_adapter": ip_adapter_override(ip_adapter, ip_image, ip_scale, ip_encoder)}
     with user_errors():
         job = load_edits(image, edits, overrides)
+        _check_references(job.edits, job.base_dir, job.source)
         outs = job.output_paths(output)
         check_writable(outs + [_preview_path(p) for p in outs] * preview, overwrite)
         factor = scale_factor(job.edits.model)
@@ -401,6 +423,9 @@ def tiny_model(
     folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder to create (must not exist or be empty).")],
     seed: Annotated[int, typer.Option(help="Seed for the random weights.")] = 0,
     family: Annotated[Literal["flux", "qwen-image"], typer.Option(help="Model family.")] = "flux",
+    ip_adapters: Annotated[bool, typer.Option(
+        "--ip-adapters", help="Also write tiny IP-Adapters (InstantX and XLabs formats) with their image encoders "
+        "into FOLDER/ip-adapters (FLUX only).")] = False,
 ) -> None:
     """Write a tiny random-weight FLUX or Qwen-Image model folder for trying eligen offline (its images are noise).
 
@@ -409,7 +434,10 @@ def tiny_model(
       eligen tiny-model tiny-flux
       eligen generate layouts/desk.yaml --model tiny-flux --steps 4
       eligen tiny-model tiny-qwen --family qwen-image
+      eligen tiny-model tiny-flux --ip-adapters         # + tiny-flux/ip-adapters/instantx, /xlabs
     """
+    if ip_adapters and family != "flux":
+        raise typer.BadParameter("IP-Adapters exist for FLUX only", param_hint="--ip-adapters")
     try:
         if family == "qwen-image":
             from eligen.pipeline.shapes.tiny_qwen_image import build_tiny_qwen_image
@@ -419,6 +447,10 @@ def tiny_model(
             from eligen.pipeline.shapes.tiny_flux import build_tiny_flux
 
             path = build_tiny_flux(folder, seed=seed)
+            if ip_adapters:
+                from eligen.pipeline.shapes.tiny_ip_adapter import build_tiny_ip_adapters
+
+                build_tiny_ip_adapters(path / "ip-adapters", path, seed=seed)
     except FileExistsError as exc:
         raise fail(exc, 1) from None
     err.print(f"wrote {path} (random weights: its images are noise)")
@@ -427,4 +459,5 @@ register_agent_commands(app)
 register_train_command(app)
 register_shapes_commands(app)
 register_studio_command(app)
+register_transfer_command(app)
 tidy_help(app)

@@ -93,12 +93,14 @@ class _Recorder:
     def __call__(
         self, attn: FluxAttention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None, image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        ip_adapter: object = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if self.step in self.steps and self.calls == 0:
             query, key, _ = self.joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
             self.records[self.step] = self._entity_attention(query[0], key[0], attention_mask)
         self.calls += 1
-        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        extra = {} if ip_adapter is None else {"ip_adapter": ip_adapter}  # an IP-Adapter's references, passed on
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **extra)
 
     def _entity_attention(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Softmax attention of each group's (n, H, D) queries over all keys, under the additive mask of the positive

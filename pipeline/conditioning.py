@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .adapter_input import AdapterInput, batched_adapter_input
 from .regional_attention import padded_text, regional_attention_mask
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ class Conditioning:
     text_ids: torch.Tensor  # the family's text position ids (FLUX: zeros (L, 3)), shared by the batch
     # (B, 1, N, N) additive regional mask (the sampler may turn it into a sparse form), None without regions
     attention_mask: torch.Tensor | BlockMask | SplitMask | None
+    ip_adapter: AdapterInput | None = None  # an image-prompt adapter's references (`adapter_input`), None without
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,9 @@ def batched(branches: Sequence[Conditioning], n_image: int) -> Conditioning:
                         for c in branches])
     pooled = None if branches[0].pooled is None else torch.cat([c.pooled for c in branches])
     text_ids = padded_ids(branches, length)
+    adapter = batched_adapter_input([c.ip_adapter for c in branches], n_image)
     if all(c.attention_mask is None and c.prompt_embeds.shape[1] == length for c in branches):
-        return Conditioning(embeds, pooled, text_ids, None)
+        return Conditioning(embeds, pooled, text_ids, None, adapter)
     masks = [padded_text(c.attention_mask, c.prompt_embeds.shape[1], length, n_image, embeds.dtype, embeds.device)
              for c in branches]
-    return Conditioning(embeds, pooled, text_ids, torch.cat(masks))
+    return Conditioning(embeds, pooled, text_ids, torch.cat(masks), adapter)

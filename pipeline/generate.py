@@ -20,6 +20,7 @@ from .layout import Layout, LayoutError, LoraSpec
 from .layout_warnings import warn_truncated
 from .lora import LoraError, apply_loras, remove_loras
 from .model_defaults import with_model_defaults
+from .references import ImagePrompt, check_references, load_image_prompt, with_references
 from .regions import check_canvas, entity_masks, token_masks
 from .sampler import Fuse, Schedule, StepCallback, denoise, get_noise, get_schedule, pack
 
@@ -56,6 +57,7 @@ class EligenPipeline:
         self.model = model
         self.fuse_loras = fuse_loras
         self._loras: tuple[tuple[str, float], ...] = ()  # (file, scale) of the LoRAs now applied
+        self._image_prompt: tuple[tuple[str, str | None], ImagePrompt] | None = None  # (file, encoder), adapter
 
     @classmethod
     def from_pretrained(
@@ -111,7 +113,24 @@ class EligenPipeline:
         self.use_loras(self.lora_specs(layout), base_dir, source)
         if regions is None:
             regions = self.token_regions(layout, base_dir, source)
-        return self.conditionings(layout, regions, source)
+        positive, negative = self.conditionings(layout, regions, source)
+        return self.with_references(layout, regions, positive, negative, base_dir, source)
+
+    def with_references(
+        self, layout: Layout, regions: np.ndarray, positive: Conditioning, negative: Conditioning | None,
+        base_dir: Path = Path("."), source: str = "<layout>",
+    ) -> tuple[Conditioning, Conditioning | None]:
+        """The branches with the layout's IP-Adapter references (`references`); the adapter is loaded once."""
+        spec = layout.ip_adapter
+        if spec is None:
+            return positive, negative
+        check_references(layout, base_dir, source)
+        key = (str((base_dir / spec.path).resolve()), spec.image_encoder)
+        if self._image_prompt is None or self._image_prompt[0] != key:
+            self._image_prompt = key, load_image_prompt(self.family, spec, base_dir, source)
+        latent_h, latent_w = self.latent_grid(layout)
+        n_image = (latent_h // 2) * (latent_w // 2)
+        return with_references(self._image_prompt[1], layout, regions, n_image, positive, negative, base_dir, source)
 
     @property
     def scale_factor(self) -> int:

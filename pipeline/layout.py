@@ -53,10 +53,27 @@ class LoraSpec(_Strict):
     scale: float = 1.0
 
 
+class ReferenceSpec(_Strict):
+    """An entity's own reference image for the layout's IP-Adapter, acting on the entity's region only."""
+
+    image: str = Field(min_length=1)
+    scale: float = Field(default=1.0, ge=0.0)
+
+
+class IPAdapterSpec(_Strict):
+    """An IP-Adapter (InstantX or XLabs FLUX format, told from the file) with an optional global reference image."""
+
+    path: str = Field(min_length=1)  # a local file or repo-id/path/in/repo
+    image: str | None = Field(default=None, min_length=1)  # the global reference (everywhere but referenced entities)
+    scale: float = Field(default=1.0, ge=0.0)
+    image_encoder: str | None = Field(default=None, min_length=1)  # folder or hub id; default: the format's own
+
+
 class Entity(_Strict):
     """One entity: a prompt and exactly one region."""
 
     prompt: str = Field(min_length=1)
+    reference: ReferenceSpec | None = None  # its own IP-Adapter reference image (needs the layout's ip_adapter)
     box: tuple[float, float, float, float] | None = None
     polygon: list[tuple[float, float]] | None = Field(default=None, min_length=3)
     mask: str | None = Field(default=None, min_length=1)
@@ -119,6 +136,7 @@ class Layout(_Strict):
     regions_on_negative: bool = False
     cfg_rescale: bool = False  # scale guided velocities to the positive's norm per token (diffusers' Qwen-Image)
     color_mask: str | None = None
+    ip_adapter: IPAdapterSpec | None = None
     entities: list[Entity] = []
 
     @field_validator("size")
@@ -189,8 +207,9 @@ def _explain(error: dict[str, Any], schema: type[BaseModel]) -> tuple[str, str |
     if shape and kind in ("missing", "too_short", "too_long"):
         return f"expected {shape}", None
     if kind == "extra_forbidden":
-        where = next((p for p in error["loc"] if p in ("entities", "loras")), None)
-        model = {"entities": Entity, "loras": LoraSpec}.get(where, schema)
+        where = next((p for p in reversed(error["loc"]) if p in ("entities", "loras", "ip_adapter", "reference")), None)
+        model = {"entities": Entity, "loras": LoraSpec, "ip_adapter": IPAdapterSpec, "reference": ReferenceSpec}.get(
+            where, schema)
         return "unknown key", f"known keys here: {', '.join(model.model_fields)}"
     if kind == "missing":
         return "this key is required", None
@@ -247,6 +266,11 @@ def parse_layout(data: Any, source: str = "<layout>", schema: type[Layout] = Lay
         index = next(i for i, e in enumerate(layout.entities) if e.color is not None)
         raise LayoutError(source, f"entities[{index}].color", "expected a top-level `color_mask` PNG, required "
                           "by `color` regions", "add `color_mask: regions.png` (relative to the layout file)")
+    referenced = next((i for i, e in enumerate(layout.entities) if e.reference is not None), None)
+    if referenced is not None and layout.ip_adapter is None:
+        raise LayoutError(source, f"entities[{referenced}].reference", "expected a top-level `ip_adapter`, which an "
+                          "entity's reference image needs", "add `ip_adapter: {path: ip-adapter.bin}` (or pass "
+                          "--ip-adapter FILE)")
     return layout
 
 

@@ -17,6 +17,17 @@ def joint_qkv(
     image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries, keys and values (B, N, H, D) of the joint `[text | image]` sequence, as `FluxAttnProcessor`."""
+    query, key, value = unrotated_qkv(attn, hidden_states, encoder_hidden_states)
+    if image_rotary_emb is not None:
+        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+    return query, key, value
+
+
+def unrotated_qkv(
+    attn: FluxAttention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`joint_qkv` before the rotary embedding (normalised queries and keys)."""
     query, key, value, text_query, text_key, text_value = _get_qkv_projections(
         attn, hidden_states, encoder_hidden_states)
     query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
@@ -27,9 +38,6 @@ def joint_qkv(
         query = torch.cat([attn.norm_added_q(text_query), query], dim=1)
         key = torch.cat([attn.norm_added_k(text_key), key], dim=1)
         value = torch.cat([text_value, value], dim=1)
-    if image_rotary_emb is not None:
-        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
     return query, key, value
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import FluxPipeline
@@ -19,6 +19,9 @@ from .encode import PromptEncoder, flux_text_ids
 from .load import load_flux
 from .lora import load_lora
 from .transformer import image_ids, predict, use_rotary_cache
+
+if TYPE_CHECKING:
+    from .ip_adapter import ImagePrompt
 
 
 class FluxFamily(DiffusersFamily):
@@ -75,6 +78,12 @@ class FluxFamily(DiffusersFamily):
 
     def load_lora(self, path: str | Path) -> list[LoraDelta]:
         return load_lora(path, self.pipe.transformer.config)
+
+    def load_ip_adapter(self, path: Path, image_encoder: str | None, base_dir: Path = Path(".")) -> ImagePrompt:
+        """An IP-Adapter file (InstantX or XLabs format) with its image encoder, installed in the transformer."""
+        from .ip_adapter import load_image_prompt
+
+        return load_image_prompt(path, image_encoder, self.pipe.transformer, self.dtype, self.device, base_dir)
 
     def drop_text_encoders(self) -> None:
         self.pipe.text_encoder = None

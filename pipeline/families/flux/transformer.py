@@ -69,6 +69,17 @@ def predict(
         encoder_hidden_states=cond.prompt_embeds,
         txt_ids=cond.text_ids,
         img_ids=img_ids,
-        joint_attention_kwargs={"attention_mask": mask} if mask is not None else None,
+        joint_attention_kwargs=attention_kwargs(mask, cond),
         return_dict=False,
     )[0]
+
+
+def attention_kwargs(mask: object, cond: Conditioning) -> dict[str, object] | None:
+    """What every attention layer of the pass is given: the regional mask and an IP-Adapter's references (the
+    layers with an adapter's processor read them, `ip_adapter.py`)."""
+    kwargs: dict[str, object] = {}
+    if mask is not None:
+        kwargs["attention_mask"] = mask
+    if cond.ip_adapter is not None:
+        kwargs["ip_adapter"] = cond.ip_adapter
+    return kwargs or None

@@ -1,0 +1,150 @@
+"""A layout's IP-Adapter references (`ip_adapter:` and the entities' `reference:`) as the adapter input of each CFG
+branch (`adapter_input`), the same for every family that has an adapter (FLUX).
+
+The global reference acts on every image token outside the regions of the entities that have a reference of their
+own, and on the text tokens (where a layer runs on the joint sequence); an entity's reference acts on the image
+tokens of its region only; where such regions overlap, their contributions add. The negative branch gets one
+reference of zero image embeddings everywhere, at the scale the adapter's format uses (`negative_scale` of the
+global reference's scale, else of the first entity's). A
+reference of scale 0 is dropped, and with no reference left the branches stay as they are: bit for bit the result
+without an adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .adapter_input import AdapterInput, IPAdapterError, ReferenceAttention, reference_weights
+from .conditioning import Conditioning
+from .hub import local_or_hub_file
+from .layout import IPAdapterSpec, Layout, LayoutError
+
+
+class ImagePrompt(Protocol):
+    """A family's loaded adapter with its image encoder."""
+
+    def keys_values(self, image: Image.Image | None, device: torch.device
+                    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]: ...
+
+    def negative_scale(self, scale: float) -> float: ...
+
+
+def open_reference(spec: str, base_dir: Path, source: str, field: str) -> Image.Image:
+    """A reference image (relative to the layout's folder), RGB, with an error naming the field."""
+    path = (base_dir / Path(spec).expanduser()).resolve()
+    if not path.is_file():
+        raise LayoutError(source, field, f"expected an existing image file, there is none at {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise LayoutError(source, field, f"expected an image file (PNG, JPEG, WebP...), {path} is not one: "
+                          f"{exc}") from None
+
+
+def adapter_file(spec: IPAdapterSpec, base_dir: Path, source: str) -> Path:
+    """The local path of an adapter file: a local file or `repo-id/path/in/repo`."""
+    path = local_or_hub_file(spec.path, base_dir)
+    if path is None:
+        raise LayoutError(source, "ip_adapter.path", f"expected a local adapter file or repo-id/path/in/repo, "
+                          f"{spec.path!r} is neither", f"{(base_dir / spec.path).resolve()} does not exist")
+    return path
+
+
+def active_references(layout: Layout) -> list[tuple[str, str, float, int | None]]:
+    """(field, image, scale, entity index or None for the global one) of each reference of non-zero scale."""
+    spec = layout.ip_adapter
+    found = []
+    if spec is not None and spec.image is not None and spec.scale > 0:
+        found.append(("ip_adapter.image", spec.image, spec.scale, None))
+    for i, entity in enumerate(layout.entities):
+        if entity.reference is not None and entity.reference.scale > 0:
+            found.append((f"entities[{i}].reference.image", entity.reference.image, entity.reference.scale, i))
+    return found
+
+
+def check_references(layout: Layout, base_dir: Path, source: str) -> None:
+    """Every reference image of the layout exists and reads as an image (before any model is loaded)."""
+    spec = layout.ip_adapter
+    if spec is None:
+        return
+    if spec.image is None and not any(e.reference is not None for e in layout.entities):
+        raise LayoutError(source, "ip_adapter", "expected a reference image: `image:` here or `reference:` on an "
+                          "entity")
+    from .families.flux.ip_adapter import adapter_format  # the formats known (FLUX's: the only family with any)
+
+    try:
+        adapter_format(adapter_file(spec, base_dir, source))
+    except IPAdapterError as exc:
+        raise LayoutError(source, "ip_adapter.path", str(exc)) from None
+    for field, image, _, _ in active_references(layout):
+        open_reference(image, base_dir, source, field)
+
+
+def with_references(
+    prompt: ImagePrompt, layout: Layout, regions: np.ndarray | None, n_image: int, positive: Conditioning,
+    negative: Conditioning | None, base_dir: Path, source: str,
+) -> tuple[Conditioning, Conditioning | None]:
+    """The branches with the layout's references (`regions`: (k, n_image) bool token regions of the entities)."""
+    found = active_references(layout)
+    if not found:
+        return positive, negative
+    device = positive.prompt_embeds.device
+    referenced = [i for *_, i in found if i is not None]
+    outside = None
+    if referenced:
+        assert regions is not None
+        outside = ~torch.from_numpy(regions[referenced].any(axis=0))
+    attentions = []
+    for field, image_spec, scale, entity in found:
+        keys, values = prompt.keys_values(open_reference(image_spec, base_dir, source, field), device)
+        region = outside if entity is None else torch.from_numpy(regions[entity])
+        image_weight, text_weight = reference_weights(scale, n_image, region, entity is None, device)
+        attentions.append(ReferenceAttention(keys, values, image_weight, text_weight))
+    positive = replace(positive, ip_adapter=AdapterInput(tuple(attentions)))
+    if negative is None:
+        return positive, None
+    scale = prompt.negative_scale(found[0][2])  # the global reference's scale, else the first entity's
+    keys, values = prompt.keys_values(None, device)
+    image_weight, text_weight = reference_weights(scale, n_image, None, True, device)
+    return positive, replace(negative, ip_adapter=AdapterInput((ReferenceAttention(keys, values, image_weight,
+                                                                                   text_weight),)))
+
+
+def load_image_prompt(family: Any, spec: IPAdapterSpec, base_dir: Path, source: str) -> ImagePrompt:
+    """The family's adapter for `spec`; a family without adapters, or a file of no known format, is a layout
+    error."""
+    load = getattr(family, "load_ip_adapter", None)
+    if load is None:
+        raise LayoutError(source, "ip_adapter", f"expected no ip_adapter for a {family.defaults.name} model: "
+                          "IP-Adapters exist here for FLUX models only (InstantX and XLabs formats)")
+    try:
+        return load(adapter_file(spec, base_dir, source), spec.image_encoder, base_dir)
+    except IPAdapterError as exc:
+        raise LayoutError(source, "ip_adapter.path", str(exc)) from None
+
+
+def with_absolute_paths(layout: Layout, base_dir: Path) -> Layout:
+    """The layout with its adapter file, image encoder folder and reference images as absolute paths where they are
+    local files (folders), so that the layout embedded in a PNG re-runs from anywhere."""
+    spec = layout.ip_adapter
+    if spec is None:
+        return layout
+
+    def absolute(value: str | None, folder: bool = False) -> str | None:
+        if value is None:
+            return None
+        local = (base_dir / Path(value).expanduser()).resolve()
+        return str(local) if (local.is_dir() if folder else local.is_file()) else value
+
+    adapter = spec.model_copy(update={"path": absolute(spec.path), "image": absolute(spec.image),
+                                      "image_encoder": absolute(spec.image_encoder, folder=True)})
+    entities = [e if e.reference is None else e.model_copy(update={"reference": e.reference.model_copy(
+        update={"image": absolute(e.reference.image)})}) for e in layout.entities]
+    return layout.model_copy(update={"ip_adapter": adapter, "entities": entities})
