@@ -22,6 +22,7 @@ from .sources import LayoutSource, load_source
 from .terminal import status
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from eligen.pipeline.layout import Layout
@@ -83,11 +84,12 @@ def _layout_paths(paths: list[Path]) -> list[Path]:
     return found
 
 
-def _check_boxes(src: LayoutSource) -> None:
-    """The detector scores boxes: refuse entities with other regions before loading a model."""
+def _check_scorable(src: LayoutSource) -> None:
+    """The detector scores boxes, masks and polygons (not colour-mask regions): refuse others before loading."""
     for i, entity in enumerate(src.layout.entities):
-        if entity.box is None:
-            raise LayoutError(src.source, f"entities[{i}]", f"expected a box to score, got a {entity.region_kind}")
+        if entity.color is not None:
+            raise LayoutError(src.source, f"entities[{i}]", "expected a box, polygon or mask to score, got a color",
+                              "give the region as a mask PNG")
     if not src.layout.entities:
         raise LayoutError(src.source, "entities", "expected at least one entity to score")
 
@@ -100,17 +102,21 @@ def _summary_table(report: EvalReport, title: str) -> Table:
     for image in report.images:
         groups[f"{len(image.entities)} entities"].append(image)
     table = Table(title=title)
-    for column in ("layouts", "images", "entities", "mIoU", "success"):
+    regions = bool(report.region_scores)  # mask IoU and coverage columns when regions other than boxes were scored
+    columns = ("layouts", "images", "entities", "mIoU", "success", *(("mask IoU", "coverage") if regions else ()))
+    for column in columns:
         table.add_column(column, justify="right" if column != "layouts" else "left")
     for name, images in [*sorted(groups.items()), ("all", report.images)]:
         part = EvalReport(images)
-        table.add_row(name, str(len(images)), str(len(part.scores)), f"{part.miou:.3f}", f"{part.success_rate:.1%}")
+        extra = part.region_scores
+        table.add_row(name, str(len(images)), str(len(part.scores)), f"{part.miou:.3f}", f"{part.success_rate:.1%}",
+                      *((f"{extra.get('mask_iou', 0):.3f}", f"{extra.get('coverage', 0):.1%}") if regions else ()))
     return table
 
 
 def eval_command(
     layouts: Annotated[list[Path], typer.Argument(
-        metavar="LAYOUTS", help="Layout YAML files or folders of them (boxes only).")],
+        metavar="LAYOUTS", help="Layout YAML files or folders of them (box, polygon or mask regions).")],
     model: Annotated[str | None, typer.Option(
         metavar="MODEL", help="Model folder, hub id or built-in name (overrides the files).")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..N-1 per layout.")] = 4,
@@ -150,10 +156,12 @@ def eval_command(
                  "loras": [{"path": str(Path(lora).resolve()) if Path(lora).is_file() else lora}] if lora else None}
     with user_errors():
         sources = [load_source(path, overrides) for path in _layout_paths(layouts)]
+        region_masks: dict[str, list[np.ndarray]] = {}
         for src in sources:
-            _check_boxes(src)
+            _check_scorable(src)
             factor = scale_factor(src.layout.model)
-            check_layout(src.layout, entity_masks(src.layout, src.base_dir, src.source), factor, src.source)
+            region_masks[src.source] = entity_masks(src.layout, src.base_dir, src.source)
+            check_layout(src.layout, region_masks[src.source], factor, src.source)
         targets = [output / "eval.json", output / "contact.png"] if output else []
         check_writable(targets, overwrite)
         from eligen.pipeline.generate import EligenPipeline
@@ -170,7 +178,8 @@ def eval_command(
             shown = layout.model_copy(update={"entities": []}) if global_only else layout
             return pipes[key].generate(shown, [seed], src.base_dir, src.source)[0]
 
-        report, images = evaluate([(src.source, src.layout) for src in sources], list(range(seeds)), render)
+        report, images = evaluate([(src.source, src.layout, region_masks[src.source]) for src in sources],
+                                  list(range(seeds)), render)
 
     title = f"{len(sources)} layouts x {seeds} seeds" + (", global prompt only" if global_only else "")
     Console().print(_summary_table(report, title))
@@ -181,7 +190,7 @@ def eval_command(
     for name, _, image in images:
         src = by_name[name]
         factor = next(iter(pipes.values())).scale_factor
-        masks = entity_masks(src.layout, src.base_dir, src.source)
+        masks = region_masks[name]
         cells.append(overlay(image, src.layout, masks, token_masks(masks, factor, src.layout, src.source), 2 * factor))
     save_png(contact_sheet(cells, columns=seeds * max(1, 8 // seeds)), output / "contact.png")
     options = {"model": sources[0].layout.model, "seeds": seeds, "steps": sources[0].layout.steps,

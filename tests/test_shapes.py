@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from eligen.pipeline.dataset import read_dataset
 from eligen.pipeline.layout import load_layout
 from eligen.pipeline.regions import entity_masks
-from eligen.pipeline.shapes.detector import box_iou, detect, parse_entity, score_entity
+from eligen.pipeline.shapes.detector import box_iou, detect, mask_box, parse_entity, score_entity
 from eligen.pipeline.shapes.scenes import PALETTE, render, scenes, shape_mask, write_shapes_dataset
 from eligen.shapes_commands import register
 
@@ -139,9 +139,44 @@ def test_eval_command_runs_and_writes_report(tiny_model: Path, tmp_path: Path) -
     assert Image.open(tmp_path / "out" / "contact.png").size[0] > 0
 
 
-def test_eval_refuses_layouts_without_boxes(tiny_model: Path, tmp_path: Path) -> None:
-    layout = tmp_path / "poly.yaml"
-    layout.write_text("size: [64, 64]\nprompt: a red circle\nentities:\n"
-                      "  - prompt: a red circle\n    polygon: [[1, 1], [40, 1], [20, 30]]\n")
+def test_eval_refuses_colour_mask_regions(tiny_model: Path, tmp_path: Path) -> None:
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(tmp_path / "colours.png")
+    layout = tmp_path / "colour.yaml"
+    layout.write_text("size: [64, 64]\nprompt: a red circle\ncolor_mask: colours.png\nentities:\n"
+                      "  - prompt: a red circle\n    color: '#ff0000'\n")
     result = runner.invoke(_app(), ["eval", str(layout), "--model", str(tiny_model)])
-    assert result.exit_code == 2 and "expected a box to score, got a polygon" in result.output
+    assert result.exit_code == 2 and "expected a box, polygon or mask to score, got a color" in result.output
+
+
+def test_region_scores_on_renders_and_on_a_half_drawn_shape() -> None:
+    """On a ground-truth render, every shape covers its exact mask: mask IoU 1, coverage 1. A square drawn over
+    only the left half of its region: coverage 1/2, mask IoU 1/2 (the drawn half is all inside)."""
+    for scene in scenes(20, seed=4):
+        components = detect(render(scene))
+        for shape in scene.shapes:
+            region = shape_mask(shape, scene.size)
+            score = score_entity(components, shape.prompt, mask_box(region), region)
+            assert score.success and score.mask_iou == 1.0 and score.coverage == 1.0
+    region = np.zeros((64, 64), dtype=bool)
+    region[10:30, 10:30] = True
+    pixels = np.full((64, 64, 3), 245, dtype=np.uint8)
+    pixels[10:30, 10:20] = PALETTE["red"]
+    score = score_entity(detect(Image.fromarray(pixels)), "a red square", mask_box(region), region)
+    assert score.coverage == 0.5 and score.mask_iou == 0.5
+    missing = score_entity(detect(Image.fromarray(pixels)), "a blue square", mask_box(region), region)
+    assert missing.mask_iou == 0.0 and missing.coverage == 0.0 and not missing.success
+
+
+def test_eval_scores_mask_and_polygon_layouts(tiny_model: Path, tmp_path: Path) -> None:
+    for regions in ("mask", "polygon"):
+        write_shapes_dataset(tmp_path / regions, 2, seed=0, counts=(2,), layouts=tmp_path / f"l-{regions}",
+                             regions=regions)
+        result = runner.invoke(_app(), ["eval", str(tmp_path / f"l-{regions}"), "--model", str(tiny_model),
+                                        "--seeds", "1", "--steps", "2", "-o", str(tmp_path / f"out-{regions}"),
+                                        "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert "mask IoU" in result.output
+        report = json.loads((tmp_path / f"out-{regions}" / "eval.json").read_text())
+        assert 0.0 <= report["mask_iou"] <= 1.0 and 0.0 <= report["coverage"] <= 1.0
+        entity = report["per_image"][0]["entities"][0]
+        assert entity["mask_iou"] is not None and entity["coverage"] is not None

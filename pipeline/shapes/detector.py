@@ -4,12 +4,14 @@ Pixels take the nearest palette colour when it is within `MAX_DISTANCE` and near
 (the median of the image border); connected components of one colour (4-neighbourhood, at least
 `MIN_AREA` pixels at 64x64, scaled with the image area) are candidate shapes; the fill ratio of a
 component in its bounding box gives its class (square >= 0.89, circle >= 0.64, else triangle).
+An entity whose region is a mask or polygon is also scored on pixels: the mask IoU of the detected shape with
+the region, and the coverage (the share of the region the detected shape covers).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -30,6 +32,7 @@ class Component:
     colour: str
     box: Box
     area: int
+    pixels: np.ndarray = field(compare=False, repr=False)  # (H, W) bool: the component's pixels
 
     @property
     def fill(self) -> float:
@@ -49,6 +52,8 @@ class EntityScore:
     shape: str | None
     found_shape: str | None  # the shape class of the best component of the right colour, None when none
     iou: float
+    mask_iou: float | None = None  # for a mask or polygon region: pixel IoU of that component with the region
+    coverage: float | None = None  # ... and the share of the region's pixels it covers
 
     @property
     def success(self) -> bool:
@@ -76,8 +81,8 @@ def colour_labels(pixels: np.ndarray) -> np.ndarray:
     return np.where((best <= MAX_DISTANCE) & (best < to_background), nearest, -1)
 
 
-def _components(mask: np.ndarray) -> list[tuple[Box, int]]:
-    """(box, area) of each 4-connected component of a bool mask."""
+def _components(mask: np.ndarray) -> list[tuple[Box, np.ndarray]]:
+    """(box, pixel mask) of each 4-connected component of a bool mask."""
     seen = np.zeros_like(mask)
     height, width = mask.shape
     found = []
@@ -85,16 +90,17 @@ def _components(mask: np.ndarray) -> list[tuple[Box, int]]:
         if seen[y, x]:
             continue
         seen[y, x] = True
-        queue, area, x0, y0, x1, y1 = deque([(y, x)]), 0, x, y, x, y
+        queue, x0, y0, x1, y1 = deque([(y, x)]), x, y, x, y
+        pixels = np.zeros_like(mask)
         while queue:
             cy, cx = queue.popleft()
-            area += 1
+            pixels[cy, cx] = True
             x0, y0, x1, y1 = min(x0, cx), min(y0, cy), max(x1, cx), max(y1, cy)
             for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
                 if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not seen[ny, nx]:
                     seen[ny, nx] = True
                     queue.append((ny, nx))
-        found.append(((int(x0), int(y0), int(x1) + 1, int(y1) + 1), area))
+        found.append(((int(x0), int(y0), int(x1) + 1, int(y1) + 1), pixels))
     return found
 
 
@@ -104,9 +110,9 @@ def detect(image: Image.Image) -> list[Component]:
     labels = colour_labels(pixels)
     min_area = max(1, round(MIN_AREA * pixels.shape[0] * pixels.shape[1] / 64**2))
     names = list(PALETTE)
-    return [Component(names[index], box, area)
+    return [Component(names[index], box, int(pixels.sum()), pixels)
             for index in np.unique(labels[labels >= 0])
-            for box, area in _components(labels == index) if area >= min_area]
+            for box, pixels in _components(labels == index) if pixels.sum() >= min_area]
 
 
 def box_iou(a: Box | tuple[float, ...], b: Box | tuple[float, ...]) -> float:
@@ -118,11 +124,27 @@ def box_iou(a: Box | tuple[float, ...], b: Box | tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def score_entity(components: list[Component], prompt: str, box: tuple[float, ...]) -> EntityScore:
-    """Score one entity: the component of its colour that overlaps its box best, its IoU and shape class."""
+def mask_box(mask: np.ndarray) -> Box:
+    """The bounding box of a non-empty bool mask."""
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def score_entity(components: list[Component], prompt: str, box: tuple[float, ...],
+                 region: np.ndarray | None = None) -> EntityScore:
+    """Score one entity: the component of its colour that overlaps its box best, its IoU and shape class.
+
+    With `region` (the entity's pixel mask, for a mask or polygon region; `box` is then its bounding box), also
+    that component's mask IoU with the region and its coverage of it.
+    """
     colour, shape = parse_entity(prompt)
     candidates = [c for c in components if c.colour == colour]
     if not candidates:
-        return EntityScore(prompt, colour, shape, None, 0.0)
+        zero = 0.0 if region is not None else None
+        return EntityScore(prompt, colour, shape, None, 0.0, zero, zero)
     best = max(candidates, key=lambda c: box_iou(c.box, box))
-    return EntityScore(prompt, colour, shape, best.shape, box_iou(best.box, box))
+    mask_iou = coverage = None
+    if region is not None:
+        inter = float((best.pixels & region).sum())
+        mask_iou, coverage = inter / float((best.pixels | region).sum()), inter / float(region.sum())
+    return EntityScore(prompt, colour, shape, best.shape, box_iou(best.box, box), mask_iou, coverage)

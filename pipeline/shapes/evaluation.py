@@ -1,7 +1,8 @@
 """Measure how well a model places entities: generate layouts over seeds and score them with `detect`.
 
-Per entity: the box IoU of the detected shape of its colour; per run: mIoU and the success rate (right
-colour and shape class with IoU >= 0.5), and a contact sheet with each layout drawn over its images.
+Per entity: the box IoU of the detected shape of its colour (and, for a mask or polygon region, its mask IoU
+and coverage of the region); per run: mIoU and the success rate (right colour and shape class with box IoU
+>= 0.5), and a contact sheet with each layout drawn over its images.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from PIL import Image
 
 from ..layout import Layout
 from ..preview import draw_preview
-from .detector import EntityScore, detect, score_entity
+from .detector import EntityScore, detect, mask_box, score_entity
 
 SUCCESS_IOU = 0.5
 CELL = 192  # contact-sheet cell side in pixels
@@ -50,21 +51,36 @@ class EvalReport:
         scores = self.scores
         return float(np.mean([s.success for s in scores])) if scores else 0.0
 
+    @property
+    def region_scores(self) -> dict[str, float]:
+        """Mean mask IoU and coverage over the entities with mask or polygon regions (empty when none)."""
+        scored = [s for s in self.scores if s.mask_iou is not None]
+        if not scored:
+            return {}
+        return {"mask_iou": float(np.mean([s.mask_iou for s in scored])),
+                "coverage": float(np.mean([s.coverage for s in scored]))}
+
     def to_json(self) -> dict:
         """Totals and every entity's score, JSON-ready."""
         return {
             "entities": len(self.scores), "images": len(self.images),
             "miou": round(self.miou, 4), "success_rate": round(self.success_rate, 4),
+            **{k: round(v, 4) for k, v in self.region_scores.items()},
             "per_image": [{"layout": i.layout, "seed": i.seed,
                            "entities": [{**asdict(e), "iou": round(e.iou, 4), "success": e.success}
                                         for e in i.entities]} for i in self.images],
         }
 
 
-def score_image(image: Image.Image, layout: Layout) -> list[EntityScore]:
-    """Score every entity of a layout (boxes in pixels) in one image of its size."""
+def score_image(image: Image.Image, layout: Layout, masks: Sequence[np.ndarray] | None = None) -> list[EntityScore]:
+    """Score every entity of a layout in one image of its size: boxes in pixels, or with `masks` (the entities'
+    pixel masks, `regions.entity_masks`) any region, a non-box one against its bounding box and its pixels."""
     components = detect(image)
-    return [score_entity(components, e.prompt, e.box) for e in layout.entities if e.box is not None]
+    if masks is None:
+        return [score_entity(components, e.prompt, e.box) for e in layout.entities if e.box is not None]
+    return [score_entity(components, e.prompt, e.box) if e.box is not None
+            else score_entity(components, e.prompt, mask_box(mask), mask)
+            for e, mask in zip(layout.entities, masks, strict=True)]
 
 
 def contact_sheet(cells: Sequence[Image.Image], columns: int) -> Image.Image:
@@ -83,16 +99,17 @@ def overlay(image: Image.Image, layout: Layout, pixel_masks: list[np.ndarray], t
 
 
 def evaluate(
-    items: Sequence[tuple[str, Layout]], seeds: Sequence[int], render: Callable[[str, Layout, int], Image.Image],
+    items: Sequence[tuple[str, Layout, Sequence[np.ndarray]]], seeds: Sequence[int],
+    render: Callable[[str, Layout, int], Image.Image],
 ) -> tuple[EvalReport, list[tuple[str, int, Image.Image]]]:
-    """Render each (name, layout) for each seed with `render(name, layout, seed)` and score it.
+    """Render each (name, layout, entity pixel masks) for each seed with `render(name, layout, seed)` and score it.
 
     Returns the report and the images as (name, seed, image).
     """
     report, images = EvalReport(), []
-    for name, layout in items:
+    for name, layout, masks in items:
         for seed in seeds:
             image = render(name, layout, seed)
-            report.images.append(ImageResult(name, seed, score_image(image, layout)))
+            report.images.append(ImageResult(name, seed, score_image(image, layout, masks)))
             images.append((name, seed, image))
     return report, images
