@@ -12,9 +12,9 @@ import pytest
 from chat_server import Reply, completion, serve
 from PIL import Image
 
+from eligen.agent.config import MllmSettings
 from eligen.agent.errors import AnswerError
 from eligen.agent.judge import MllmJudge, crop_box, make_judge, parse_verdict, public_url
-from eligen.agent.config import MllmSettings
 from eligen.pipeline.bench.items import BenchItem, Instance
 from eligen.pipeline.layout import parse_layout
 
