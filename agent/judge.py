@@ -3,9 +3,9 @@
 The EliGen paper measures the *entity success rate* (section 5.1, Table 1) by assessing "the quality of the
 target regions, entity details, and image-text alignment with MLLMs" (Qwen2-VL, InternVL2, CogVLM2) and
 aggregating the verdicts over all entities. The judge does the same per instance: it cuts the instance's
-box out of the generated image and asks the model whether that region shows the entity prompt. Only the
-crop is sent, not the whole image with the box drawn: the paper judges the target regions, and a crop
-keeps the model from crediting an entity generated somewhere else in the image.
+box out of the generated image (the bounding box, for mask regions too) and asks the model whether that
+region shows the entity prompt. Only the crop is sent, not the whole image with the box drawn: the paper
+judges the target regions, and a crop keeps the model from crediting an entity generated somewhere else.
 
 The crop is the box widened by `CROP_MARGIN` of its width and height on each side (clipped to the image),
 so an entity that slightly overflows its box is still seen whole; a crop whose shorter side is under
@@ -16,7 +16,8 @@ only on the image and the item.
 The answer is untrusted data and is checked strictly: exactly one JSON object (optionally in one Markdown
 code fence) with exactly the keys `correct` (a JSON boolean) and `reason` (a string). An unusable answer
 is sent back with the problem up to `retries` times; then, as after a failed request, the instance gets
-`judge_correct: None` and the problem in `judge_error`. Nothing the judge meets stops a benchmark run.
+`judge_correct: None` and the problem in `judge_error`. No failed request, answer or box stops a
+benchmark run.
 """
 
 from __future__ import annotations
@@ -175,8 +176,8 @@ class MllmJudge:
                 return parse_verdict(text)
             except AnswerError as exc:
                 problem = str(exc)
-        raise AnswerError(f"unusable answer after {self.retries + 1} tries: {problem}; it answered: "
-                          f"{clean_text(text, 80)!r}")
+        tries = f"{self.retries + 1} tries" if self.retries else "1 try"
+        raise AnswerError(f"unusable answer after {tries}: {problem}; it answered: {clean_text(text, 80)!r}")
 
 
 def make_judge(settings: MllmSettings, retries: int = DEFAULT_RETRIES) -> MllmJudge:

@@ -104,7 +104,7 @@ def test_no_retries_records_the_first_problem() -> None:
     image, item = _scene()
     with serve(['{"correct": true, "reason": "ok"} and more', YES]) as server:
         score = _judge(server.url, retries=0).score(image, item)
-    assert score.instances[0]["judge_correct"] is None and "after 1 tries" in score.instances[0]["judge_error"]
+    assert score.instances[0]["judge_correct"] is None and "after 1 try:" in score.instances[0]["judge_error"]
     assert score.instances[1]["judge_correct"] is True and len(server.chat_requests) == 2
 
 
