@@ -101,6 +101,8 @@ def parse_verdict(text: str) -> Verdict:
 def crop_box(size: tuple[int, int], box: Box) -> tuple[int, int, int, int]:
     """The pixel rectangle cut for `box` in an image of `size`: the box plus the margin, clipped to the image."""
     width, height = size
+    if not all(math.isfinite(v) for v in box):
+        raise ValueError(f"the box {list(box)} has a coordinate that is not a finite number")
     x0, y0, x1, y1 = box
     dx, dy = CROP_MARGIN * (x1 - x0), CROP_MARGIN * (y1 - y0)
     left, top = max(0, math.floor(x0 - dx)), max(0, math.floor(y0 - dy))

@@ -172,6 +172,8 @@ def test_crop_box_margin_clipping_and_empty_boxes() -> None:
     assert crop_box((512, 512), (0, 480, 40, 512)) == (0, 476, 44, 512)
     with pytest.raises(ValueError, match="no area"):
         crop_box((512, 512), (600, 600, 700, 700))
+    with pytest.raises(ValueError, match="not a finite number"):
+        crop_box((512, 512), (0, 0, float("inf"), 10))
 
 
 def test_a_box_outside_the_image_is_recorded() -> None:
