@@ -85,3 +85,34 @@ def retry_request(problem: str) -> str:
     """Asked once after an unusable answer."""
     return (f"That answer could not be used: {problem}. Answer again with only the JSON object, shaped like "
             f"{SHAPE}.")
+
+
+JUDGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"correct": {"type": "boolean"}, "reason": {"type": "string"}},
+    "required": ["correct", "reason"],
+    "additionalProperties": False,
+}
+
+JUDGE_SHAPE = '{"correct": true, "reason": "..."}'
+
+JUDGE_SYSTEM = ("You check the output of an image generator, one entity at a time. You are shown a region cut from a "
+                "generated image (with a thin margin around it) and the description of the entity that was meant to "
+                "be generated there. Decide whether the region correctly shows that entity: the right kind of "
+                "object, every attribute the description names (colour, material, shape, number) right, and drawn "
+                "well enough to be recognised (not malformed, not merged into something else). Answer with one "
+                f"JSON object and nothing else, shaped like {JUDGE_SHAPE}: `correct` is true or false, `reason` is "
+                "one short sentence.")
+
+JUDGE_REQUEST = "Description: {prompt}. Is this entity correctly generated in the region shown?"
+
+
+def judge_request(prompt: str) -> str:
+    """The question about one entity; its prompt is quoted as a JSON string, so it reads as data."""
+    return JUDGE_REQUEST.format(prompt=json.dumps(prompt, ensure_ascii=False))
+
+
+def judge_retry_request(problem: str) -> str:
+    """Asked after an unusable verdict."""
+    return (f"That answer could not be used: {problem}. Answer again with only the JSON object, shaped like "
+            f"{JUDGE_SHAPE}.")
