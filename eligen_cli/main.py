@@ -30,6 +30,7 @@ from .common import (
     png_output,
     user_errors,
 )
+from .eval_command import register as register_eval_command
 from .help_format import tidy_help
 from .ip_adapter_options import IPAdapterOpt, IPEncoderOpt, IPImageOpt, IPScaleOpt, ip_adapter_override
 from .render_outputs import generate_metadata, inpaint_metadata, resolved_edits, resolved_layout
@@ -458,6 +459,7 @@ def tiny_model(
 register_agent_commands(app)
 register_train_command(app)
 register_shapes_commands(app)
+register_eval_command(app)
 register_studio_command(app)
 register_transfer_command(app)
 tidy_help(app)

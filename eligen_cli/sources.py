@@ -51,7 +51,7 @@ def _resolve(layout: L, overrides: dict[str, Any], base_dir: Path, source: str) 
     return with_model_defaults(layout.model_copy(update=update))
 
 
-def _cli_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+def cli_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "model" in overrides:
         overrides["model"] = resolve_model(overrides["model"], Path.cwd(), "--model", "--model")
@@ -98,7 +98,7 @@ def _png_layout_data(path: Path) -> dict[str, Any]:
 
 def load_source(path: Path, overrides: dict[str, Any]) -> LayoutSource:
     """Read and validate a layout (YAML, or a PNG written by eligen), apply overrides, resolve model and seeds."""
-    overrides = _cli_overrides(overrides)
+    overrides = cli_overrides(overrides)
     if path.suffix.lower() == ".png" and path.is_file():
         layout = parse_layout({**_png_layout_data(path), **overrides}, str(path))
     else:
@@ -149,7 +149,7 @@ def read_source_image(path: Path) -> tuple[Image.Image, str]:
 def load_edits(image_path: Path, edits_path: Path, overrides: dict[str, Any]) -> EditsJob:
     """Read the image and the edits file, validate the edits against the image and rasterise the regions."""
     image, sha256 = read_source_image(image_path)
-    overrides = _cli_overrides(overrides)
+    overrides = cli_overrides(overrides)
     edits = load_layout(edits_path, overrides, image_size=image.size)
     edits = _resolve(edits, overrides, edits_path.parent, str(edits_path))
     masks = entity_masks(edits, edits_path.parent, str(edits_path), same_size=True)

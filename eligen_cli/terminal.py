@@ -88,8 +88,8 @@ class _SpeedColumn(ProgressColumn):
         return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
 
 
-def _plain_lines(description: str) -> Callable[[int, int], None]:
-    """An `on_step` that prints `description: step N/T, R it/s, ETA H:MM:SS` after the first step and then at
+def _plain_lines(description: str, unit: str = "step") -> Callable[[int, int], None]:
+    """An `on_step` that prints `description: UNIT N/T, R it/s, ETA H:MM:SS` after the first step and then at
     most every PLAIN_PERIOD_S seconds."""
     start = time.monotonic()
     last = [start - PLAIN_PERIOD_S]
@@ -101,17 +101,17 @@ def _plain_lines(description: str) -> Callable[[int, int], None]:
         last[0] = now
         rate = done / max(now - start, 1e-9)
         eta = timedelta(seconds=round((total - done) / rate))
-        err.print(f"{description}: step {done}/{total}, {rate:.2f} it/s, ETA {eta}")
+        err.print(f"{description}: {unit} {done}/{total}, {rate:.2f} it/s, ETA {eta}")
 
     return on_step
 
 
 @contextmanager
-def step_progress(description: str, steps: int) -> Iterator[Callable[[int, int], None]]:
-    """Progress over sampling steps, as the sampler's `on_step(done, total)` callback: a transient rich bar on a
-    terminal, plain periodic lines otherwise."""
+def step_progress(description: str, steps: int, unit: str = "step") -> Iterator[Callable[[int, int], None]]:
+    """Progress over sampling steps (or other `unit`s), as the sampler's `on_step(done, total)` callback: a
+    transient rich bar on a terminal, plain periodic lines otherwise."""
     if not err.is_terminal:
-        yield _plain_lines(description)
+        yield _plain_lines(description, unit)
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _SpeedColumn(),
                TimeRemainingColumn()]

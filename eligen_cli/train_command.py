@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,8 +32,7 @@ from eligen.pipeline.train.config import (
 )
 
 from .common import err, fail
-
-LAUNCHED = ("LOCAL_RANK", "ACCELERATE_DYNAMO_BACKEND")  # set in processes that accelerate's launcher started
+from .launching import LAUNCHED, cuda_available, launcher_arguments, run_launcher
 
 
 def _help(name: str) -> str:
@@ -89,45 +87,24 @@ def merge_options(config_file: Path | None, given: dict[str, Any]) -> TrainConfi
     return parse_config({**data, **given}, str(config_file or "(command line)"), frozenset(given))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def launch(config: TrainConfig) -> None:
     """Run this command in `num_processes` processes through accelerate's launcher (torchrun underneath).
 
     The resolved options travel in a temporary YAML file; the launched processes train, the main one reports.
     """
-    from accelerate.commands.launch import launch_command, launch_command_parser
-
     if config.deepspeed is not None and importlib.util.find_spec("deepspeed") is None:
         raise fail("--deepspeed needs the deepspeed package: pip install deepspeed", 1)
-    cpu = config.device == "cpu" or not _cuda_available()
-    arguments = ["--num_processes", str(config.num_processes), "--num_machines", "1", "--dynamo_backend", "no",
-                 "--main_process_port", str(_free_port()),
-                 "--mixed_precision", config.mixed_precision or ("no" if cpu else "bf16")]
+    cpu = config.device == "cpu" or not cuda_available()
+    arguments = launcher_arguments(config.num_processes, config.mixed_precision or ("no" if cpu else "bf16"))
     if config.deepspeed is not None:
+        arguments = [a for a in arguments if a != "--multi_gpu"]
         arguments += ["--use_deepspeed", "--deepspeed_config_file", str(config.deepspeed)]
-    elif config.num_processes > 1:
-        arguments += ["--multi_gpu"]  # torchrun; on CPUs accelerate then uses gloo
     values = config.model_dump(mode="json", exclude_none=True)
     values |= {key: str(Path(values[key]).resolve()) for key in PATH_KEYS if key in values}
     with tempfile.TemporaryDirectory(prefix="eligen-train-") as folder:
         options = Path(folder) / "options.yaml"
         options.write_text(yaml.safe_dump(values), encoding="utf-8")
-        args = launch_command_parser().parse_args([*arguments, "-m", "eligen", "train", "--config", str(options)])
-        try:
-            launch_command(args)
-        except Exception as exc:  # a failed worker: its own error is already on stderr
-            raise fail(f"a training process failed ({type(exc).__name__}); see its error above", 1) from None
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+        run_launcher(arguments, ["train", "--config", str(options)], "a training")
 
 
 class _ProgressReporter:

@@ -74,11 +74,11 @@ def transfer(
     from eligen.pipeline.regions import PATCH, entity_masks
     from eligen.pipeline.transfer_canvas import panel_size, read_transfer, transfer_canvas
 
-    from .sources import _cli_overrides, _resolve, read_source_image, seeded_paths
+    from .sources import _resolve, cli_overrides, read_source_image, seeded_paths
 
     requested = _panel(panel)
     with user_errors():
-        overrides = _cli_overrides({"seed": seed or None, "steps": steps, "cfg": cfg, "fusion": fusion,
+        overrides = cli_overrides({"seed": seed or None, "steps": steps, "cfg": cfg, "fusion": fusion,
                                     "model": model})
         source, sha256 = read_source_image(source_image)
         spec, target = read_transfer(layout, overrides)

@@ -1,4 +1,4 @@
-"""Break an `eligen eval` report of the shapes model down (docs/shapes.md): by shape, by entity count, by seed.
+"""Break an `eligen eval` report (results.json) of the shapes model down (docs/shapes.md): by shape, by seed.
 
     python scripts/shapes_eval_summary.py EVAL_DIR_OR_JSON [...] [--seeds N]
 
@@ -18,18 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+from eligen.pipeline.shapes.detector import parse_entity
+
 
 def summary(images: list[dict]) -> dict[str, float]:
     by_shape: dict[str, list[bool]] = defaultdict(list)
     by_layout: dict[str, list[bool]] = defaultdict(list)
     by_seed: dict[int, list[bool]] = defaultdict(list)
     for image in images:
-        results = [e["success"] for e in image["entities"]]
-        for entity in image["entities"]:
-            by_shape[entity["shape"]].append(entity["success"])
-        by_layout[image["layout"]].append(all(results))
+        results = [e["success"] for e in image["instances"]]
+        for entity in image["instances"]:
+            by_shape[parse_entity(entity["prompt"])[1]].append(entity["success"])
+        by_layout[image["item"]].append(all(results))
         by_seed[image["seed"]].extend(results)
-    scores = [e for image in images for e in image["entities"]]
+    scores = [e for image in images for e in image["instances"]]
     out = {"success": float(np.mean([e["success"] for e in scores])),
            "mIoU": float(np.mean([e["iou"] for e in scores]))}
     out |= {f"{shape}s": float(np.mean(v)) for shape, v in sorted(by_shape.items())}
@@ -45,7 +47,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, help="keep seeds 0..N-1 only")
     args = parser.parse_args()
     for path in args.reports:
-        report = json.loads((path / "eval.json" if path.is_dir() else path).read_text(encoding="utf-8"))
+        report = json.loads((path / "results.json" if path.is_dir() else path).read_text(encoding="utf-8"))
         images = [i for i in report["per_image"] if args.seeds is None or i["seed"] < args.seeds]
         print(f"{path}: {len(images)} images")
         for key, value in summary(images).items():

@@ -73,8 +73,8 @@ def test_eval_and_the_python_api_use_the_model_defaults(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", str(tmp_path / "layouts"), "--seeds", "1", "--device", "cpu",
                                  "-o", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert (report["model"], report["steps"], report["cfg"]) == ("shapes", 24, 3.0)
+    options = json.loads((tmp_path / "eval" / "results.json").read_text())["options"]
+    assert (options["model"], options["steps"], options["cfg"], options["size"]) == ("shapes", 24, 3.0, [64, 64])
 
     from eligen.pipeline.generate import EligenPipeline
 

@@ -150,8 +150,8 @@ def test_eval_runs_on_qwen_image(tiny_qwen_model: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", str(tmp_path / "layouts"), "--model", str(tiny_qwen_model), "--steps", "2",
                                  "--seeds", "1", "-o", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "out" / "eval.json").read_text())
-    assert report["images"] == 1 and report["entities"] == 2
+    total = json.loads((tmp_path / "out" / "results.json").read_text())["levels"]["all"]
+    assert total["images"] == 1 and total["instances"] == 2
 
 
 def test_agent_renderer_generates_and_inpaints(tiny_qwen_model: Path, tmp_path: Path) -> None:

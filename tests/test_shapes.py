@@ -11,6 +11,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from eligen.eval_command import register as register_eval
 from eligen.pipeline.dataset import read_dataset
 from eligen.pipeline.layout import load_layout
 from eligen.pipeline.regions import entity_masks
@@ -29,6 +30,7 @@ def _app() -> typer.Typer:
         """Test app."""
 
     register(app)
+    register_eval(app)
     return app
 
 
@@ -133,9 +135,11 @@ def test_eval_command_runs_and_writes_report(tiny_model: Path, tmp_path: Path) -
     result = runner.invoke(_app(), ["eval", str(tmp_path / "layouts"), "--model", str(tiny_model), "--seeds", "2",
                                     "--steps", "2", "-o", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "out" / "eval.json").read_text())
-    assert report["images"] == 4 and report["entities"] == 8
-    assert 0.0 <= report["miou"] <= 1.0
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    total = report["levels"]["all"]
+    assert total["images"] == 4 and total["instances"] == 8 and report["levels"]["2 entities"] == total
+    assert 0.0 <= total["instance_means"]["iou"] <= 1.0 and len(report["per_image"]) == 4
+    assert [s["name"] for s in report["scorers"]] == ["shapes-detector"]
     assert Image.open(tmp_path / "out" / "contact.png").size[0] > 0
 
 
@@ -176,7 +180,8 @@ def test_eval_scores_mask_and_polygon_layouts(tiny_model: Path, tmp_path: Path) 
                                         "--device", "cpu"])
         assert result.exit_code == 0, result.output
         assert "mask IoU" in result.output
-        report = json.loads((tmp_path / f"out-{regions}" / "eval.json").read_text())
-        assert 0.0 <= report["mask_iou"] <= 1.0 and 0.0 <= report["coverage"] <= 1.0
-        entity = report["per_image"][0]["entities"][0]
+        report = json.loads((tmp_path / f"out-{regions}" / "results.json").read_text())
+        means = report["levels"]["all"]["instance_means"]
+        assert 0.0 <= means["mask_iou"] <= 1.0 and 0.0 <= means["coverage"] <= 1.0
+        entity = report["per_image"][0]["instances"][0]
         assert entity["mask_iou"] is not None and entity["coverage"] is not None

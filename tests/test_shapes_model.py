@@ -84,5 +84,6 @@ def test_eval_of_the_shapes_model_keeps_its_success_rate(tmp_path: Path) -> None
     result = runner.invoke(app, ["eval", str(tmp_path / "layouts"), "--model", "shapes", "--seeds", "2",
                                  "--steps", "16", "--device", "cpu", "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "out" / "eval.json").read_text())
-    assert report["model"] == "shapes" and report["success_rate"] >= FLOOR
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["options"]["model"] == "shapes"
+    assert report["levels"]["all"]["instance_means"]["success"] >= FLOOR

@@ -1,0 +1,65 @@
+"""Which scorers `eligen eval` uses, built from its options (the scorers themselves are in
+`eligen.pipeline.bench` and, for the MLLM judge, `eligen.agent.judge`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from eligen.pipeline.bench.items import BenchItem
+    from eligen.pipeline.bench.scoring import Scorer
+
+SCORER_NAMES = ("auto", "shapes", "coco-mig", "clip", "judge")
+
+
+@dataclass(frozen=True)
+class ScorerOptions:
+    """The scorers' models and where they run (None: each scorer's default)."""
+
+    detector_model: str | None = None
+    sam_model: str | None = None
+    clip_model: str | None = None
+    mllm_url: str | None = None
+    mllm_model: str | None = None
+    device: str | None = None
+
+
+def auto_scorers(names: Sequence[str], items: Sequence[BenchItem], kind: str) -> list[str]:
+    """`names` with `auto` replaced: the classical detector for shapes-world layouts, the benchmark's own scorer and
+    CLIP for COCO-MIG, else CLIP; each name once, in order."""
+    from eligen.pipeline.bench.shapes_scorer import is_shapes_prompt
+
+    unknown = [n for n in names if n not in SCORER_NAMES]
+    if unknown:
+        raise typer.BadParameter(f"expected one of {', '.join(SCORER_NAMES)}, got {unknown[0]!r}",
+                                 param_hint="--scorer")
+    shapes = all(is_shapes_prompt(i.prompt) for item in items for i in item.instances)
+    auto = ["coco-mig", "clip"] if kind == "coco-mig" else ["shapes"] if shapes else ["clip"]
+    chosen: list[str] = []
+    for name in names:
+        for one in auto if name == "auto" else [name]:
+            if one not in chosen:
+                chosen.append(one)
+    return chosen
+
+
+def build_scorers(names: Sequence[str], options: ScorerOptions) -> list[Scorer]:
+    """The scorers by name (their models load when they first score)."""
+    built: list[Scorer] = []
+    for name in names:
+        if name == "shapes":
+            from eligen.pipeline.bench.shapes_scorer import ShapesScorer
+
+            built.append(ShapesScorer())
+        elif name == "judge":
+            from eligen.agent.config import load_settings
+            from eligen.agent.judge import make_judge
+
+            built.append(make_judge(load_settings({"url": options.mllm_url, "model": options.mllm_model})))
+        else:
+            raise typer.BadParameter(f"the {name} scorer is not available in this build", param_hint="--scorer")
+    return built
