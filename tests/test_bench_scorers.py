@@ -13,7 +13,12 @@ import torch
 from PIL import Image
 
 from eligen.pipeline.bench.clip_scorer import ClipScorer, clip_score, crop_box
-from eligen.pipeline.bench.coco_mig_scorer import CocoMigScorer, detection_caption, instance_scores
+from eligen.pipeline.bench.coco_mig_scorer import (
+    CocoMigScorer,
+    detection_caption,
+    instance_scores,
+    resize_like_cv2,
+)
 from eligen.pipeline.bench.items import BenchItem, Instance
 from eligen.pipeline.bench.mig_metrics import (
     COLOUR_RANGES,
@@ -209,6 +214,15 @@ def test_detection_caption_is_the_object_name() -> None:
     light = Instance("a red Traffic Light", (0, 0, 1, 1), colour="red", category="Traffic Light")
     assert detection_caption(light) == "traffic light."
     assert detection_caption(Instance("a kite", (0, 0, 1, 1))) == "a kite."
+
+
+def test_resize_halves_by_averaging_2x2_blocks_as_cv2_does() -> None:
+    # cv2.resize (bilinear, no antialiasing) at exactly half size averages each 2x2 block; PIL's antialiased
+    # bilinear would blend in the neighbouring blocks too
+    values = np.array([[0, 100, 200, 40], [100, 200, 0, 40], [8, 8, 60, 80], [16, 16, 100, 120]], dtype=np.uint8)
+    image = Image.fromarray(np.repeat(values[..., None], 3, axis=-1))
+    halved = np.asarray(resize_like_cv2(image, 2))[..., 0]
+    assert halved.tolist() == [[100, 70], [12, 90]]
 
 
 # --- CLIP arithmetic ----------------------------------------------------------------------------------------------

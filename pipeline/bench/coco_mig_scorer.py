@@ -5,15 +5,17 @@ are listed in :mod:`.mig_metrics`). Confirmed there:
 
 * models: GroundingDINO Swin-T OGC (``groundingdino_swint_ogc.pth``; its transformers conversion is
   ``IDEA-Research/grounding-dino-tiny``) and SAM ViT-H (``sam_vit_h_4b8939.pth``, ``facebook/sam-vit-huge``);
-* the image is resized to 512 x 512 (``cv2.resize``, bilinear) and the boxes scaled with it;
+* the image is resized to 512 x 512 (``cv2.resize``: bilinear, no antialiasing) and the boxes scaled with it;
+  :func:`resize_like_cv2` does the same through torch, within one grey level of OpenCV (checked offline
+  against opencv-python-headless 5.1 on random images of several sizes);
 * GroundingDINO is asked for the object name alone (the label "a red banana" without article and colour, so
   "banana"), as one class, with box and text thresholds 0.25, then NMS at 0.8;
 * SAM gets the instance's layout box, multimask output, and the mask with the highest predicted IoU is used.
 
 Not confirmed (the benchmark ran the original IDEA-Research and segment-anything code, this runs their
-transformers ports): that the ports give the same boxes and masks bit for bit; how transformers' bilinear resize
-(PIL's, which antialiases when shrinking) differs from ``cv2.resize``; the caption is written "banana." as the
-original ``preprocess_caption`` makes it, lower case with a final period.
+transformers ports): that the ports, with their own resizing to the models' input sizes, give the same boxes
+and masks bit for bit. The caption is written "banana." as the original ``preprocess_caption`` makes it
+(lower case, a final period).
 
 Per instance: ``detected``, ``iou`` (best IoU of a detection with the layout box, 0 without one), ``miou`` (the
 instance's term in the benchmark's mIoU), ``colour_fraction`` and ``colour_ok`` (None when the instance asks no
@@ -56,6 +58,13 @@ def detection_caption(instance: Instance) -> str:
     """The text GroundingDINO is given: the object name, lower case, ending in a period ("banana.")."""
     name = (instance.category or instance.prompt).strip().lower()
     return name if name.endswith(".") else name + "."
+
+
+def resize_like_cv2(image: Image.Image, size: int) -> Image.Image:
+    """`image` resized to `size` x `size` bilinearly without antialiasing, as ``cv2.resize`` does by default."""
+    pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float()
+    resized = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+    return Image.fromarray(resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy())
 
 
 def scale_box(box: Box, sx: float, sy: float) -> Box:
@@ -133,6 +142,7 @@ class CocoMigScorer:
             "iou_threshold": self.iou_threshold,
             "colour_min_fraction": self.colour_min_fraction,
             "eval_size": self.eval_size,
+            "eval_resize": "bilinear without antialiasing (cv2.resize's default)",
             "sam_prompt": "layout box",
             "colour_space": "OpenCV 8-bit HSV (H 0..180)",
             "colour_ranges": {colour: [list(map(list, r)) for r in ranges] for colour, ranges in COLOUR_RANGES.items()},
@@ -145,7 +155,7 @@ class CocoMigScorer:
         sx = sy = 1.0
         if self.eval_size is not None:
             sx, sy = self.eval_size / rgb_image.width, self.eval_size / rgb_image.height
-            rgb_image = rgb_image.resize((self.eval_size, self.eval_size), Image.Resampling.BILINEAR)
+            rgb_image = resize_like_cv2(rgb_image, self.eval_size)
         instances = [replace(inst, box=scale_box(inst.box, sx, sy)) for inst in item.instances]
         rgb = np.asarray(rgb_image)
         masks = self._segment(rgb_image, [inst.box for inst in instances])
