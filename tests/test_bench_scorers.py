@@ -26,6 +26,7 @@ from eligen.pipeline.bench.mig_metrics import (
     box_iou,
     colour_fraction,
     dominant_colour,
+    masked_hsv,
     nms,
     rgb_to_hsv_opencv,
     verdict,
@@ -120,23 +121,25 @@ def test_each_painted_patch_reads_as_its_colour(colour: str) -> None:
     image = _canvas()
     box = (20, 10, 60, 50)
     image[10:50, 20:60] = PAINTS[colour]
-    mask = _box_mask(image.shape[:2], box)
-    assert colour_fraction(image, mask, colour) == 1.0
-    assert dominant_colour(image, mask) == colour
+    hsv = masked_hsv(image, _box_mask(image.shape[:2], box))
+    assert hsv.shape == (40 * 40, 3)
+    assert colour_fraction(hsv, colour) == 1.0
+    assert dominant_colour(hsv) == colour
     others = [other for other in COLOUR_RANGES if other != colour]
-    assert all(colour_fraction(image, mask, other) == 0.0 for other in others)
+    assert all(colour_fraction(hsv, other) == 0.0 for other in others)
 
 
 def test_colour_counts_only_the_masked_pixels() -> None:
     image = _canvas(colour=PAINTS["blue"])
     image[:, :30] = PAINTS["red"]
-    mask = _box_mask(image.shape[:2], (0, 0, 40, 60))  # 30 red columns and 10 blue ones
-    assert colour_fraction(image, mask, "red") == 0.75
-    assert colour_fraction(image, mask, "blue") == 0.25
-    assert dominant_colour(image, mask) == "red"
-    assert colour_fraction(image, np.zeros(image.shape[:2], bool), "red") == 0.0
-    assert dominant_colour(image, np.zeros(image.shape[:2], bool)) is None
-    assert dominant_colour(_canvas(), _box_mask((60, 100), (0, 0, 10, 10))) is None  # grey is no table colour
+    hsv = masked_hsv(image, _box_mask(image.shape[:2], (0, 0, 40, 60)))  # 30 red columns and 10 blue ones
+    assert colour_fraction(hsv, "red") == 0.75
+    assert colour_fraction(hsv, "blue") == 0.25
+    assert dominant_colour(hsv) == "red"
+    nothing = masked_hsv(image, np.zeros(image.shape[:2], bool))
+    assert colour_fraction(nothing, "red") == 0.0
+    assert dominant_colour(nothing) is None
+    assert dominant_colour(masked_hsv(_canvas(), _box_mask((60, 100), (0, 0, 10, 10)))) is None  # grey: no colour
 
 
 @pytest.mark.parametrize(("red_pixels", "colour_ok"), [(19, False), (20, True), (85, True)])
@@ -152,9 +155,17 @@ def test_colour_is_right_from_a_fifth_of_the_mask(red_pixels: int, colour_ok: bo
     assert scores["found_colour"] == ("red" if red_pixels > 50 else "green")
 
 
+def test_empty_mask_is_a_wrong_colour() -> None:
+    image = _canvas(colour=PAINTS["red"])
+    instance = Instance("a red apple", (0, 0, 10, 10), colour="red", category="apple")
+    scores = instance_scores(instance, [(0, 0, 10, 10)], image, np.zeros(image.shape[:2], bool))
+    assert (scores["colour_ok"], scores["found_colour"], scores["success"], scores["miou"]) == (False, None, False, 0.0)
+    assert scores["iou"] == 1.0
+
+
 def test_unknown_colour_word_is_refused() -> None:
     with pytest.raises(ValueError, match="purple"):
-        colour_fraction(_canvas(), _box_mask((60, 100), (0, 0, 10, 10)), "purple")
+        colour_fraction(masked_hsv(_canvas(), _box_mask((60, 100), (0, 0, 10, 10))), "purple")
 
 
 # --- success and mIoU rules ---------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from .mig_metrics import (
     best_match,
     colour_fraction,
     dominant_colour,
+    masked_hsv,
     nms,
     verdict,
 )
@@ -86,8 +87,9 @@ def instance_scores(
     """
     _, iou = best_match(instance.box, detections)
     detected = bool(detections)
-    fraction = colour_fraction(rgb, mask, instance.colour) if instance.colour else None
-    colour_ok = None if fraction is None else bool(mask.any()) and fraction >= colour_min_fraction
+    hsv = masked_hsv(rgb, mask)
+    fraction = colour_fraction(hsv, instance.colour) if instance.colour else None
+    colour_ok = None if fraction is None else len(hsv) > 0 and fraction >= colour_min_fraction
     result = verdict(detected, iou, colour_ok, iou_threshold)
     return {
         "detected": detected,
@@ -95,7 +97,7 @@ def instance_scores(
         "miou": result.miou,
         "colour_fraction": fraction,
         "colour_ok": colour_ok,
-        "found_colour": dominant_colour(rgb, mask),
+        "found_colour": dominant_colour(hsv),
         "success": result.success,
     }
 

@@ -103,25 +103,28 @@ def rgb_to_hsv_opencv(rgb: np.ndarray) -> np.ndarray:
     return np.stack([h, s, v], axis=-1).astype(np.uint8)
 
 
-def colour_fraction(rgb: np.ndarray, mask: np.ndarray, colour: str) -> float:
-    """The share of `mask`'s pixels of `rgb` whose HSV lies in one of `colour`'s ranges; 0.0 for an empty mask."""
+def masked_hsv(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The OpenCV HSV values of the pixels of (H, W, 3) uint8 `rgb` where (H, W) `mask` is true: (N, 3) uint8."""
+    return rgb_to_hsv_opencv(rgb[mask.astype(bool)][None])[0]
+
+
+def colour_fraction(hsv: np.ndarray, colour: str) -> float:
+    """The share of (N, 3) `hsv` pixels in one of `colour`'s ranges; 0.0 when there are none."""
     if colour not in COLOUR_RANGES:
         raise ValueError(f"no HSV range for colour {colour!r}; known: {', '.join(COLOUR_RANGES)}")
-    pixels = rgb_to_hsv_opencv(rgb)[mask.astype(bool)].astype(np.int64)
-    if len(pixels) == 0:
+    if len(hsv) == 0:
         return 0.0
+    pixels = hsv.astype(np.int64)
     inside = np.zeros(len(pixels), dtype=bool)
     for lower, upper in COLOUR_RANGES[colour]:
         inside |= np.all((pixels >= lower) & (pixels <= upper), axis=-1)
     return float(inside.mean())
 
 
-def dominant_colour(rgb: np.ndarray, mask: np.ndarray) -> str | None:
-    """The table's colour word covering most of the mask (first in table order on ties); None if none covers any.
-
-    Not part of the benchmark's rule: it says which colour was drawn when the asked one was not.
-    """
-    fractions = {colour: colour_fraction(rgb, mask, colour) for colour in COLOUR_RANGES}
+def dominant_colour(hsv: np.ndarray) -> str | None:
+    """The table's colour word covering most (N, 3) `hsv` pixels (first in table order on ties); None if none
+    covers any. Not part of the benchmark's rule: it says which colour was drawn when the asked one was not."""
+    fractions = {colour: colour_fraction(hsv, colour) for colour in COLOUR_RANGES}
     best = max(fractions, key=lambda colour: fractions[colour])
     return best if fractions[best] > 0 else None
 
