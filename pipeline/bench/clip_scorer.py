@@ -5,10 +5,11 @@ The paper names the two scores but not the CLIP model, the crop handling or the 
 recorded by ``describe()``:
 
 * model ``openai/clip-vit-large-patch14``, the CLIP the COCO-MIG evaluation (LeyRio/MIG_Bench README) uses;
-  the paper's values (about 20 for entities, 22 to 27 global) are on the scale of 100 x cosine for it;
-* 100 x the cosine of the projected image and text embeddings. torchmetrics' CLIPScore is 100 * max(cosine, 0);
-  real CLIP models give positive cosines for any image and caption, so the two agree there, and leaving the
-  cosine unclamped shows a negative one instead of hiding it as 0;
+  the paper's values (about 20 for entities, 22 to 27 global) fit 100 x cosine for such a model;
+* 100 x the cosine of the projected image and text embeddings (MIG_Bench's ``logits_per_image`` is the same for
+  OpenAI CLIP, whose logit scale is 100). torchmetrics' CLIPScore is 100 * max(cosine, 0); a trained CLIP's
+  cosines for an image and a caption are practically always positive (about 0.15 to 0.35), so the two agree
+  there, and leaving the cosine unclamped shows a negative one instead of hiding it as 0;
 * an entity's crop is its box (clamped to the image, rounded outwards to whole pixels) squashed to a square
   before CLIP's resize and centre crop, so the whole box is seen, as MIG_Bench's local CLIP does (it resizes
   crops to 512 x 512); the text is the entity prompt as written, no templates; prompts longer than CLIP's
