@@ -55,11 +55,24 @@ def build_scorers(names: Sequence[str], options: ScorerOptions) -> list[Scorer]:
             from eligen.pipeline.bench.shapes_scorer import ShapesScorer
 
             built.append(ShapesScorer())
+        elif name == "coco-mig":
+            from eligen.pipeline.bench.coco_mig_scorer import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, CocoMigScorer
+
+            built.append(CocoMigScorer(options.detector_model or DEFAULT_DETECTOR,
+                                       options.sam_model or DEFAULT_SEGMENTER, _device(options)))
+        elif name == "clip":
+            from eligen.pipeline.bench.clip_scorer import DEFAULT_CLIP, ClipScorer
+
+            built.append(ClipScorer(options.clip_model or DEFAULT_CLIP, _device(options)))
         elif name == "judge":
             from eligen.agent.config import load_settings
             from eligen.agent.judge import make_judge
 
             built.append(make_judge(load_settings({"url": options.mllm_url, "model": options.mllm_model})))
-        else:
-            raise typer.BadParameter(f"the {name} scorer is not available in this build", param_hint="--scorer")
     return built
+
+
+def _device(options: ScorerOptions) -> str:
+    from eligen.pipeline.devices import pick_device
+
+    return str(pick_device(options.device))

@@ -35,10 +35,11 @@ if TYPE_CHECKING:
     from eligen.pipeline.bench.run import Shard, ShardStats
 
 RUN_FILE = "run.json"  # what a run's images were generated with; a resumed run must match it
-SHOWN = {"success": ("success", "{:.1%}"), "iou": ("mIoU", "{:.3f}"), "mask_iou": ("mask IoU", "{:.3f}"),
+SHOWN = {"success": ("success", "{:.1%}"), "miou": ("mIoU", "{:.3f}"), "iou": ("mIoU", "{:.3f}"),
+         "mask_iou": ("mask IoU", "{:.3f}"),
          "coverage": ("coverage", "{:.1%}"), "colour_ok": ("colour", "{:.1%}"),
          "clip_entity": ("entity CLIP", "{:.2f}"), "judge_correct": ("MLLM success", "{:.1%}")}
-SHOWN_IMAGE = {"clip_global": ("global CLIP", "{:.2f}")}
+SHOWN_IMAGE = {"image_success": ("images all right", "{:.1%}"), "clip_global": ("global CLIP", "{:.2f}")}
 
 
 def _layout_paths(paths: list[Path]) -> list[Path]:
@@ -167,13 +168,14 @@ def _summary_table(report: Report, title: str) -> Table:
 
     levels = {level: summary(images) for level, images in report.levels().items()}
     keys = [k for k in SHOWN if any(k in s["instance_means"] for s in levels.values())]
+    shown = {**SHOWN, "iou": ("best IoU", "{:.3f}")} if "miou" in keys else SHOWN  # COCO-MIG: its own mIoU rule
     image_keys = [k for k in SHOWN_IMAGE if any(k in s["image_means"] for s in levels.values())]
     table = Table(title=title)
-    for column in ("level", "images", "instances", *(SHOWN[k][0] for k in keys),
+    for column in ("level", "images", "instances", *(shown[k][0] for k in keys),
                    *(SHOWN_IMAGE[k][0] for k in image_keys)):
         table.add_column(column, justify="left" if column == "level" else "right")
     for level, s in levels.items():
-        cells = [SHOWN[k][1].format(s["instance_means"][k]) if k in s["instance_means"] else "-" for k in keys]
+        cells = [shown[k][1].format(s["instance_means"][k]) if k in s["instance_means"] else "-" for k in keys]
         cells += [SHOWN_IMAGE[k][1].format(s["image_means"][k]) if k in s["image_means"] else "-"
                   for k in image_keys]
         table.add_row(level, str(s["images"]), str(s["instances"]), *cells)
@@ -333,7 +335,8 @@ def eval_command(
             if shard.index != 0:
                 return
             _report(items, seed_list, out, scorers, {"eligen_version": __version__, "benchmark": benchmark,
-                    "options": {**run, "limit": limit}, "scorers": [s.describe() for s in scorers],
+                    "options": {**run, "limit": limit},
+                    "scorers": [{"name": s.name, **s.describe()} for s in scorers],
                     "processes": shard.count}, output is not None, global_only)
 
 
@@ -385,7 +388,8 @@ def _report(items: list[BenchItem], seeds: list[int], out: Path, scorers: list, 
 
     report = collect(items, seeds, out, scorers)
     title = f"{len(items)} items x {len(seeds)} seeds" + (", global prompt only" if global_only else "")
-    Console().print(_summary_table(report, title))
+    console = Console()
+    (console if console.is_terminal else Console(width=160)).print(_summary_table(report, title))  # a log: no wrap
     if not keep:
         return
     header["throughput"] = [read_scores(p) for p in sorted((out / "processes").glob("*.json"))]

@@ -173,18 +173,35 @@ def test_eval_resumes_refuses_other_options_and_scores_only(tiny_model: Path, tm
     assert empty.exit_code == 1 and "holds no run" in empty.output
 
 
-def test_eval_runs_coco_mig_files_with_the_judge(tiny_model: Path, tmp_path: Path) -> None:
-    """COCO-MIG's files run end to end on the tiny model; with --limit 1 only the first prompt."""
-    folder = write_coco_mig(tmp_path / "mig")
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["eval", str(folder), "--model", str(tiny_model), "--seeds", "1", "--steps", "2",
-                                 "--size", "64x64", "--limit", "1", "--scorer", "shapes", "--device", "cpu",
-                                 "-o", str(out)])
+def test_eval_runs_coco_mig_end_to_end_with_every_scorer(tiny_model: Path, tmp_path: Path) -> None:
+    """COCO-MIG's files on the tiny FLUX model, scored by tiny random GroundingDINO + SAM, CLIP and the MLLM judge
+    (a scripted server): the mechanics, not the numbers. With --limit 1, the first prompt only (3 instances)."""
+    from chat_server import serve
+
+    from eligen.pipeline.bench.tiny_scorers import write_tiny_scorers
+
+    scorers = write_tiny_scorers(tmp_path / "scorers")
+    folder, out = write_coco_mig(tmp_path / "mig"), tmp_path / "out"
+    verdict = json.dumps({"correct": True, "reason": "a green bird"})
+    with serve([verdict] * 3) as server:
+        result = runner.invoke(app, [
+            "eval", str(folder), "--model", str(tiny_model), "--seeds", "1", "--steps", "2", "--size", "64x64",
+            "--limit", "1", "--device", "cpu", "-o", str(out), "--scorer", "auto", "--scorer", "judge",
+            "--detector-model", str(scorers["grounding-dino"]), "--sam-model", str(scorers["sam"]),
+            "--clip-model", str(scorers["clip"]), "--mllm-url", server.url, "--mllm-model", "judge-model"])
     assert result.exit_code == 0, result.output
+    assert "best IoU" in result.output and "MLLM success" in result.output
     report = json.loads((out / "results.json").read_text())
     assert report["benchmark"]["kind"] == "coco-mig" and len(report["benchmark"]["sha256"]) == 64
+    assert [s["name"] for s in report["scorers"]] == ["coco-mig", "clip", "mllm-judge"]
     assert list(report["levels"]) == ["L3", "all"] and report["levels"]["all"]["instances"] == 3
     assert report["options"]["size"] == [64, 64] and report["options"]["limit"] == 1
+    (image,) = report["per_image"]
+    assert {"miou", "success", "colour_ok", "clip_entity", "judge_correct"} <= image["instances"][0].keys()
+    assert {"image_success", "clip_global"} <= image["image"].keys()
+    assert [i["judge_correct"] for i in image["instances"]] == [True] * 3
+    assert report["levels"]["all"]["instance_means"]["judge_correct"] == 1.0
+    assert Image.open(out / "contact.png").size == (8 * 192, 192)
 
 
 def test_two_processes_score_what_one_does(tiny_model: Path, tmp_path: Path) -> None:
