@@ -95,7 +95,7 @@ def _coco_mig_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchIt
     for item in items[:1]:  # every item shares the model and size: one check says what needs saying
         check_layout(item.layout, entity_masks(item.layout, item.base_dir, item.source),
                      scale_factor(item.layout.model), item.source)
-    files = [p for p in benchmark_files(path) if p is not None]
+    files = benchmark_files(path)
     return items, {"kind": "coco-mig", "files": [str(p) for p in files], "sha256": files_sha256(files)}
 
 
@@ -223,7 +223,7 @@ def _check_run(out: Path, run: dict[str, Any], overwrite: bool, score_only: bool
                           "now); choose another -o folder, or pass --overwrite to generate it again")
     if changed or (overwrite and not score_only):
         for sub in ("images", "scores"):
-            for file in (out / sub).glob("*-s*.*"):
+            for file in (out / sub).glob("s*_*.*"):
                 file.unlink()
         path.unlink()
     for stale in (out / "processes").glob("score-*.json" if score_only else "*.json"):  # from an earlier run
@@ -251,7 +251,8 @@ def eval_command(
     ctx: typer.Context,
     sources: Annotated[list[Path], typer.Argument(
         metavar="BENCHMARK", help="Layout YAML files or folders of them (box, polygon or mask regions), or a "
-        "COCO-MIG folder (mig_bench.txt and mig_bench_anno.yaml from the MIGC repository's bench_file/).")],
+        "COCO-MIG folder (MIGC's bench_file/ with mig_bench_anno.yaml, or MIG_Bench's "
+        "sample_prompt_color_split.json).")],
     model: Annotated[str | None, typer.Option(
         metavar="MODEL", help="Model folder, hub id or built-in name (overrides the files).")] = None,
     seeds: Annotated[int | None, typer.Option(

@@ -46,7 +46,7 @@ def write_coco_mig(folder: Path, order: list[str] | None = None) -> Path:
 def test_coco_mig_items_follow_the_prompts_file(tmp_path: Path) -> None:
     items = read_coco_mig(write_coco_mig(tmp_path / "mig"), {"model": "shapes", "size": [64, 64]})
     assert [i.layout.prompt for i in items] == list(ANNOTATION)[::-1]
-    assert [i.level for i in items] == ["L3", "L2"] and [i.id for i in items] == ["0000", "0001"]
+    assert [i.level for i in items] == ["L3", "L2"] and [i.id for i in items] == ["7", "12"]  # the coco_id
     birds = items[0]
     assert [e.prompt for e in birds.layout.entities] == ["a green bird", "a green bird", "a white bus"]
     assert birds.layout.units == "fraction" and birds.layout.size == (64, 64)
@@ -54,6 +54,27 @@ def test_coco_mig_items_follow_the_prompts_file(tmp_path: Path) -> None:
     assert (birds.instances[2].colour, birds.instances[2].category) == ("white", "bus")
     assert split_phrase("a brown teddy bear") == ("brown", "teddy bear") and split_phrase("a cat") == (None, "cat")
     assert items[1].layout.steps == 24  # what the overrides leave out comes from the model (shapes: 24 steps)
+
+
+def test_mig_bench_json_gives_the_same_items(tmp_path: Path) -> None:
+    """MIG_Bench's sample_prompt_color_split.json (labels without the article) reads as the same scenes."""
+    split = {key: {"caption": prompt, "segment": [{"label": phrase.removeprefix("a "), "bbox": box}
+                                                  for phrase, boxes in entry.items() if phrase != "coco_id"
+                                                  for box in boxes]}
+             for prompt, entry in ANNOTATION.items() for key in [entry["coco_id"]]}
+    (tmp_path / "sample_prompt_color_split.json").write_text(json.dumps(split), encoding="utf-8")
+    items = read_coco_mig(tmp_path, {"model": "shapes"})
+    from_yaml = read_coco_mig(write_coco_mig(tmp_path / "mig", list(ANNOTATION)), {"model": "shapes"})
+    assert [i.id for i in items] == [i.id for i in from_yaml] == ["12", "7"]
+    def scene(item: BenchItem) -> list[tuple]:  # the YAML file lists phrases sorted, the JSON in its own order
+        return sorted((x.box, x.colour, x.category) for x in item.instances)
+
+    assert [scene(i) for i in items] == [scene(i) for i in from_yaml] and len(scene(items[1])) == 3
+    assert items[0].layout.entities[0].prompt == "red apple"  # the label as the benchmark writes it
+    del split["7"]["segment"][0]["bbox"]
+    (tmp_path / "sample_prompt_color_split.json").write_text(json.dumps(split), encoding="utf-8")
+    with pytest.raises(LayoutError, match=r"7.segment\[0\].bbox: expected a box of 4 fractions"):
+        read_coco_mig(tmp_path)
 
 
 def test_coco_mig_errors_name_the_file_and_the_entry(tmp_path: Path) -> None:
@@ -104,7 +125,7 @@ def test_a_killed_generation_resumes_without_regenerating(tmp_path: Path) -> Non
     assert score_shard(items, [0, 1], tmp_path, [Counting()], Shard()).done == 6
     assert score_shard(items, [0, 1], tmp_path, [Counting()], Shard()).skipped == 6 and Counting.scored == 6
     image_path(tmp_path, items[0], 0).unlink()
-    (tmp_path / "scores" / "i0-s0.json").unlink()
+    (tmp_path / "scores" / "s0_i0.json").unlink()
     with pytest.raises(FileNotFoundError, match="expected 1 more generated images to score"):
         score_shard(items, [0, 1], tmp_path, [Counting()], Shard())
 

@@ -1,16 +1,24 @@
-"""COCO-MIG (MIGC, CVPR 2024) as eligen benchmark items, read from the benchmark's own files.
+"""COCO-MIG (MIGC, CVPR 2024) as eligen benchmark items, read from the benchmark's own files, in either of the
+two forms it is published in (eligen ships neither; docs/bench.md says where to get them):
 
-The MIGC repository's `bench_file/` holds `mig_bench.txt` (one global prompt a line, "a photo of a red car and
-a blue bus ...") and `mig_bench_anno.yaml` (per prompt: each instance phrase, e.g. "a red car", with a list of
-boxes as fractions x0, y0, x1, y1 of the image, and the COCO image id). Each box is one instance; an item's
-level is its instance count (L2 ... L6). The item keeps the benchmark's prompt as the global prompt and each
-phrase as an entity prompt in its box, as MIGC's own benchmark script passes them; eligen does not ship these
-files (the user downloads them, docs/bench.md).
+* the MIGC repository's `bench_file/`: `mig_bench.txt` (one global prompt a line, "a photo of a red car and a
+  blue bus ...") and `mig_bench_anno.yaml` (per prompt: each instance phrase, e.g. "a red car", with a list of
+  boxes as fractions x0, y0, x1, y1, and `coco_id`, the prompt's id);
+* MIG_Bench's `sample_prompt_color_split.json`, the file its `eval_mig.py` scores against: per id a `caption`
+  and a `segment` list of instances, each a `label` ("red car": the colour, then the object) and a `bbox` in
+  fractions.
+
+Each box is one instance; an item's level is its instance count (L2 ... L6, as eval_mig.py groups them). The
+item keeps the benchmark's prompt as the global prompt and each phrase (or label) as an entity prompt in its
+box, as the benchmark's own generation script passes them. Item ids are the benchmark's ids, so images are
+named `s<seed>_<id>.png` and the benchmark's own eval_mig.py can read the same folder.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +30,25 @@ from .items import BenchItem, Instance
 
 PROMPTS_FILE = "mig_bench.txt"
 ANNOTATION_FILE = "mig_bench_anno.yaml"
+SPLIT_FILE = "sample_prompt_color_split.json"
 COLOURS = ("red", "yellow", "green", "blue", "white", "black", "brown")  # the benchmark's colour words
 
 
 def is_coco_mig(path: Path) -> bool:
-    """Whether `path` is a COCO-MIG folder (it holds the annotation file) or that annotation file."""
-    return (path / ANNOTATION_FILE).is_file() if path.is_dir() else path.name == ANNOTATION_FILE
+    """Whether `path` is a COCO-MIG folder (holding one of its annotation files) or one of those files."""
+    if path.is_dir():
+        return (path / ANNOTATION_FILE).is_file() or (path / SPLIT_FILE).is_file()
+    return path.name in (ANNOTATION_FILE, SPLIT_FILE)
 
 
-def benchmark_files(path: Path) -> tuple[Path | None, Path]:
-    """The prompts file (None when the folder has none: the annotation's order is used) and the annotation file."""
+def benchmark_files(path: Path) -> list[Path]:
+    """The files the items are read from: MIG_Bench's JSON, else the annotation YAML with the prompts file
+    (when there is one; without it, the annotation's order is used)."""
     folder = path if path.is_dir() else path.parent
+    if path.name == SPLIT_FILE or (path.is_dir() and (folder / SPLIT_FILE).is_file()):
+        return [folder / SPLIT_FILE]
     prompts = folder / PROMPTS_FILE
-    return (prompts if prompts.is_file() else None), folder / ANNOTATION_FILE
+    return [folder / ANNOTATION_FILE, *([prompts] if prompts.is_file() else [])]
 
 
 def files_sha256(paths: list[Path]) -> str:
@@ -46,13 +60,21 @@ def files_sha256(paths: list[Path]) -> str:
 
 
 def split_phrase(phrase: str) -> tuple[str | None, str]:
-    """("red", "teddy bear") from "a red teddy bear"; the colour is None when the phrase has none of COLOURS."""
+    """("red", "teddy bear") from "a red teddy bear" (or MIG_Bench's "red teddy bear"); the colour is None when
+    the phrase has none of COLOURS."""
     words = phrase.split()
     if words and words[0] in ("a", "an"):
         words = words[1:]
     if words and words[0] in COLOURS:
         return words[0], " ".join(words[1:])
     return None, " ".join(words)
+
+
+def _box(box: Any, source: str, field: str) -> list[float]:
+    ok = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)
+    if not ok or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+        raise LayoutError(source, field, f"expected a box of 4 fractions x0 < x1, y0 < y1 within 0-1, got {box!r}")
+    return [float(v) for v in box]
 
 
 def _instances(prompt: str, entry: Any, source: str) -> list[tuple[str, list[float]]]:
@@ -66,20 +88,44 @@ def _instances(prompt: str, entry: Any, source: str) -> list[tuple[str, list[flo
         if not isinstance(boxes, list) or not boxes:
             raise LayoutError(source, f"{prompt}: {phrase}", "expected a list of boxes [x0, y0, x1, y1]")
         for i, box in enumerate(boxes):
-            ok = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)
-            if not ok or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
-                raise LayoutError(source, f"{prompt}: {phrase}[{i}]",
-                                  f"expected a box of 4 fractions x0 < x1, y0 < y1 within 0-1, got {box!r}")
-            found.append((str(phrase), [float(v) for v in box]))
+            found.append((str(phrase), _box(box, source, f"{prompt}: {phrase}[{i}]")))
     if not found:
         raise LayoutError(source, prompt, "expected at least one instance box")
     return found
 
 
-def read_coco_mig(path: Path, overrides: dict[str, Any] | None = None) -> list[BenchItem]:
-    """The benchmark's prompts as items, in the prompts file's order; `overrides` (model, steps, cfg, ...) apply
-    to every layout, and what they leave out comes from the model's defaults (its native size, steps, cfg)."""
-    prompts_path, annotation_path = benchmark_files(path)
+def _split_entries(path: Path) -> list[tuple[str, str, list[tuple[str, list[float]]]]]:
+    """(id, caption, [(label, box)]) of MIG_Bench's JSON, in the file's order."""
+    source = str(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LayoutError(source, "(file)", f"expected MIG_Bench's JSON ({exc})") from None
+    if not isinstance(data, dict) or not data:
+        raise LayoutError(source, "(top level)", "expected a mapping of ids to {caption, segment}")
+    entries = []
+    for key, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("caption"), str):
+            raise LayoutError(source, f"{key}.caption", "expected a caption string")
+        segment = entry.get("segment")
+        if not isinstance(segment, list) or not segment:
+            raise LayoutError(source, f"{key}.segment", "expected a list of {label, bbox}")
+        found = []
+        for i, instance in enumerate(segment):
+            if not isinstance(instance, dict) or not isinstance(instance.get("label"), str):
+                raise LayoutError(source, f"{key}.segment[{i}].label", "expected a label string like 'red car'")
+            found.append((instance["label"], _box(instance.get("bbox"), source, f"{key}.segment[{i}].bbox")))
+        entries.append((_safe_id(str(key)), entry["caption"], found))
+    return entries
+
+
+def _safe_id(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", value)
+
+
+def _yaml_entries(path: Path) -> list[tuple[str, str, list[tuple[str, list[float]]]]]:
+    """(id, prompt, [(phrase, box)]) of MIGC's annotation YAML, in the prompts file's order when there is one."""
+    annotation_path, *rest = benchmark_files(path)
     source = str(annotation_path)
     try:
         annotation = yaml.safe_load(annotation_path.read_text(encoding="utf-8"))
@@ -87,23 +133,38 @@ def read_coco_mig(path: Path, overrides: dict[str, Any] | None = None) -> list[B
         raise LayoutError(source, "(file)", f"expected COCO-MIG's annotation YAML ({exc})") from None
     if not isinstance(annotation, dict) or not annotation:
         raise LayoutError(source, "(top level)", "expected a mapping of prompts to their instances")
-    if prompts_path is None:
+    if not rest:
         prompts = list(annotation)
     else:
-        prompts = [line.strip() for line in prompts_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts = [line.strip() for line in rest[0].read_text(encoding="utf-8").splitlines() if line.strip()]
         missing = [p for p in prompts if p not in annotation]
         if missing:
-            raise LayoutError(str(prompts_path), f"line {prompts.index(missing[0]) + 1}",
+            raise LayoutError(str(rest[0]), f"line {prompts.index(missing[0]) + 1}",
                               f"expected a prompt of {ANNOTATION_FILE}, {missing[0]!r} is not in it")
-    items = []
+    entries = []
     for index, prompt in enumerate(prompts):
         instances = _instances(prompt, annotation[prompt], source)
+        coco_id = annotation[prompt].get("coco_id")
+        entries.append((_safe_id(str(coco_id)) if coco_id is not None else f"{index:04d}", prompt, instances))
+    ids = [e[0] for e in entries]
+    if len(set(ids)) != len(ids):  # ids must name files: fall back on the line numbers
+        entries = [(f"{index:04d}", prompt, instances) for index, (_, prompt, instances) in enumerate(entries)]
+    return entries
+
+
+def read_coco_mig(path: Path, overrides: dict[str, Any] | None = None) -> list[BenchItem]:
+    """The benchmark's prompts as items, in its files' order; `overrides` (model, steps, cfg, ...) apply to every
+    layout, and what they leave out comes from the model's defaults (its native size, steps, cfg)."""
+    files = benchmark_files(path)
+    entries = _split_entries(files[0]) if files[0].name == SPLIT_FILE else _yaml_entries(path)
+    items = []
+    for item_id, prompt, instances in entries:
         data = {"prompt": prompt, "units": "fraction",
                 "entities": [{"prompt": phrase, "box": box} for phrase, box in instances]}
-        layout = with_model_defaults(parse_layout({**data, **(overrides or {})}, f"{source}: {prompt}"))
+        layout = with_model_defaults(parse_layout({**data, **(overrides or {})}, f"{files[0]}: {item_id}"))
         width, height = layout.size
         items.append(BenchItem(
-            id=f"{index:04d}", level=f"L{len(instances)}", layout=layout, source=source, base_dir=path,
+            id=item_id, level=f"L{len(instances)}", layout=layout, source=str(files[0]), base_dir=files[0].parent,
             instances=tuple(Instance(phrase, (box[0] * width, box[1] * height, box[2] * width, box[3] * height),
                                      colour=split_phrase(phrase)[0], category=split_phrase(phrase)[1])
                             for phrase, box in instances)))

@@ -2,8 +2,8 @@
 
 Work is a list of (item, seed) pairs; shard `index` of `count` takes every count-th pair from `index`, so any
 number of processes split it without talking to each other. Each image is written atomically to
-`images/<id>-s<seed>.png` (with its layout, seed, model and eligen version embedded by `render`) and each score
-to `scores/<id>-s<seed>.json`; a pair whose file exists is skipped, so a killed run resumes where it stopped and
+`images/s<seed>_<id>.png` (with its layout, seed, model and eligen version embedded by `render`) and each score
+to `scores/s<seed>_<id>.json`; a pair whose file exists is skipped, so a killed run resumes where it stopped and
 a score-only run needs only the images. A score file keeps one entry per scorer, so adding a scorer later
 scores only what is missing.
 """
@@ -55,11 +55,12 @@ class ShardStats:
 
 
 def image_path(out: Path, item: BenchItem, seed: int) -> Path:
-    return out / "images" / f"{item.id}-s{seed}.png"
+    """`images/s<seed>_<id>.png`: the id last, after an underscore, as COCO-MIG's eval_mig.py reads names."""
+    return out / "images" / f"s{seed}_{item.id}.png"
 
 
 def score_path(out: Path, item: BenchItem, seed: int) -> Path:
-    return out / "scores" / f"{item.id}-s{seed}.json"
+    return out / "scores" / f"s{seed}_{item.id}.json"
 
 
 def write_json(path: Path, data: Any) -> None:
