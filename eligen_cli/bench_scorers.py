@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -47,8 +48,17 @@ def auto_scorers(names: Sequence[str], items: Sequence[BenchItem], kind: str) ->
     return chosen
 
 
+def _check_local(value: str | None, option: str) -> None:
+    """A model given as a local path must exist (a hub id is only looked up when the scorer first runs)."""
+    if value is not None and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
+        raise typer.BadParameter(f"expected a model folder or a hub id, {value} does not exist", param_hint=option)
+
+
 def build_scorers(names: Sequence[str], options: ScorerOptions) -> list[Scorer]:
     """The scorers by name (their models load when they first score)."""
+    for value, option in ((options.detector_model, "--detector-model"), (options.sam_model, "--sam-model"),
+                          (options.clip_model, "--clip-model")):
+        _check_local(value, option)
     built: list[Scorer] = []
     for name in names:
         if name == "shapes":

@@ -117,6 +117,7 @@ class _Renderer:
 
     def __call__(self, item: BenchItem, seed: int) -> tuple[Image.Image, dict[str, Any]]:
         from eligen.pipeline.generate import EligenPipeline
+        from eligen.pipeline.references import with_absolute_paths
         from eligen.pipeline.regions import entity_masks
 
         from .render_outputs import generate_metadata, resolved_layout
@@ -129,7 +130,8 @@ class _Renderer:
         pipe = self.pipes[key]
         shown = layout.model_copy(update={"entities": []}) if self.global_only else layout
         image = pipe.generate(shown, [seed], item.base_dir, item.source)[0]
-        resolved = resolved_layout(pipe, shown, entity_masks(shown, item.base_dir, item.source))
+        masks = entity_masks(shown, item.base_dir, item.source)
+        resolved = resolved_layout(pipe, with_absolute_paths(shown, item.base_dir), masks)
         return image, {**generate_metadata(resolved, seed), "benchmark_item": item.id}
 
 
@@ -375,6 +377,9 @@ def _score(items: list[BenchItem], seeds: list[int], out: Path, shard: Shard, sc
             stats = score_shard(items, seeds, out, scorers, shard, progress)
     except FileNotFoundError as exc:
         raise fail(exc, 1) from None
+    except OSError as exc:  # a scorer's weights not found or not downloadable (transformers raises OSError)
+        raise fail(f"a scorer could not load its model: {exc}\nthe generated images are kept in {out / 'images'}; "
+                   "once the model is reachable, run the same command with --score-only", 1) from None
     if stats.done:
         err.print(_stats_line(stats, shard.count))
     write_json(out / "processes" / f"score-{shard.index}.json", {**vars(stats), "per_second": stats.per_second})

@@ -380,6 +380,7 @@ def inpaint(
     from eligen.pipeline.layout_warnings import check_layout
     from eligen.pipeline.model_info import scale_factor
     from eligen.pipeline.preview import draw_preview
+    from eligen.pipeline.references import with_absolute_paths
     from eligen.pipeline.regions import PATCH
 
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
@@ -410,7 +411,7 @@ def inpaint(
                 save_png(drawing, _preview_path(out))
                 err.print(f"wrote {_preview_path(out)}")
         plan = prepare(pipe, canvas, job.image, job.base_dir, job.source)
-        resolved = resolved_edits(pipe, job.edits, job.masks)
+        resolved = resolved_edits(pipe, with_absolute_paths(job.edits, job.base_dir), job.masks)
         for seed_value, out in zip(job.seeds, outs, strict=True):
             started = time.monotonic()
             with step_progress(f"{image.name} seed {seed_value}", plan.layout.steps) as on_step:

@@ -225,6 +225,18 @@ def test_eval_runs_coco_mig_end_to_end_with_every_scorer(tiny_model: Path, tmp_p
     assert Image.open(out / "contact.png").size == (8 * 192, 192)
 
 
+def test_a_scorer_model_that_cannot_load_keeps_the_images(tiny_model: Path, tmp_path: Path) -> None:
+    layouts, out = _layouts(tmp_path, 1), tmp_path / "out"
+    base = ["eval", str(layouts), "--model", str(tiny_model), "--seeds", "1", "--steps", "2", "--device", "cpu",
+            "-o", str(out), "--scorer", "clip", "--clip-model"]
+    missing = runner.invoke(app, [*base, str(tmp_path / "no-such-clip")])
+    assert missing.exit_code == 2 and "no-such-clip does not exist" in missing.output and not out.exists()
+    (tmp_path / "empty-clip").mkdir()
+    empty = runner.invoke(app, [*base, str(tmp_path / "empty-clip")])
+    assert empty.exit_code == 1 and "a scorer could not load its model" in empty.output
+    assert "run the same command with --score-only" in empty.output and len(list((out / "images").glob("*.png"))) == 1
+
+
 def test_two_processes_score_what_one_does(tiny_model: Path, tmp_path: Path) -> None:
     layouts = _layouts(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread in every process: the same arithmetic

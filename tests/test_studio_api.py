@@ -80,6 +80,7 @@ def test_loading_options_are_used_and_recorded_so_generate_repeats_the_image(
         assert f"transformer: {SHAPES_TRANSFORMER}" in theirs and "/etc/hostname" not in theirs
     assert list(cwd.iterdir()) == []
     assert read_png_metadata(io.BytesIO(png))["layout"]["transformer"] == str(SHAPES_TRANSFORMER)
+    assert Image.open(io.BytesIO(png)).size == (64, 64)  # a layout without a size gets the model's, as in the CLI
     (tmp_path / "studio.yaml").write_text(layout_yaml)
     monkeypatch.chdir(tmp_path)
     run_cli("generate", "studio.yaml", "-o", "cli.png", "--dtype", "fp32", "--device", "cpu")

@@ -3,6 +3,7 @@ source panel, both LoRAs active, and bad inputs (exit 2, a message naming the pr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,19 @@ def test_a_png_with_references_reruns_from_another_folder(adapters: Path, tiny_m
     result = runner.invoke(app, ["generate", str(moved), "-o", str(tmp_path / "again.png")])
     assert result.exit_code == 0, result.output
     assert np.array_equal(np.asarray(Image.open(moved)), np.asarray(Image.open(tmp_path / "again.png")))
+
+
+def test_an_inpainted_png_records_its_references_absolute(adapters: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """Inpaint's PNG embeds the edits with the adapter and reference paths resolved, as generate's does."""
+    random_image(tmp_path / "photo.png", (64, 64), 3)
+    random_image(tmp_path / "ref.png", (40, 40), 7)
+    edits = tmp_path / "edits.yaml"
+    edits.write_text(yaml.safe_dump({"model": str(tiny_model), "prompt": "a table", "steps": 2, "seed": 1,
+                                     "loras": [], "entities": [{"prompt": "a red cup", "box": [0, 0, 32, 64],
+                                                                "reference": {"image": "ref.png"}}],
+                                     "ip_adapter": {"path": str(adapters / "instantx" / "ip-adapter.bin"),
+                                                    "image_encoder": str(adapters / "instantx" / "image_encoder")}}))
+    result = runner.invoke(app, ["inpaint", str(tmp_path / "photo.png"), str(edits), "-o", str(tmp_path / "o.png")])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(Image.open(tmp_path / "o.png").text["eligen"])["edits"]
+    assert recorded["entities"][0]["reference"]["image"] == str((tmp_path / "ref.png").resolve())

@@ -28,6 +28,7 @@ from eligen.pipeline.layout import (
     parse_edits,
     parse_layout,
 )
+from eligen.pipeline.model_defaults import with_model_defaults
 from eligen.pipeline.outputs import png_bytes, read_png_metadata
 from eligen.pipeline.regions import entity_masks, inline_masks, mask_data_url
 
@@ -153,8 +154,9 @@ def _server_data(data: Any, model: str, server_loras: list[str], source: str, tr
 
 def browser_layout(data: Any, model: str, server_loras: list[str], source: str = "layout",
                    transformer: str | None = None) -> Layout:
-    """A layout from the browser, validated as a layout file, on the server's model (and its `transformer`)."""
-    return parse_layout(_server_data(data, model, server_loras, source, transformer), source)
+    """A layout from the browser, validated as a layout file, on the server's model (and its `transformer`); what it
+    leaves out (size, steps, cfg) comes from the model's defaults, as in `eligen generate`."""
+    return with_model_defaults(parse_layout(_server_data(data, model, server_loras, source, transformer), source))
 
 
 def browser_edits(data: Any, image_size: tuple[int, int], model: str, server_loras: list[str],
