@@ -4,7 +4,6 @@ SAM and CLIP scorers' mechanics on tiny random models built offline."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +49,7 @@ PAINTS = {
 GREY = (127, 127, 127)  # none of the table's colours: saturation 0, value between black and white
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread than fighting for two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two fighting cores
 
 
 def _canvas(width: int = 100, height: int = 60, colour: tuple[int, int, int] = GREY) -> np.ndarray:

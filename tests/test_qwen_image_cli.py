@@ -5,7 +5,6 @@ eval, and the agent's renderer."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +28,7 @@ TARGETS = {"attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k
            "attn.to_out.0", "attn.to_add_out", "img_mlp.net.2", "img_mod.1", "txt_mlp.net.2", "txt_mod.1"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two fighting cores
 
 
 def test_tiny_model_command_writes_a_qwen_image_folder(tmp_path: Path) -> None:

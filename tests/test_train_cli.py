@@ -4,12 +4,10 @@ the trained LoRA in `eligen generate --lora`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
@@ -20,12 +18,7 @@ from eligen.pipeline.train.example import write_example_dataset
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two fighting cores
 
 
 def _config_file(folder: Path, tiny_model: Path, **options: object) -> Path:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from training_tolerance import trained_alike
 
@@ -21,12 +19,7 @@ OPTIONS = {"steps": "4", "rank": "4", "lr": "0.01", "resolution": "64", "bucket-
            "save-every": "2", "entity-dropout": "0.3"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two fighting cores
 
 
 def test_two_processes_train_the_weights_of_one(tiny_model: Path, tmp_path: Path) -> None:
