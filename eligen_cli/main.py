@@ -380,7 +380,6 @@ def inpaint(
     from eligen.pipeline.layout_warnings import check_layout
     from eligen.pipeline.model_info import scale_factor
     from eligen.pipeline.preview import draw_preview
-    from eligen.pipeline.references import with_absolute_paths
     from eligen.pipeline.regions import PATCH
 
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
@@ -411,6 +410,8 @@ def inpaint(
                 save_png(drawing, _preview_path(out))
                 err.print(f"wrote {_preview_path(out)}")
         plan = prepare(pipe, canvas, job.image, job.base_dir, job.source)
+        from eligen.pipeline.references import with_absolute_paths  # imports torch: after the checks
+
         resolved = resolved_edits(pipe, with_absolute_paths(job.edits, job.base_dir), job.masks)
         for seed_value, out in zip(job.seeds, outs, strict=True):
             started = time.monotonic()
