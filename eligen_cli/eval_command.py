@@ -7,6 +7,7 @@ processes (accelerate) and prints the tables. No model math here.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from eligen.pipeline.bench.items import BenchItem
     from eligen.pipeline.bench.report import Report
     from eligen.pipeline.bench.run import Shard, ShardStats
+    from eligen.pipeline.layout import Layout
 
 RUN_FILE = "run.json"  # what a run's images were generated with; a resumed run must match it
 SHOWN = {"success": ("success", "{:.1%}"), "miou": ("mIoU", "{:.3f}"), "iou": ("mIoU", "{:.3f}"),
@@ -110,28 +112,39 @@ def _items(sources: list[Path], overrides: dict[str, Any]) -> tuple[list[BenchIt
 
 
 class _Renderer:
-    """Generates items' images with one pipeline per (model, transformer), loaded on first use."""
+    """Generates items' images with one pipeline per (model, transformer), loaded on first use; an item's prompts
+    and regions are encoded once for all its seeds (a shard holds every seed of its items, in a row)."""
 
     def __init__(self, device: str | None, global_only: bool) -> None:
         self.device, self.global_only, self.pipes = device, global_only, {}
+        self.prepared: tuple[str, Any, Layout, Any, Any, Layout] | None = None  # the last item's, by id
 
-    def __call__(self, item: BenchItem, seed: int) -> tuple[Image.Image, dict[str, Any]]:
+    def _prepare(self, item: BenchItem) -> tuple[Any, Layout, Any, Any, Layout]:
         from eligen.pipeline.generate import EligenPipeline
         from eligen.pipeline.references import with_absolute_paths
         from eligen.pipeline.regions import entity_masks
 
-        from .render_outputs import generate_metadata, resolved_layout
+        from .render_outputs import resolved_layout
 
-        layout = item.layout
-        key = (layout.model, layout.transformer)
+        if self.prepared is not None and self.prepared[0] == item.id:
+            return self.prepared[1:]
+        key = (item.layout.model, item.layout.transformer)
         if key not in self.pipes:
             with status(f"loading {key[0]}"):
                 self.pipes[key] = EligenPipeline.from_pretrained(key[0], transformer=key[1], device=self.device)
         pipe = self.pipes[key]
-        shown = layout.model_copy(update={"entities": []}) if self.global_only else layout
-        image = pipe.generate(shown, [seed], item.base_dir, item.source)[0]
+        shown = item.layout.model_copy(update={"entities": []}) if self.global_only else item.layout
+        positive, negative = pipe.prepare(shown, item.base_dir, item.source)
         masks = entity_masks(shown, item.base_dir, item.source)
         resolved = resolved_layout(pipe, with_absolute_paths(shown, item.base_dir), masks)
+        self.prepared = (item.id, pipe, shown, positive, negative, resolved)
+        return self.prepared[1:]
+
+    def __call__(self, item: BenchItem, seed: int) -> tuple[Image.Image, dict[str, Any]]:
+        from .render_outputs import generate_metadata
+
+        pipe, shown, positive, negative, resolved = self._prepare(item)
+        image = pipe.decode(pipe.sample(shown, positive, negative, seed), shown)
         return image, {**generate_metadata(resolved, seed), "benchmark_item": item.id}
 
 
@@ -389,7 +402,7 @@ def _score(items: list[BenchItem], seeds: list[int], out: Path, shard: Shard, sc
 def _report(items: list[BenchItem], seeds: list[int], out: Path, scorers: list, header: dict[str, Any],
             keep: bool, global_only: bool) -> None:
     from eligen.pipeline.bench.report import collect, contact_sheet, results
-    from eligen.pipeline.bench.run import read_scores, write_json
+    from eligen.pipeline.bench.run import write_json
     from eligen.pipeline.outputs import save_png
 
     report = collect(items, seeds, out, scorers)
@@ -398,7 +411,8 @@ def _report(items: list[BenchItem], seeds: list[int], out: Path, scorers: list, 
     (console if console.is_terminal else Console(width=160)).print(_summary_table(report, title))  # a log: no wrap
     if not keep:
         return
-    header["throughput"] = [read_scores(p) for p in sorted((out / "processes").glob("*.json"))]
+    stats = sorted((out / "processes").glob("*.json"))
+    header["throughput"] = [json.loads(p.read_text(encoding="utf-8")) for p in stats]
     write_json(out / "results.json", results(report, header))
     save_png(contact_sheet(report, out, columns=len(seeds) * max(1, 8 // len(seeds))), out / "contact.png")
     err.print(f"wrote {out / 'results.json'} and {out / 'contact.png'}")

@@ -161,10 +161,11 @@ class CocoMigScorer:
         instances = [replace(inst, box=scale_box(inst.box, sx, sy)) for inst in item.instances]
         rgb = np.asarray(rgb_image)
         masks = self._segment(rgb_image, [inst.box for inst in instances])
+        captions = [detection_caption(inst) for inst in instances]
+        detections = {caption: self._detect(rgb_image, caption) for caption in dict.fromkeys(captions)}  # once each
         rows = [
-            instance_scores(inst, self._detect(rgb_image, detection_caption(inst)), rgb, mask,
-                            self.iou_threshold, self.colour_min_fraction)
-            for inst, mask in zip(instances, masks, strict=True)
+            instance_scores(inst, detections[caption], rgb, mask, self.iou_threshold, self.colour_min_fraction)
+            for inst, caption, mask in zip(instances, captions, masks, strict=True)
         ]
         return ImageScore(instances=rows, image={"image_success": all(row["success"] for row in rows)})
 

@@ -1,7 +1,7 @@
 """Running a benchmark: generate every (item, seed) image and score it, in shards, resumable.
 
-Work is a list of (item, seed) pairs; shard `index` of `count` takes every count-th pair from `index`, so any
-number of processes split it without talking to each other. Each image is written atomically to
+Work is a list of (item, seed) pairs; shard `index` of `count` takes every count-th item from `index` with all
+its seeds, so any number of processes split it without talking to each other. Each image is written atomically to
 `images/s<seed>_<id>.png` (with its layout, seed, model and eligen version embedded by `render`) and each score
 to `scores/s<seed>_<id>.json`; a pair whose file exists is skipped, so a killed run resumes where it stopped and
 a score-only run needs only the images. A score file keeps one entry per scorer, so adding a scorer later
@@ -35,8 +35,8 @@ class Shard:
     count: int = 1
 
     def pairs(self, items: Sequence[BenchItem], seeds: Sequence[int]) -> list[tuple[BenchItem, int]]:
-        every = [(item, seed) for item in items for seed in seeds]
-        return every[self.index::self.count]
+        """Every count-th item from `index`, each with all its seeds in a row (its prompts are encoded once)."""
+        return [(item, seed) for item in items[self.index::self.count] for seed in seeds]
 
 
 @dataclass
