@@ -22,6 +22,14 @@ from rich.table import Table
 from eligen import __version__
 from eligen.pipeline.layout import LayoutError
 
+from .agent_commands import (
+    MllmDeviceOpt,
+    MllmFamilyOpt,
+    MllmLocalOpt,
+    MllmMaxPixelsOpt,
+    MllmRetriesOpt,
+    MllmTimeoutOpt,
+)
 from .bench_scorers import SCORER_NAMES, ScorerOptions, auto_scorers, build_scorers
 from .common import DeviceOpt, EntityTokensOpt, OverwriteOpt, entity_tokens_value, err, fail, user_errors
 from .launching import cuda_available, launch_self, launched
@@ -101,14 +109,37 @@ def _coco_mig_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchIt
     return items, {"kind": "coco-mig", "files": [str(p) for p in files], "sha256": files_sha256(files)}
 
 
+def _layoutsam_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchItem], dict[str, Any]]:
+    from eligen.pipeline.bench.layoutsam import DATASET_ID, download, file_digests, read_layoutsam
+    from eligen.pipeline.layout_warnings import check_layout
+    from eligen.pipeline.model_info import scale_factor
+    from eligen.pipeline.regions import entity_masks
+
+    from .sources import cli_overrides
+
+    if not path.exists():
+        with status(f"downloading {path} from the Hugging Face hub"):
+            path = download(str(path))
+    bench = read_layoutsam(path, cli_overrides(overrides))
+    for item in bench.items[:1]:  # every item shares the model and size
+        check_layout(item.layout, entity_masks(item.layout, item.base_dir, item.source),
+                     scale_factor(item.layout.model), item.source)
+    digests, total = file_digests(bench.files)
+    return bench.items, {"kind": "layoutsam", "dataset": DATASET_ID, "files": [str(p) for p in bench.files],
+                         "sha256": total, "files_sha256": digests, "file_names": bench.file_names}
+
+
 def _items(sources: list[Path], overrides: dict[str, Any]) -> tuple[list[BenchItem], dict[str, Any]]:
     from eligen.pipeline.bench.coco_mig import is_coco_mig
+    from eligen.pipeline.bench.layoutsam import is_layoutsam
 
-    mig = [p for p in sources if is_coco_mig(p)]
-    if mig and len(sources) > 1:
-        raise LayoutError(str(mig[0]), "(benchmark)", "expected COCO-MIG alone, got it with other sources",
-                          "run each benchmark with its own -o folder")
-    return _coco_mig_items(mig[0], overrides) if mig else _layout_items(sources, overrides)
+    own = [p for p in sources if is_coco_mig(p) or is_layoutsam(p)]
+    if own and len(sources) > 1:
+        raise LayoutError(str(own[0]), "(benchmark)", "expected a benchmark (COCO-MIG, LayoutSAM-Eval) alone, got it "
+                          "with other sources", "run each benchmark with its own -o folder")
+    if own and is_layoutsam(own[0]):
+        return _layoutsam_items(own[0], overrides)
+    return _coco_mig_items(own[0], overrides) if own else _layout_items(sources, overrides)
 
 
 class _Renderer:
@@ -265,13 +296,15 @@ def _reconstructed_args(ctx: typer.Context) -> list[str]:
 def eval_command(
     ctx: typer.Context,
     sources: Annotated[list[Path], typer.Argument(
-        metavar="BENCHMARK", help="Layout YAML files or folders of them (box, polygon or mask regions), or a "
+        metavar="BENCHMARK", help="Layout YAML files or folders of them (box, polygon or mask regions), a "
         "COCO-MIG folder (MIGC's bench_file/ with mig_bench_anno.yaml, or MIG_Bench's "
-        "sample_prompt_color_split.json).")],
+        "sample_prompt_color_split.json), or LayoutSAM-Eval (its parquet files, a folder of them, or its hub id "
+        "HuiZhang0812/LayoutSAM-eval).")],
     model: Annotated[str | None, typer.Option(
         metavar="MODEL", help="Model folder, hub id or built-in name (overrides the files).")] = None,
     seeds: Annotated[int | None, typer.Option(
-        min=1, help="Seeds 0..N-1 per item [default: 8 for COCO-MIG, as the benchmark; 4 for layouts].")] = None,
+        min=1, help="Seeds 0..N-1 per item [default: as the benchmark: 8 for COCO-MIG, 1 for LayoutSAM-Eval; 4 for "
+        "layouts].")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     steps: Annotated[int | None, typer.Option(
         help="Sampling steps [default: the file's, else the model's: 24 for shapes, 50 for FLUX.1-dev].")] = None,
@@ -290,7 +323,8 @@ def eval_command(
     = False,
     scorer: Annotated[list[str] | None, typer.Option(
         metavar="|".join(SCORER_NAMES), help="Scorers (repeat for several) [default: auto: the shapes detector for "
-        "shapes layouts, coco-mig and clip for COCO-MIG, else clip].")] = None,
+        "shapes layouts, coco-mig and clip for COCO-MIG, layoutsam (its VLM questions, --mllm-*) and clip for "
+        "LayoutSAM-Eval, else clip].")] = None,
     detector_model: Annotated[str | None, typer.Option(
         metavar="ID", help="GroundingDINO weights for coco-mig [default: the benchmark's].")] = None,
     sam_model: Annotated[str | None, typer.Option(metavar="ID", help="SAM weights for coco-mig.")] = None,
@@ -298,6 +332,12 @@ def eval_command(
     mllm_url: Annotated[str | None, typer.Option(
         metavar="URL", help="OpenAI-compatible server of the MLLM judge (judge), e.g. vLLM serving Qwen2-VL.")] = None,
     mllm_model: Annotated[str | None, typer.Option(metavar="NAME", help="The judge's model name.")] = None,
+    mllm_family: MllmFamilyOpt = None,
+    mllm_local: MllmLocalOpt = None,
+    mllm_device: MllmDeviceOpt = None,
+    mllm_timeout: MllmTimeoutOpt = None,
+    mllm_retries: MllmRetriesOpt = None,
+    mllm_max_pixels: MllmMaxPixelsOpt = None,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Run folder: images/, scores/, results.json, contact.png; an unfinished run in it "
         "resumes [default: a temporary folder, nothing kept].")] = None,
@@ -317,6 +357,7 @@ def eval_command(
       eligen eval heldout-layouts --model shapes-base --global-only   # the baseline without entities
       eligen eval MIGC/bench_file -o coco-mig --num-processes 8       # COCO-MIG on 8 GPUs (docs/bench.md)
       eligen eval MIGC/bench_file -o coco-mig --score-only --scorer judge --mllm-url http://127.0.0.1:8000/v1
+      eligen eval LayoutSAM-eval/data -o layoutsam --size 512x512 --mllm-url http://127.0.0.1:8000/v1
     """
     if output is None and (score_only or num_processes > 1):
         raise fail("--score-only and --num-processes need -o (the run's folder)", 2)
@@ -332,10 +373,12 @@ def eval_command(
     with user_errors():
         items, benchmark = _items(sources, overrides)
         items = items[:limit] if limit else items
-        seed_list = list(range(seeds or (8 if benchmark["kind"] == "coco-mig" else 4)))
+        seed_list = list(range(seeds or {"coco-mig": 8, "layoutsam": 1}.get(benchmark["kind"], 4)))
         names = list(scorer or ["auto"])
+        mllm = {"family": mllm_family, "local": mllm_local, "device": mllm_device, "timeout": mllm_timeout,
+                "retries": mllm_retries, "max_pixels": mllm_max_pixels}
         options = ScorerOptions(detector_model, sam_model, clip_model, mllm_url, mllm_model,
-                                _process_device(device))
+                                _process_device(device), mllm, benchmark.get("file_names", {}))
         scorers = build_scorers(auto_scorers(names, items, benchmark["kind"]), options)
         run = {"benchmark_sha256": benchmark["sha256"], "model": items[0].layout.model, "seeds": len(seed_list),
                "steps": items[0].layout.steps, "cfg": items[0].layout.cfg, "size": list(items[0].layout.size),
@@ -347,6 +390,8 @@ def eval_command(
             _barrier(device)
             if not score_only:
                 _generate(items, seed_list, out, shard, _Renderer(_process_device(device), global_only), run, device)
+                if benchmark["kind"] == "layoutsam":
+                    _export_layoutsam(items, seed_list, out, shard, benchmark["file_names"], device)
             _score(items, seed_list, out, shard, scorers, device)
             if shard.index != 0:
                 return
@@ -380,6 +425,15 @@ def _generate(items: list[BenchItem], seeds: list[int], out: Path, shard: Shard,
     _barrier(device)
 
 
+def _export_layoutsam(items: list[BenchItem], seeds: list[int], out: Path, shard: Shard, file_names: dict[str, str],
+                      device: str | None) -> None:
+    """The images again, named and encoded as LayoutSAM-Eval's own scripts expect (layoutsam-images/s<seed>/)."""
+    from eligen.pipeline.bench.layoutsam_protocol import export_images
+
+    export_images(items, seeds, out, file_names, shard)
+    _barrier(device)
+
+
 def _score(items: list[BenchItem], seeds: list[int], out: Path, shard: Shard, scorers: list, device: str | None
            ) -> None:
     from eligen.pipeline.bench.run import score_shard, write_json
@@ -408,7 +462,10 @@ def _report(items: list[BenchItem], seeds: list[int], out: Path, scorers: list, 
     report = collect(items, seeds, out, scorers)
     title = f"{len(items)} items x {len(seeds)} seeds" + (", global prompt only" if global_only else "")
     console = Console()
-    (console if console.is_terminal else Console(width=160)).print(_summary_table(report, title))  # a log: no wrap
+    console = console if console.is_terminal else Console(width=160)  # a log: no wrap
+    console.print(_summary_table(report, title))
+    if any(s.name == "layoutsam-vqa" for s in scorers):
+        header["layoutsam"] = _layoutsam_table(report, console, title)
     if not keep:
         return
     stats = sorted((out / "processes").glob("*.json"))
@@ -416,6 +473,29 @@ def _report(items: list[BenchItem], seeds: list[int], out: Path, scorers: list, 
     write_json(out / "results.json", results(report, header))
     save_png(contact_sheet(report, out, columns=len(seeds) * max(1, 8 // len(seeds))), out / "contact.png")
     err.print(f"wrote {out / 'results.json'} and {out / 'contact.png'}")
+
+
+def _layoutsam_table(report: Report, console: Console, title: str) -> dict[str, Any]:
+    """LayoutSAM-Eval's four scores (yes over all regions, in %) with the counts behind them; what it printed."""
+    from eligen.pipeline.bench.layoutsam_protocol import aggregate
+
+    summary = aggregate([row for image in report.images for row in image.instances])
+    table = Table(title=f"LayoutSAM-Eval, {title}")
+    for column in ("dimension", "score", "yes", "no", "failed", "not asked", "regions"):
+        table.add_column(column, justify="left" if column == "dimension" else "right")
+    for dimension, s in summary.items():
+        score = "-" if s["score"] is None else f"{s['score']:.2f}"
+        table.add_row(dimension, score, *(str(s[k]) for k in ("yes", "no", "failed", "not asked", "regions")))
+    console.print(table)
+    failed = sum(s["failed"] for s in summary.values())
+    if failed:
+        err.print(f"warning: {failed} LayoutSAM-Eval answers failed (unusable or no answer) and count as not yes; "
+                  "results.json has each one's answers and error")
+    asked = sum(s["yes"] + s["no"] for s in summary.values())
+    if asked >= 20 and all(s["no"] == 0 for s in summary.values()):
+        err.print(f"warning: the judge answered yes to all {asked} usable answers; check it on images that should "
+                  "fail before trusting these scores")
+    return summary
 
 
 def register(app: typer.Typer) -> None:
