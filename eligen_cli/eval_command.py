@@ -110,7 +110,7 @@ def _coco_mig_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchIt
 
 
 def _layoutsam_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchItem], dict[str, Any]]:
-    from eligen.pipeline.bench.layoutsam import DATASET_ID, download, file_digests, read_layoutsam
+    from eligen.pipeline.bench.layoutsam import DATASET_ID, DownloadError, download, file_digests, read_layoutsam
     from eligen.pipeline.layout_warnings import check_layout
     from eligen.pipeline.model_info import scale_factor
     from eligen.pipeline.regions import entity_masks
@@ -118,8 +118,11 @@ def _layoutsam_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchI
     from .sources import cli_overrides
 
     if not path.exists():
-        with status(f"downloading {path} from the Hugging Face hub"):
-            path = download(str(path))
+        try:
+            with status(f"downloading {path} from the Hugging Face hub"):
+                path = download(str(path))
+        except DownloadError as exc:
+            raise fail(exc, 1) from None
     bench = read_layoutsam(path, cli_overrides(overrides))
     for item in bench.items[:1]:  # every item shares the model and size
         check_layout(item.layout, entity_masks(item.layout, item.base_dir, item.source),

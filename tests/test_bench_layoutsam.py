@@ -320,3 +320,36 @@ def test_eval_runs_layoutsam_end_to_end(tiny_model: Path, tmp_path: Path) -> Non
         "color": (0, 2, 1), "texture": (0, 2, 1), "shape": (1, 1, 1)}
     assert summary["shape"]["score"] == pytest.approx(100 / 3)
     assert "1 LayoutSAM-Eval answers failed" in again.output
+
+
+def test_the_hub_id_when_the_hub_cannot_be_reached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # no local folder of that name
+    result = runner.invoke(app, ["eval", DATASET_ID, "--model", "shapes", "--scorer", "clip"])
+    assert result.exit_code == 1, result.output
+    assert f"cannot download {DATASET_ID}" in result.output and "huggingface-cli download" in result.output
+
+
+def test_two_processes_give_what_one_does(tiny_model: Path, tmp_path: Path) -> None:
+    """Sharded over two processes with accelerate: the same answers, scores and exported files as one process."""
+    import os
+    import subprocess
+    import sys
+
+    folder = _bench(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with serve(["Yes"] * 24) as server:
+        common = [sys.executable, "-m", "eligen", "eval", str(folder), "--model", str(tiny_model), "--steps", "2",
+                  "--size", "64x64", "--device", "cpu", "--scorer", "layoutsam", "--mllm-url", server.url,
+                  "--mllm-model", "m"]
+        for name, extra in (("one", []), ("two", ["--num-processes", "2"])):
+            done = subprocess.run([*common, "-o", str(tmp_path / name), *extra], env=env, capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two"))
+    assert two["processes"] == 2 and one["per_image"] == two["per_image"] and one["layoutsam"] == two["layoutsam"]
+    assert sorted(p.name for p in (tmp_path / "two" / "layoutsam-images" / "s0").iterdir()) == ["sa_1042.jpg",
+                                                                                                  "sa_7.jpg"]

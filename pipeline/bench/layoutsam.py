@@ -42,6 +42,10 @@ MAX_REGIONS = 100
 DECIMALS = 3  # the benchmark's dataset class rounds every normalised coordinate to 3 decimals
 
 
+class DownloadError(RuntimeError):
+    """The benchmark could not be fetched from the hub; the message says what to do instead."""
+
+
 @dataclass(frozen=True)
 class Row:
     """One checked row of the benchmark."""
@@ -80,9 +84,9 @@ def download(repo_id: str = DATASET_ID) -> Path:
     try:
         return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=[f"data/{SPLIT}-*.parquet"]))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        raise LayoutError(repo_id, "(hub)", f"expected to download the dataset's parquet files ({exc})",
-                          "download them elsewhere (huggingface-cli download --repo-type dataset "
-                          f"{repo_id}) and pass the folder") from None
+        raise DownloadError(f"cannot download {repo_id} from the Hugging Face hub ({exc}); download its data/ "
+                            f"folder elsewhere (huggingface-cli download --repo-type dataset {repo_id}) and pass "
+                            "that folder") from None
 
 
 def _shape_error(node: ast.AST, depth: int) -> str | None:

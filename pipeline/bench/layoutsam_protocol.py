@@ -90,13 +90,13 @@ def export_images(items: Sequence[BenchItem], seeds: Sequence[int], out: Path, f
                   shard: Shard) -> int:
     """Write this shard's generated images as `layoutsam-images/s<seed>/<file_name>`, encoded as the benchmark's
     generation script saves them, so its own scorer can read a seed's folder; returns how many were written
-    (existing ones are kept)."""
+    (one already written from the same image is kept; one older than its image, from an earlier run, is not)."""
     written = 0
     for item, seed in shard.pairs(items, seeds):
-        target = out / EXPORT_FOLDER / f"s{seed}" / file_names[item.id]
-        if target.is_file():
+        target, source = out / EXPORT_FOLDER / f"s{seed}" / file_names[item.id], image_path(out, item, seed)
+        if target.is_file() and target.stat().st_mtime_ns >= source.stat().st_mtime_ns:
             continue
-        with Image.open(image_path(out, item, seed)) as opened:
+        with Image.open(source) as opened:
             data = encoded(opened, target.name)
         write_atomic(target, lambda tmp, data=data: tmp.write_bytes(data))
         written += 1
