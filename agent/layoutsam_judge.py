@@ -121,7 +121,7 @@ class LayoutSamJudge:
 
     def score(self, image: Image.Image, item: BenchItem) -> ImageScore:
         """Every region's four statuses, 0/1 scores and answers, in order."""
-        seen = protocol_image(image, self.file_names.get(item.id, f"{item.id}.jpg"))
+        seen = protocol_image(image, self.file_names[item.id])
         rows = []
         for instance, crop in zip(item.instances, region_crops(seen, item), strict=True):
             rows.append(self._region(crop, instance.category or instance.prompt, instance.prompt))

@@ -87,6 +87,22 @@ def test_rows_become_items_with_the_benchmarks_ids_and_boxes(tmp_path: Path) -> 
     assert not is_layoutsam(tmp_path / "elsewhere")
 
 
+def test_the_datasets_librarys_arrow_files_read_as_the_parquet_files(tmp_path: Path) -> None:
+    """`datasets` keeps (and save_to_disk writes) Arrow stream files: the same rows, the same items."""
+    parquet = read_layoutsam(_bench(tmp_path / "p"), {"model": "shapes"})
+    table = pq.read_table(write_layoutsam(tmp_path / "one.parquet", ROWS))
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(
+            sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1)  # one row a batch, as datasets writes in batches
+    arrow = read_layoutsam(folder, {"model": "shapes"})
+    assert [i.id for i in arrow.items] == [i.id for i in parquet.items]
+    assert [i.layout for i in arrow.items] == [i.layout for i in parquet.items]
+    assert [i.instances for i in arrow.items] == [i.instances for i in parquet.items]
+    assert is_layoutsam(folder) and arrow.file_names == parquet.file_names
+
+
 def test_list_literals_are_parsed_without_evaluation() -> None:
     assert literal_list("['a', \"b\"]", 1, "f", "x") == ["a", "b"]
     assert literal_list("[[1, 2.5, 3, 4]]", 2, "f", "x") == [[1, 2.5, 3, 4]]

@@ -1,6 +1,7 @@
 """LayoutSAM-Eval (CreatiLayout, Zhang et al. 2024) as eligen benchmark items, read from the benchmark's own
 parquet files (the Hugging Face dataset `HuiZhang0812/LayoutSAM-eval`, split `test`, 5,000 rows in
-`data/test-*.parquet`; eligen ships none of it, docs/bench.md says how to get it).
+`data/test-*.parquet`; eligen ships none of it, docs/bench.md says how to get it), or from the Arrow files the
+`datasets` library keeps in its cache after `load_dataset` or writes with `save_to_disk`.
 
 Each row has `image_id` (an integer, the item's id here), `global_caption`, three columns that hold Python
 list literals as strings: `region_captions` (a short name per region), `detail_region_captions` (a detailed
@@ -34,6 +35,7 @@ from .items import BenchItem, Instance
 
 DATASET_ID = "HuiZhang0812/LayoutSAM-eval"
 SPLIT = "test"
+SUFFIXES = (".parquet", ".arrow")  # the hub's files; the datasets library's cache and save_to_disk
 COLUMNS = ("image_id", "global_caption", "region_captions", "detail_region_captions", "bbox_list", "width",
            "height", "file_name")
 LEVEL = "LayoutSAM-Eval"
@@ -59,20 +61,24 @@ class Row:
 
 
 def is_layoutsam(path: Path) -> bool:
-    """Whether `path` is LayoutSAM-Eval: a parquet file, a folder holding parquet files (at any depth), or the
-    dataset's hub id when no such local path exists."""
+    """Whether `path` is LayoutSAM-Eval: a parquet or Arrow file, a folder holding such files (at any depth), or
+    the dataset's hub id when no such local path exists."""
     if path.is_file():
-        return path.suffix == ".parquet"
+        return path.suffix in SUFFIXES
     if path.is_dir():
-        return next(path.rglob("*.parquet"), None) is not None
+        return any(next(path.rglob(f"*{suffix}"), None) is not None for suffix in SUFFIXES)
     return str(path) == DATASET_ID
 
 
 def benchmark_files(path: Path) -> list[Path]:
-    """The parquet files of a file or folder, sorted by their path inside it."""
+    """The parquet (else Arrow) files of a file or folder, sorted by their path inside it."""
     if path.is_file():
         return [path]
-    return sorted(path.rglob("*.parquet"), key=lambda p: p.relative_to(path).as_posix())
+    for suffix in SUFFIXES:
+        found = sorted(path.rglob(f"*{suffix}"), key=lambda p: p.relative_to(path).as_posix())
+        if found:
+            return found
+    return []
 
 
 def download(repo_id: str = DATASET_ID) -> Path:
@@ -159,7 +165,7 @@ def _file_name(value: Any, source: str, field: str) -> str:
     return name
 
 
-def _boxes(value: Any, width: int, height: int, source: str, field: str) -> list[tuple[float, ...]]:
+def _boxes(value: Any, width: int, height: int, source: str, field: str) -> list[tuple[float, float, float, float]]:
     boxes = []
     for i, box in enumerate(literal_list(value, 2, source, field)):
         if len(box) != 4 or not all(_number(v) for v in box):
@@ -191,29 +197,44 @@ def check_row(data: dict[str, Any], source: str, where: str) -> Row:
         raise LayoutError(source, where, "expected as many region_captions and detail_region_captions as boxes, "
                           f"got {len(names)}, {len(details)} and {len(boxes)}")
     return Row(image_id, _text(data["global_caption"], source, f"{where}.global_caption"), tuple(names),
-               tuple(details), tuple(boxes), _file_name(data["file_name"], source, f"{where}.file_name"))  # type: ignore[arg-type]
+               tuple(details), tuple(boxes), _file_name(data["file_name"], source, f"{where}.file_name"))
 
 
-def _table_rows(path: Path) -> Iterable[dict[str, Any]]:
-    """The rows of one parquet file, the benchmark's columns only (the source images are never read)."""
+def _columns(path: Path) -> dict[str, list[Any]]:
+    """The benchmark's columns of one parquet or Arrow file (the source images are never decoded)."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise LayoutError(str(path), "(file)", "reading LayoutSAM-Eval's parquet files needs pyarrow",
+        raise LayoutError(str(path), "(file)", "reading LayoutSAM-Eval's files needs pyarrow",
                           "pip install 'eligen[layoutsam]'") from None
-    try:
-        parquet = pq.ParquetFile(path)
-        names = set(parquet.schema_arrow.names)
+
+    def check(names: list[str]) -> None:
         missing = [c for c in COLUMNS if c not in names]
         if missing:
             raise LayoutError(str(path), missing[0], f"expected LayoutSAM-Eval's columns {', '.join(COLUMNS)}; "
                               f"{', '.join(missing)} missing")
-        table = parquet.read(columns=list(COLUMNS))
+
+    kind = "parquet" if path.suffix == ".parquet" else "Arrow (as the datasets library saves)"
+    try:
+        if path.suffix == ".parquet":
+            parquet = pq.ParquetFile(path)
+            check(parquet.schema_arrow.names)
+            table = parquet.read(columns=list(COLUMNS))
+        else:
+            with pa.memory_map(str(path)) as source:
+                reader = pa.ipc.open_stream(source)
+                check(reader.schema.names)
+                table = pa.Table.from_batches([batch.select(list(COLUMNS)) for batch in reader])
     except (pa.ArrowException, OSError) as exc:
-        raise LayoutError(str(path), "(file)", f"expected a readable parquet file ({exc})") from None
-    columns = {name: table.column(name).to_pylist() for name in COLUMNS}
-    for index in range(table.num_rows):
+        raise LayoutError(str(path), "(file)", f"expected a readable {kind} file ({exc})") from None
+    return {name: table.column(name).to_pylist() for name in COLUMNS}
+
+
+def _table_rows(path: Path) -> Iterable[dict[str, Any]]:
+    """The rows of one file, the benchmark's columns only."""
+    columns = _columns(path)
+    for index in range(len(columns[COLUMNS[0]])):
         yield {name: columns[name][index] for name in COLUMNS}
 
 
