@@ -109,29 +109,6 @@ def _coco_mig_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchIt
     return items, {"kind": "coco-mig", "files": [str(p) for p in files], "sha256": files_sha256(files)}
 
 
-def _layoutsam_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchItem], dict[str, Any]]:
-    from eligen.pipeline.bench.layoutsam import DATASET_ID, DownloadError, download, file_digests, read_layoutsam
-    from eligen.pipeline.layout_warnings import check_layout
-    from eligen.pipeline.model_info import scale_factor
-    from eligen.pipeline.regions import entity_masks
-
-    from .sources import cli_overrides
-
-    if not path.exists():
-        try:
-            with status(f"downloading {path} from the Hugging Face hub"):
-                path = download(str(path))
-        except DownloadError as exc:
-            raise fail(exc, 1) from None
-    bench = read_layoutsam(path, cli_overrides(overrides))
-    for item in bench.items[:1]:  # every item shares the model and size
-        check_layout(item.layout, entity_masks(item.layout, item.base_dir, item.source),
-                     scale_factor(item.layout.model), item.source)
-    digests, total = file_digests(bench.files)
-    return bench.items, {"kind": "layoutsam", "dataset": DATASET_ID, "files": [str(p) for p in bench.files],
-                         "sha256": total, "files_sha256": digests, "file_names": bench.file_names}
-
-
 def _items(sources: list[Path], overrides: dict[str, Any]) -> tuple[list[BenchItem], dict[str, Any]]:
     from eligen.pipeline.bench.coco_mig import is_coco_mig
     from eligen.pipeline.bench.layoutsam import is_layoutsam
@@ -141,7 +118,9 @@ def _items(sources: list[Path], overrides: dict[str, Any]) -> tuple[list[BenchIt
         raise LayoutError(str(own[0]), "(benchmark)", "expected a benchmark (COCO-MIG, LayoutSAM-Eval) alone, got it "
                           "with other sources", "run each benchmark with its own -o folder")
     if own and is_layoutsam(own[0]):
-        return _layoutsam_items(own[0], overrides)
+        from .eval_layoutsam import layoutsam_items
+
+        return layoutsam_items(own[0], overrides)
     return _coco_mig_items(own[0], overrides) if own else _layout_items(sources, overrides)
 
 
@@ -333,7 +312,8 @@ def eval_command(
     sam_model: Annotated[str | None, typer.Option(metavar="ID", help="SAM weights for coco-mig.")] = None,
     clip_model: Annotated[str | None, typer.Option(metavar="ID", help="CLIP weights for clip.")] = None,
     mllm_url: Annotated[str | None, typer.Option(
-        metavar="URL", help="OpenAI-compatible server of the MLLM judge (judge), e.g. vLLM serving Qwen2-VL.")] = None,
+        metavar="URL", help="OpenAI-compatible server of the MLLM judge (judge, layoutsam), e.g. vLLM serving "
+        "Qwen2-VL or MiniCPM-V-2.6.")] = None,
     mllm_model: Annotated[str | None, typer.Option(metavar="NAME", help="The judge's model name.")] = None,
     mllm_family: MllmFamilyOpt = None,
     mllm_local: MllmLocalOpt = None,
@@ -394,7 +374,10 @@ def eval_command(
             if not score_only:
                 _generate(items, seed_list, out, shard, _Renderer(_process_device(device), global_only), run, device)
                 if benchmark["kind"] == "layoutsam":
-                    _export_layoutsam(items, seed_list, out, shard, benchmark["file_names"], device)
+                    from .eval_layoutsam import export_layoutsam
+
+                    export_layoutsam(items, seed_list, out, shard, benchmark["file_names"])
+                    _barrier(device)
             _score(items, seed_list, out, shard, scorers, device)
             if shard.index != 0:
                 return
@@ -425,15 +408,6 @@ def _generate(items: list[BenchItem], seeds: list[int], out: Path, shard: Shard,
         stats = generate_shard(items, seeds, out, render, shard, progress)
     err.print(_stats_line(stats, shard.count))
     write_json(out / "processes" / f"generate-{shard.index}.json", {**vars(stats), "per_second": stats.per_second})
-    _barrier(device)
-
-
-def _export_layoutsam(items: list[BenchItem], seeds: list[int], out: Path, shard: Shard, file_names: dict[str, str],
-                      device: str | None) -> None:
-    """The images again, named and encoded as LayoutSAM-Eval's own scripts expect (layoutsam-images/s<seed>/)."""
-    from eligen.pipeline.bench.layoutsam_protocol import export_images
-
-    export_images(items, seeds, out, file_names, shard)
     _barrier(device)
 
 
@@ -468,7 +442,9 @@ def _report(items: list[BenchItem], seeds: list[int], out: Path, scorers: list, 
     console = console if console.is_terminal else Console(width=160)  # a log: no wrap
     console.print(_summary_table(report, title))
     if any(s.name == "layoutsam-vqa" for s in scorers):
-        header["layoutsam"] = _layoutsam_table(report, console, title)
+        from .eval_layoutsam import layoutsam_table
+
+        header["layoutsam"] = layoutsam_table(report, console, title)
     if not keep:
         return
     stats = sorted((out / "processes").glob("*.json"))
@@ -476,29 +452,6 @@ def _report(items: list[BenchItem], seeds: list[int], out: Path, scorers: list, 
     write_json(out / "results.json", results(report, header))
     save_png(contact_sheet(report, out, columns=len(seeds) * max(1, 8 // len(seeds))), out / "contact.png")
     err.print(f"wrote {out / 'results.json'} and {out / 'contact.png'}")
-
-
-def _layoutsam_table(report: Report, console: Console, title: str) -> dict[str, Any]:
-    """LayoutSAM-Eval's four scores (yes over all regions, in %) with the counts behind them; what it printed."""
-    from eligen.pipeline.bench.layoutsam_protocol import aggregate
-
-    summary = aggregate([row for image in report.images for row in image.instances])
-    table = Table(title=f"LayoutSAM-Eval, {title}")
-    for column in ("dimension", "score", "yes", "no", "failed", "not asked", "regions"):
-        table.add_column(column, justify="left" if column == "dimension" else "right")
-    for dimension, s in summary.items():
-        score = "-" if s["score"] is None else f"{s['score']:.2f}"
-        table.add_row(dimension, score, *(str(s[k]) for k in ("yes", "no", "failed", "not asked", "regions")))
-    console.print(table)
-    failed = sum(s["failed"] for s in summary.values())
-    if failed:
-        err.print(f"warning: {failed} LayoutSAM-Eval answers failed (unusable or no answer) and count as not yes; "
-                  "results.json has each one's answers and error")
-    asked = sum(s["yes"] + s["no"] for s in summary.values())
-    if asked >= 20 and all(s["no"] == 0 for s in summary.values()):
-        err.print(f"warning: the judge answered yes to all {asked} usable answers; check it on images that should "
-                  "fail before trusting these scores")
-    return summary
 
 
 def register(app: typer.Typer) -> None:

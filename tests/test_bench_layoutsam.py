@@ -369,3 +369,20 @@ def test_two_processes_give_what_one_does(tiny_model: Path, tmp_path: Path) -> N
     assert two["processes"] == 2 and one["per_image"] == two["per_image"] and one["layoutsam"] == two["layoutsam"]
     assert sorted(p.name for p in (tmp_path / "two" / "layoutsam-images" / "s0").iterdir()) == ["sa_1042.jpg",
                                                                                                   "sa_7.jpg"]
+
+
+def test_a_judge_that_says_yes_to_everything_is_warned_of(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from rich.console import Console
+
+    from eligen.eval_layoutsam import layoutsam_table
+    from eligen.pipeline.bench.report import Report, ScoredImage
+
+    item = _item(tmp_path)
+    rows = _rows(*[("yes", "yes", "yes", "yes")] * 2)
+    report = Report([ScoredImage(item, seed, rows, {}) for seed in range(3)])  # 6 regions, 24 yes
+    summary = layoutsam_table(report, Console(file=io.StringIO()), "t")
+    assert summary["spatial"]["score"] == 100.0 and summary["shape"]["regions"] == 6
+    assert "the judge answered yes to all 24 usable answers" in " ".join(capsys.readouterr().err.split())
+    rows[0]["layoutsam_shape_status"] = "no"
+    layoutsam_table(Report([ScoredImage(item, seed, rows, {}) for seed in range(3)]), Console(file=io.StringIO()), "t")
+    assert "answered yes to all" not in capsys.readouterr().err
