@@ -49,7 +49,8 @@ SHOWN = {"success": ("success", "{:.1%}"), "miou": ("mIoU", "{:.3f}"), "iou": ("
          "mask_iou": ("mask IoU", "{:.3f}"),
          "coverage": ("coverage", "{:.1%}"), "colour_ok": ("colour", "{:.1%}"),
          "clip_entity": ("entity CLIP", "{:.2f}"), "judge_correct": ("MLLM success", "{:.1%}")}
-SHOWN_IMAGE = {"image_success": ("images all right", "{:.1%}"), "clip_global": ("global CLIP", "{:.2f}")}
+SHOWN_IMAGE = {"image_success": ("images all right", "{:.1%}"), "clip_global": ("global CLIP", "{:.2f}"),
+               "pick_score": ("PickScore", "{:.2f}")}
 
 
 def _layout_paths(paths: list[Path]) -> list[Path]:
@@ -305,12 +306,15 @@ def eval_command(
     = False,
     scorer: Annotated[list[str] | None, typer.Option(
         metavar="|".join(SCORER_NAMES), help="Scorers (repeat for several) [default: auto: the shapes detector for "
-        "shapes layouts, coco-mig and clip for COCO-MIG, layoutsam (its VLM questions, --mllm-*) and clip for "
-        "LayoutSAM-Eval, else clip].")] = None,
+        "shapes layouts, coco-mig and clip for COCO-MIG, layoutsam (its VLM questions, --mllm-*), clip and pick "
+        "for LayoutSAM-Eval, else clip].")] = None,
     detector_model: Annotated[str | None, typer.Option(
         metavar="ID", help="GroundingDINO weights for coco-mig [default: the benchmark's].")] = None,
     sam_model: Annotated[str | None, typer.Option(metavar="ID", help="SAM weights for coco-mig.")] = None,
     clip_model: Annotated[str | None, typer.Option(metavar="ID", help="CLIP weights for clip.")] = None,
+    pick_model: Annotated[str | None, typer.Option(
+        metavar="ID", help="PickScore weights and processor for pick [default: yuvalkirstain/PickScore_v1 with "
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K's processor].")] = None,
     mllm_url: Annotated[str | None, typer.Option(
         metavar="URL", help="OpenAI-compatible server of the MLLM judge (judge, layoutsam), e.g. vLLM serving "
         "Qwen2-VL or MiniCPM-V-2.6.")] = None,
@@ -361,7 +365,7 @@ def eval_command(
         mllm = {"family": mllm_family, "local": mllm_local, "device": mllm_device, "timeout": mllm_timeout,
                 "retries": mllm_retries, "max_pixels": mllm_max_pixels}
         options = ScorerOptions(detector_model, sam_model, clip_model, mllm_url, mllm_model,
-                                _process_device(device), mllm, benchmark.get("file_names", {}))
+                                _process_device(device), mllm, benchmark.get("file_names", {}), pick_model)
         scorers = build_scorers(auto_scorers(names, items, benchmark["kind"]), options)
         run = {"benchmark_sha256": benchmark["sha256"], "model": items[0].layout.model, "seeds": len(seed_list),
                "steps": items[0].layout.steps, "cfg": items[0].layout.cfg, "size": list(items[0].layout.size),

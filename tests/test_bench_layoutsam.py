@@ -299,7 +299,8 @@ def test_eval_runs_layoutsam_end_to_end(tiny_model: Path, tmp_path: Path) -> Non
     folder, out = _bench(tmp_path), tmp_path / "out"
     clip = write_tiny_scorers(tmp_path / "scorers")["clip"]
     command = ["eval", str(folder), "--model", str(tiny_model), "--steps", "2", "--size", "64x64", "--device", "cpu",
-               "-o", str(out), "--clip-model", str(clip), "--mllm-model", "minicpm-v-2.6", "--mllm-retries", "0",
+               "-o", str(out), "--clip-model", str(clip), "--pick-model", str(clip), "--mllm-model", "minicpm-v-2.6",
+               "--mllm-retries", "0",
                "--mllm-family", "qwen2-vl"]
     with serve(["Yes"] * 12) as server:
         result = runner.invoke(app, [*command, "--mllm-url", server.url])
@@ -318,7 +319,7 @@ def test_eval_runs_layoutsam_end_to_end(tiny_model: Path, tmp_path: Path) -> Non
         ("spatial", "color", "texture", "shape"), 100.0)
     first = report["per_image"][0]
     assert first["item"] == "1042" and json.loads(first["instances"][0]["layoutsam_shape_answers"]) == ["Yes"]
-    assert "clip_global" in first["image"]
+    assert {"clip_global", "pick_score"} <= first["image"].keys() and "PickScore" in result.output
     for seed_image in ("sa_1042.jpg", "sa_7.jpg"):  # as the benchmark's own scorer reads them
         exported = Image.open(out / "layoutsam-images" / "s0" / seed_image)
         assert exported.format == "JPEG" and exported.size == (64, 64)
@@ -386,3 +387,25 @@ def test_a_judge_that_says_yes_to_everything_is_warned_of(tmp_path: Path, capsys
     rows[0]["layoutsam_shape_status"] = "no"
     layoutsam_table(Report([ScoredImage(item, seed, rows, {}) for seed in range(3)]), Console(file=io.StringIO()), "t")
     assert "answered yes to all" not in capsys.readouterr().err
+
+
+def test_pick_score_is_the_scaled_cosine_of_the_projected_embeddings(tmp_path: Path) -> None:
+    """PickScore through get_image/text_features equals the model's own logits_per_image (the same arithmetic by
+    transformers' other path), on a tiny random CLIP."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from eligen.pipeline.bench.pick_scorer import PickScorer
+    from eligen.pipeline.bench.tiny_scorers import write_tiny_scorers
+
+    folder = write_tiny_scorers(tmp_path / "scorers")["clip"]
+    item = _item(tmp_path)
+    image = Image.effect_noise((64, 64), 50).convert("RGB")
+    score = PickScorer(str(folder), str(folder)).score(image, item)
+    assert score.instances == [{}, {}]
+    processor, model = CLIPProcessor.from_pretrained(folder), CLIPModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        inputs = processor(text=[item.layout.prompt], images=image, return_tensors="pt", padding=True,
+                           truncation=True, max_length=77)
+        expected = float(model(**inputs).logits_per_image[0, 0])
+    assert score.image["pick_score"] == pytest.approx(expected, rel=1e-5, abs=1e-5)  # float32, two summation orders
