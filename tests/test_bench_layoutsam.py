@@ -409,3 +409,12 @@ def test_pick_score_is_the_scaled_cosine_of_the_projected_embeddings(tmp_path: P
                            truncation=True, max_length=77)
         expected = float(model(**inputs).logits_per_image[0, 0])
     assert score.image["pick_score"] == pytest.approx(expected, rel=1e-5, abs=1e-5)  # float32, two summation orders
+
+
+def test_the_layoutsam_scorer_needs_layoutsam_eval() -> None:
+    import typer
+
+    from eligen.bench_scorers import ScorerOptions, build_scorers
+
+    with pytest.raises(typer.BadParameter, match="scores LayoutSAM-Eval only"):
+        build_scorers(["layoutsam"], ScorerOptions(mllm_url="http://127.0.0.1:9/v1", mllm_model="m"))
