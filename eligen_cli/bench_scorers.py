@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from eligen.pipeline.bench.items import BenchItem
     from eligen.pipeline.bench.scoring import Scorer
 
-SCORER_NAMES = ("auto", "shapes", "coco-mig", "clip", "judge")
+SCORER_NAMES = ("auto", "shapes", "coco-mig", "layoutsam", "clip", "pick", "judge")
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,15 @@ class ScorerOptions:
     mllm_url: str | None = None
     mllm_model: str | None = None
     device: str | None = None
+    mllm: Mapping[str, Any] = field(default_factory=dict)  # the other --mllm-* flags (family, local, timeout, ...)
+    file_names: Mapping[str, str] = field(default_factory=dict)  # LayoutSAM-Eval: item id -> its image's file name
+    pick_model: str | None = None
 
 
 def auto_scorers(names: Sequence[str], items: Sequence[BenchItem], kind: str) -> list[str]:
     """`names` with `auto` replaced: the classical detector for shapes-world layouts, the benchmark's own scorer and
-    CLIP for COCO-MIG, else CLIP; each name once, in order."""
+    CLIP for COCO-MIG, its VLM questions, CLIP and PickScore for LayoutSAM-Eval, else CLIP; each name once, in
+    order."""
     from eligen.pipeline.bench.shapes_scorer import is_shapes_prompt
 
     unknown = [n for n in names if n not in SCORER_NAMES]
@@ -39,7 +43,8 @@ def auto_scorers(names: Sequence[str], items: Sequence[BenchItem], kind: str) ->
         raise typer.BadParameter(f"expected one of {', '.join(SCORER_NAMES)}, got {unknown[0]!r}",
                                  param_hint="--scorer")
     shapes = all(is_shapes_prompt(i.prompt) for item in items for i in item.instances)
-    auto = ["coco-mig", "clip"] if kind == "coco-mig" else ["shapes"] if shapes else ["clip"]
+    own = {"coco-mig": ["coco-mig", "clip"], "layoutsam": ["layoutsam", "clip", "pick"]}
+    auto = own.get(kind) or (["shapes"] if shapes else ["clip"])
     chosen: list[str] = []
     for name in names:
         for one in auto if name == "auto" else [name]:
@@ -57,7 +62,7 @@ def _check_local(value: str | None, option: str) -> None:
 def build_scorers(names: Sequence[str], options: ScorerOptions) -> list[Scorer]:
     """The scorers by name (their models load when they first score)."""
     for value, option in ((options.detector_model, "--detector-model"), (options.sam_model, "--sam-model"),
-                          (options.clip_model, "--clip-model")):
+                          (options.clip_model, "--clip-model"), (options.pick_model, "--pick-model")):
         _check_local(value, option)
     built: list[Scorer] = []
     for name in names:
@@ -74,12 +79,28 @@ def build_scorers(names: Sequence[str], options: ScorerOptions) -> list[Scorer]:
             from eligen.pipeline.bench.clip_scorer import DEFAULT_CLIP, ClipScorer
 
             built.append(ClipScorer(options.clip_model or DEFAULT_CLIP, _device(options)))
+        elif name == "pick":
+            from eligen.pipeline.bench.pick_scorer import DEFAULT_PICK, DEFAULT_PICK_PROCESSOR, PickScorer
+
+            built.append(PickScorer(options.pick_model or DEFAULT_PICK, options.pick_model or DEFAULT_PICK_PROCESSOR,
+                                    _device(options)))
         elif name == "judge":
-            from eligen.agent.config import load_settings
             from eligen.agent.judge import make_judge
 
-            built.append(make_judge(load_settings({"url": options.mllm_url, "model": options.mllm_model})))
+            built.append(make_judge(_mllm_settings(options)))
+        elif name == "layoutsam":
+            from eligen.agent.layoutsam_judge import make_layoutsam_judge
+
+            if not options.file_names:
+                raise typer.BadParameter("the layoutsam scorer scores LayoutSAM-Eval only", param_hint="--scorer")
+            built.append(make_layoutsam_judge(_mllm_settings(options), options.file_names))
     return built
+
+
+def _mllm_settings(options: ScorerOptions) -> Any:
+    from eligen.agent.config import load_settings
+
+    return load_settings({"url": options.mllm_url, "model": options.mllm_model, **options.mllm})
 
 
 def _device(options: ScorerOptions) -> str:

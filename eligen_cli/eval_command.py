@@ -22,6 +22,14 @@ from rich.table import Table
 from eligen import __version__
 from eligen.pipeline.layout import LayoutError
 
+from .agent_commands import (
+    MllmDeviceOpt,
+    MllmFamilyOpt,
+    MllmLocalOpt,
+    MllmMaxPixelsOpt,
+    MllmRetriesOpt,
+    MllmTimeoutOpt,
+)
 from .bench_scorers import SCORER_NAMES, ScorerOptions, auto_scorers, build_scorers
 from .common import DeviceOpt, EntityTokensOpt, OverwriteOpt, entity_tokens_value, err, fail, user_errors
 from .launching import cuda_available, launch_self, launched
@@ -41,7 +49,8 @@ SHOWN = {"success": ("success", "{:.1%}"), "miou": ("mIoU", "{:.3f}"), "iou": ("
          "mask_iou": ("mask IoU", "{:.3f}"),
          "coverage": ("coverage", "{:.1%}"), "colour_ok": ("colour", "{:.1%}"),
          "clip_entity": ("entity CLIP", "{:.2f}"), "judge_correct": ("MLLM success", "{:.1%}")}
-SHOWN_IMAGE = {"image_success": ("images all right", "{:.1%}"), "clip_global": ("global CLIP", "{:.2f}")}
+SHOWN_IMAGE = {"image_success": ("images all right", "{:.1%}"), "clip_global": ("global CLIP", "{:.2f}"),
+               "pick_score": ("PickScore", "{:.2f}")}
 
 
 def _layout_paths(paths: list[Path]) -> list[Path]:
@@ -103,12 +112,17 @@ def _coco_mig_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchIt
 
 def _items(sources: list[Path], overrides: dict[str, Any]) -> tuple[list[BenchItem], dict[str, Any]]:
     from eligen.pipeline.bench.coco_mig import is_coco_mig
+    from eligen.pipeline.bench.layoutsam import is_layoutsam
 
-    mig = [p for p in sources if is_coco_mig(p)]
-    if mig and len(sources) > 1:
-        raise LayoutError(str(mig[0]), "(benchmark)", "expected COCO-MIG alone, got it with other sources",
-                          "run each benchmark with its own -o folder")
-    return _coco_mig_items(mig[0], overrides) if mig else _layout_items(sources, overrides)
+    own = [p for p in sources if is_coco_mig(p) or is_layoutsam(p)]
+    if own and len(sources) > 1:
+        raise LayoutError(str(own[0]), "(benchmark)", "expected a benchmark (COCO-MIG, LayoutSAM-Eval) alone, got it "
+                          "with other sources", "run each benchmark with its own -o folder")
+    if own and is_layoutsam(own[0]):
+        from .eval_layoutsam import layoutsam_items
+
+        return layoutsam_items(own[0], overrides)
+    return _coco_mig_items(own[0], overrides) if own else _layout_items(sources, overrides)
 
 
 class _Renderer:
@@ -265,13 +279,15 @@ def _reconstructed_args(ctx: typer.Context) -> list[str]:
 def eval_command(
     ctx: typer.Context,
     sources: Annotated[list[Path], typer.Argument(
-        metavar="BENCHMARK", help="Layout YAML files or folders of them (box, polygon or mask regions), or a "
+        metavar="BENCHMARK", help="Layout YAML files or folders of them (box, polygon or mask regions), a "
         "COCO-MIG folder (MIGC's bench_file/ with mig_bench_anno.yaml, or MIG_Bench's "
-        "sample_prompt_color_split.json).")],
+        "sample_prompt_color_split.json), or LayoutSAM-Eval (its parquet files, a folder of them, or its hub id "
+        "HuiZhang0812/LayoutSAM-eval).")],
     model: Annotated[str | None, typer.Option(
         metavar="MODEL", help="Model folder, hub id or built-in name (overrides the files).")] = None,
     seeds: Annotated[int | None, typer.Option(
-        min=1, help="Seeds 0..N-1 per item [default: 8 for COCO-MIG, as the benchmark; 4 for layouts].")] = None,
+        min=1, help="Seeds 0..N-1 per item [default: as the benchmark: 8 for COCO-MIG, 1 for LayoutSAM-Eval; 4 for "
+        "layouts].")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     steps: Annotated[int | None, typer.Option(
         help="Sampling steps [default: the file's, else the model's: 24 for shapes, 50 for FLUX.1-dev].")] = None,
@@ -290,14 +306,25 @@ def eval_command(
     = False,
     scorer: Annotated[list[str] | None, typer.Option(
         metavar="|".join(SCORER_NAMES), help="Scorers (repeat for several) [default: auto: the shapes detector for "
-        "shapes layouts, coco-mig and clip for COCO-MIG, else clip].")] = None,
+        "shapes layouts, coco-mig and clip for COCO-MIG, layoutsam (its VLM questions, --mllm-*), clip and pick "
+        "for LayoutSAM-Eval, else clip].")] = None,
     detector_model: Annotated[str | None, typer.Option(
         metavar="ID", help="GroundingDINO weights for coco-mig [default: the benchmark's].")] = None,
     sam_model: Annotated[str | None, typer.Option(metavar="ID", help="SAM weights for coco-mig.")] = None,
     clip_model: Annotated[str | None, typer.Option(metavar="ID", help="CLIP weights for clip.")] = None,
+    pick_model: Annotated[str | None, typer.Option(
+        metavar="ID", help="PickScore weights and processor for pick [default: yuvalkirstain/PickScore_v1 with "
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K's processor].")] = None,
     mllm_url: Annotated[str | None, typer.Option(
-        metavar="URL", help="OpenAI-compatible server of the MLLM judge (judge), e.g. vLLM serving Qwen2-VL.")] = None,
+        metavar="URL", help="OpenAI-compatible server of the MLLM judge (judge, layoutsam), e.g. vLLM serving "
+        "Qwen2-VL or MiniCPM-V-2.6.")] = None,
     mllm_model: Annotated[str | None, typer.Option(metavar="NAME", help="The judge's model name.")] = None,
+    mllm_family: MllmFamilyOpt = None,
+    mllm_local: MllmLocalOpt = None,
+    mllm_device: MllmDeviceOpt = None,
+    mllm_timeout: MllmTimeoutOpt = None,
+    mllm_retries: MllmRetriesOpt = None,
+    mllm_max_pixels: MllmMaxPixelsOpt = None,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Run folder: images/, scores/, results.json, contact.png; an unfinished run in it "
         "resumes [default: a temporary folder, nothing kept].")] = None,
@@ -317,6 +344,7 @@ def eval_command(
       eligen eval heldout-layouts --model shapes-base --global-only   # the baseline without entities
       eligen eval MIGC/bench_file -o coco-mig --num-processes 8       # COCO-MIG on 8 GPUs (docs/bench.md)
       eligen eval MIGC/bench_file -o coco-mig --score-only --scorer judge --mllm-url http://127.0.0.1:8000/v1
+      eligen eval LayoutSAM-eval/data -o layoutsam --size 512x512 --mllm-url http://127.0.0.1:8000/v1
     """
     if output is None and (score_only or num_processes > 1):
         raise fail("--score-only and --num-processes need -o (the run's folder)", 2)
@@ -332,10 +360,12 @@ def eval_command(
     with user_errors():
         items, benchmark = _items(sources, overrides)
         items = items[:limit] if limit else items
-        seed_list = list(range(seeds or (8 if benchmark["kind"] == "coco-mig" else 4)))
+        seed_list = list(range(seeds or {"coco-mig": 8, "layoutsam": 1}.get(benchmark["kind"], 4)))
         names = list(scorer or ["auto"])
+        mllm = {"family": mllm_family, "local": mllm_local, "device": mllm_device, "timeout": mllm_timeout,
+                "retries": mllm_retries, "max_pixels": mllm_max_pixels}
         options = ScorerOptions(detector_model, sam_model, clip_model, mllm_url, mllm_model,
-                                _process_device(device))
+                                _process_device(device), mllm, benchmark.get("file_names", {}), pick_model)
         scorers = build_scorers(auto_scorers(names, items, benchmark["kind"]), options)
         run = {"benchmark_sha256": benchmark["sha256"], "model": items[0].layout.model, "seeds": len(seed_list),
                "steps": items[0].layout.steps, "cfg": items[0].layout.cfg, "size": list(items[0].layout.size),
@@ -347,6 +377,11 @@ def eval_command(
             _barrier(device)
             if not score_only:
                 _generate(items, seed_list, out, shard, _Renderer(_process_device(device), global_only), run, device)
+                if benchmark["kind"] == "layoutsam":
+                    from .eval_layoutsam import export_layoutsam
+
+                    export_layoutsam(items, seed_list, out, shard, benchmark["file_names"])
+                    _barrier(device)
             _score(items, seed_list, out, shard, scorers, device)
             if shard.index != 0:
                 return
@@ -408,7 +443,12 @@ def _report(items: list[BenchItem], seeds: list[int], out: Path, scorers: list, 
     report = collect(items, seeds, out, scorers)
     title = f"{len(items)} items x {len(seeds)} seeds" + (", global prompt only" if global_only else "")
     console = Console()
-    (console if console.is_terminal else Console(width=160)).print(_summary_table(report, title))  # a log: no wrap
+    console = console if console.is_terminal else Console(width=160)  # a log: no wrap
+    console.print(_summary_table(report, title))
+    if any(s.name == "layoutsam-vqa" for s in scorers):
+        from .eval_layoutsam import layoutsam_table
+
+        header["layoutsam"] = layoutsam_table(report, console, title)
     if not keep:
         return
     stats = sorted((out / "processes").glob("*.json"))
