@@ -385,8 +385,7 @@ def test_auth_and_the_model_cannot_be_changed(tmp_path: Path) -> None:
             urllib.request.urlopen(served.url)
         assert refused.value.code == 401
         token = base64.b64encode(b"ann:secret").decode()
-        body = {"mode": "generate", "layout": {**yaml.safe_load(SHAPES.read_text()), "model": "/somewhere/else",
-                                               "steps": 2}}
+        body = {"mode": "generate", "layout": {**yaml.safe_load(SHAPES.read_text()), "steps": 2}}
         request = urllib.request.Request(f"{served.url}api/generate", json.dumps(body).encode(),
                                          {"Authorization": f"Basic {token}", "Content-Type": "application/json"})
         job = json.load(urllib.request.urlopen(request))
@@ -405,10 +404,14 @@ def test_auth_and_the_model_cannot_be_changed(tmp_path: Path) -> None:
                 return exc.code, json.load(exc)
             return response.status, json.load(response)
 
+        elsewhere = {**body["layout"], "model": "/somewhere/else"}
+        status, answer = post("api/generate", json.dumps({"mode": "generate", "layout": elsewhere}).encode())
+        assert status == 400 and answer["field"] == "model"
         local_lora = {**body["layout"], "loras": [{"path": str(SHAPES)}]}
         status, answer = post("api/check", json.dumps({"mode": "generate", "layout": local_lora}).encode())
         assert status == 400 and answer["field"] == "loras[0].path"
-        assert answer["message"].startswith("layout: loras[0].path: expected a LoRA the studio was started with")
+        assert answer["message"].startswith("layout: loras[0].path: expected a file the studio was started with "
+                                            "(--lora)")
         status, answer = post("api/restore", b"{}", length=200 * 2**20)  # claims more than MAX_BODY: not read
         assert status == 413 and answer["message"] == "expected a request of at most 48 MiB"
     assert list(cwd.iterdir()) == []

@@ -76,8 +76,10 @@ def test_loading_options_are_used_and_recorded_so_generate_repeats_the_image(
     with serve(cwd, "--model", "shapes", "--dtype", "fp32", "--device", "cpu",
                "--transformer", str(SHAPES_TRANSFORMER)) as served:
         png, layout_yaml = _generate(served.url, SCENE)
-        _, theirs = _generate(served.url, {**SCENE, "transformer": "/etc/hostname"})  # the browser cannot name one
-        assert f"transformer: {SHAPES_TRANSFORMER}" in theirs and "/etc/hostname" not in theirs
+        status, answer = _post(f"{served.url}api/generate", {"mode": "generate",
+                                                             "layout": {**SCENE, "transformer": "/etc/hostname"}})
+        assert status == 400 and answer["field"] == "transformer"  # the browser cannot name one
+        assert f"transformer: {SHAPES_TRANSFORMER}" in layout_yaml
     assert list(cwd.iterdir()) == []
     assert read_png_metadata(io.BytesIO(png))["layout"]["transformer"] == str(SHAPES_TRANSFORMER)
     assert Image.open(io.BytesIO(png)).size == (64, 64)  # a layout without a size gets the model's, as in the CLI

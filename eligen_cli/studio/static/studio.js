@@ -1081,27 +1081,44 @@ async function generate() {
   track(job);
 }
 
+// Follow a job: its progress streams from the server as events (the state each time it changes); should the
+// stream fail, the page asks for the state instead until the job has finished.
 function track(job) {
   S.jobs.add(job.id);
   $("cancel").disabled = false;
+  let finished = false;
+  const update = (state) => {
+    if (finished) return;
+    showJob(state);
+    if (["queued", "running"].includes(state.state)) return;
+    finished = true;
+    events.close();
+    S.jobs.delete(job.id);
+    $("cancel").disabled = S.jobs.size === 0;
+    finish(job, state);
+  };
   const poll = async () => {
     const state = await api(`/api/jobs/${job.id}`);
     if (state.failed) {
+      finished = true;
       S.jobs.delete(job.id);
       $("status").textContent = state.message;
       return;
     }
-    showJob(state);
-    if (["queued", "running"].includes(state.state)) {
-      setTimeout(poll, 150);
-      return;
-    }
-    S.jobs.delete(job.id);
-    $("cancel").disabled = S.jobs.size === 0;
-    if (state.state === "done" && state.kind !== "attention") state.results.forEach(addResult);
-    if (state.kind === "attention" && state.state === "done") showAttention(job.forResult, state.results[0]);
+    update(state);
+    if (!finished) setTimeout(poll, 500);
   };
-  poll();
+  const events = new EventSource(`/api/jobs/${job.id}/events`);
+  events.onmessage = (event) => update(JSON.parse(event.data));
+  events.onerror = () => {
+    events.close();
+    if (!finished) poll();
+  };
+}
+
+function finish(job, state) {
+  if (state.state === "done" && state.kind !== "attention") state.results.forEach(addResult);
+  if (state.kind === "attention" && state.state === "done") showAttention(job.forResult, state.results[0]);
 }
 
 function showJob(state) {
