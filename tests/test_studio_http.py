@@ -332,3 +332,82 @@ def test_an_allowed_file_is_used_and_the_page_lists_the_allowed_loras(
     assert answer.json()["cells"] == [quarter]
     assert str(allowed_mask) in OPENED and recorded == []  # checking a layout fetches no LoRA
     assert client.get("/api/info").json()["loras"] == [ALLOWED_LORA]
+
+
+# ---------- work limits ----------
+
+def _check(client: TestClient, layout: dict[str, Any]) -> Any:
+    return client.post("/api/check", json={"mode": "generate", "layout": layout})
+
+
+def test_steps_seeds_entities_and_size_are_bounded_with_a_400_naming_the_field(client: TestClient) -> None:
+    from eligen.studio.limits import MAX_ENTITIES, MAX_STEPS, max_pixels
+
+    assert _check(client, {**LAYOUT, "steps": MAX_STEPS}).status_code == 200
+    for steps in (MAX_STEPS + 1, 1_000_000):
+        body = _refused(_check(client, {**LAYOUT, "steps": steps}), 400, "layout", f"at most {MAX_STEPS} steps")
+        assert body["field"] == "steps"
+        _refused(client.post("/api/generate", json={"mode": "generate", "layout": {**LAYOUT, "steps": steps}}),
+                 400, "layout", "steps")
+    body = _refused(_check(client, {**LAYOUT, "seed": list(range(17))}), 400, "layout", "at most 16 seeds")
+    assert body["field"] == "seed"
+    many = [{"prompt": "a red circle", "box": [0, 0, 8, 8]}] * (MAX_ENTITIES + 1)
+    body = _refused(_check(client, {**LAYOUT, "entities": many}), 400, "layout", f"at most {MAX_ENTITIES} entities")
+    assert body["field"] == "entities"
+    assert max_pixels("shapes") == 4 * 64 * 64  # the size the shapes model declares, four times over
+    assert _check(client, {**LAYOUT, "size": [128, 128]}).status_code == 200
+    body = _refused(_check(client, {**LAYOUT, "size": [128, 144]}), 400, "layout", "at most 16384 pixels")
+    assert body["field"] == "size"
+    body = _refused(_check(client, {**LAYOUT, "size": [4096, 64]}), 400, "layout", "got 4096x64 = 262144")
+
+
+def test_an_image_too_large_for_the_model_is_refused_in_inpaint_mode(client: TestClient) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (9, 9, 9)).save(buffer, format="PNG")
+    files = [{"name": "big.png", "data": base64.b64encode(buffer.getvalue()).decode()}]
+    image = client.post("/api/image", json={"files": files}).json()["image"]
+    body = _refused(client.post("/api/check", json={"mode": "inpaint", "image": image, "layout": LAYOUT}), 400,
+                    "layout", "at most 16384 pixels")
+    assert body["field"] == "(image)"
+
+
+def test_attention_steps_are_bounded(client: TestClient) -> None:
+    job = client.post("/api/generate", json={"mode": "generate", "layout": {**LAYOUT, "steps": 2, "seed": 1}}).json()
+    deadline = time.monotonic() + WAIT
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        job = client.get(f"/api/jobs/{job['id']}").json()
+    result = job["results"][0]["id"]
+    body = _refused(client.post("/api/attention", json={"result": result, "steps": [1] * 17}), 400, "layout",
+                    "1 to 16 step numbers")
+    assert body["field"] == "steps"
+
+
+def test_each_client_may_queue_only_a_few_jobs_and_others_are_still_served(studio: Studio) -> None:
+    from eligen.studio.limits import MAX_ACTIVE_JOBS, MAX_STEPS
+
+    long = {"mode": "generate", "layout": {**LAYOUT, "steps": MAX_STEPS, "seed": list(range(16))}}
+    app = make_app(studio, allowed_hosts("127.0.0.1"))
+    jobs = []
+    with TestClient(app, base_url=BASE, client=("10.0.0.1", 1)) as greedy, \
+            TestClient(app, base_url=BASE, client=("10.0.0.2", 2)) as other:
+        try:
+            for _ in range(MAX_ACTIVE_JOBS):
+                answer = greedy.post("/api/generate", json=long)
+                assert answer.status_code == 200, answer.text
+                jobs.append(answer.json()["id"])
+            _refused(greedy.post("/api/generate", json=long), 429, "queue", f"at most {MAX_ACTIVE_JOBS} jobs queued")
+            answer = other.post("/api/generate", json=long)  # another client still gets its turn
+            assert answer.status_code == 200, answer.text
+            jobs.append(answer.json()["id"])
+        finally:
+            for job in jobs:
+                greedy.post(f"/api/jobs/{job}/cancel", json={})
+        deadline = time.monotonic() + WAIT
+        while any(greedy.get(f"/api/jobs/{job}").json()["state"] in ("queued", "running") for job in jobs):
+            assert time.monotonic() < deadline, "cancelled jobs still running"
+            time.sleep(0.1)
+        assert greedy.post("/api/generate", json={**long, "layout": {**LAYOUT, "steps": 1}}).status_code == 200

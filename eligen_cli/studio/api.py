@@ -7,14 +7,17 @@ and JSON body) or the CLI's LayoutError, which the server sends as a 400 naming 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 from eligen.agent.layout_yaml import dump_layout
+from eligen.pipeline.inpaint_canvas import model_size
 from eligen.pipeline.layout import Edits, Layout, LayoutError
+from eligen.pipeline.regions import PATCH
 
-from . import inputs
+from . import inputs, limits
 from .engine import Engine, Job, Result
 from .paths import Allowed
 
@@ -73,12 +76,18 @@ class Studio:
         return {"grid": check.grid, "cells": check.cells, "warnings": check.warnings}
 
     def _layout(self, body: dict[str, Any]) -> tuple[Layout, inputs.SourceImage | None]:
+        """The page's layout (or edits, with their source image), validated and within the studio's limits."""
         model, transformer = self.engine.model, self.engine.transformer
         if body.get("mode") == "inpaint":
             image = self.engine.image(body.get("image"))
-            return inputs.browser_edits(body.get("layout"), image.image.size, model, self.allowed,
-                                        transformer=transformer), image
-        return inputs.browser_layout(body.get("layout"), model, self.allowed, transformer=transformer), None
+            edits = inputs.browser_edits(body.get("layout"), image.image.size, model, self.allowed,
+                                         transformer=transformer)
+            canvas = model_size(image.image.size, self.engine.scale_factor * PATCH)
+            limits.check_work(edits, model, canvas, "edits", "(image)")
+            return edits, image
+        layout = inputs.browser_layout(body.get("layout"), model, self.allowed, transformer=transformer)
+        limits.check_work(layout, model, layout.size, "layout")
+        return layout, None
 
     def submit(self, body: dict[str, Any], client: str) -> dict[str, Any]:
         layout, image = self._layout(body)
@@ -87,9 +96,19 @@ class Studio:
             return self._queue(client, lambda: self.engine.submit_inpaint(layout, image))
         return self._queue(client, lambda: self.engine.submit_generate(layout))
 
-    def _queue(self, client: str, submit: Any) -> dict[str, Any]:
+    def _queue(self, client: str, submit: Callable[[], Job]) -> dict[str, Any]:
+        """Submit a job for `client` unless it, or everyone together, already has as many waiting as allowed."""
         with self.jobs_lock:
-            mine = [j for j in self.client_jobs.get(client, []) if j.state in ("queued", "running")]
+            active = {key: [j for j in jobs if j.state in ("queued", "running")]
+                      for key, jobs in self.client_jobs.items()}
+            self.client_jobs = {key: jobs for key, jobs in active.items() if jobs}
+            mine = self.client_jobs.get(client, [])
+            if len(mine) >= limits.MAX_ACTIVE_JOBS:
+                raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, "queue", f"expected at most {limits.MAX_ACTIVE_JOBS} "
+                               "jobs queued or running per client; wait for one to finish, or cancel one")
+            if sum(map(len, self.client_jobs.values())) >= limits.MAX_QUEUE:
+                raise ApiError(HTTPStatus.TOO_MANY_REQUESTS, "queue", f"expected at most {limits.MAX_QUEUE} jobs "
+                               "queued or running in the studio; try again when some have finished")
             job = submit()
             self.client_jobs[client] = [*mine, job]
         return job_json(self.engine, job)
@@ -99,8 +118,10 @@ class Studio:
         if result is None:
             raise ApiError(HTTPStatus.NOT_FOUND, "missing", "that image is no longer kept")
         steps = body.get("steps")
-        if steps is not None and not (isinstance(steps, list) and all(type(s) is int for s in steps)):
-            raise LayoutError("attention maps", "steps", "expected a list of step numbers")
+        if steps is not None and not (isinstance(steps, list) and all(type(s) is int for s in steps)
+                                      and 0 < len(steps) <= limits.MAX_ATTENTION_STEPS):
+            raise LayoutError("attention maps", "steps", f"expected a list of 1 to {limits.MAX_ATTENTION_STEPS} step "
+                              "numbers")
         block = body.get("block") or "dual:-1"
         if not isinstance(block, str):
             raise LayoutError("attention maps", "block", "expected a block such as dual:-1 or single:0")
