@@ -251,18 +251,6 @@ def test_two_tabs_generating_at_once_both_get_their_images(context: Any, studio:
         tab.close()
 
 
-def test_cancel_stops_a_generation(page: Any) -> None:
-    layout = {**yaml.safe_load(SHAPES.read_text()), "steps": 200, "seed": list(range(16))}  # the studio's limits
-    drop_files(page, [_yaml_file(layout)])
-    page.wait_for_function("document.querySelector('#notice').textContent.startsWith('restored')")
-    settle(page)
-    page.click("#generate")
-    page.wait_for_function("/step [1-9]/.test(document.querySelector('#status').textContent)")
-    page.click("#cancel")
-    page.wait_for_function("document.querySelector('#status').textContent === 'generate: cancelled'")
-    assert page.locator("#gallery .result").count() == 0
-
-
 def test_inpaint_keeps_every_pixel_outside_the_grown_regions_and_equals_therun_cli(
         page: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(0)

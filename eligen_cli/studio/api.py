@@ -66,14 +66,16 @@ class Studio:
     jobs_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def check(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Validate the page's layout or edits; token cells and warnings, or the CLI's error."""
-        layout, image = self._layout(body)
+        """Validate the page's layout or edits as it is being drawn: token cells and warnings, or the CLI's error. A
+        prompt not written yet is no error here (its field is listed as `incomplete`); Generate refuses it."""
+        data, incomplete = inputs.with_draft_prompts(body.get("layout"))
+        layout, image = self._layout({**body, "layout": data})
         if isinstance(layout, Edits):
             assert image is not None
             _, _, check = self.engine.check_edits(layout, image)
         else:
             _, check = self.engine.check_layout(layout)
-        return {"grid": check.grid, "cells": check.cells, "warnings": check.warnings}
+        return {"grid": check.grid, "cells": check.cells, "warnings": check.warnings, "incomplete": incomplete}
 
     def _layout(self, body: dict[str, Any]) -> tuple[Layout, inputs.SourceImage | None]:
         """The page's layout (or edits, with their source image), validated and within the studio's limits."""

@@ -133,6 +133,30 @@ def browser_edits(data: Any, image_size: tuple[int, int], model: str, allowed: A
     return parse_edits(data, image_size, source)
 
 
+DRAFT_PROMPT = "a"  # stands in for a prompt not typed yet while the regions are checked
+
+
+def with_draft_prompts(data: Any) -> tuple[Any, list[str]]:
+    """Layout data whose blank (or missing) prompts are a stand-in, and the fields that were blank: the regions of a
+    layout being drawn can be checked before its prompts are written."""
+    if not isinstance(data, dict):
+        return data, []
+    blank: list[str] = []
+
+    def filled(item: dict[str, Any], field: str) -> dict[str, Any]:
+        value = item.get("prompt")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            blank.append(field)
+            return {**item, "prompt": DRAFT_PROMPT}
+        return item
+
+    data = filled(data, "prompt")
+    if isinstance(data.get("entities"), list):
+        data = {**data, "entities": [filled(e, f"entities[{i}].prompt") if isinstance(e, dict) else e
+                                     for i, e in enumerate(data["entities"])]}
+    return data, blank
+
+
 def layout_json(layout: Layout, masks: list[np.ndarray]) -> dict[str, Any]:
     """A validated layout as the browser holds it: every mask and colour region inline."""
     data = inline_masks(layout, masks).model_dump(mode="json", exclude_none=True)
