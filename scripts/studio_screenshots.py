@@ -3,8 +3,9 @@
     python scripts/studio_screenshots.py
 
 docs/images/studio-blank.png: the page as it opens. docs/images/studio-layout.png: two boxes and a brush stroke
-drawn with the mouse, their token cells tinted, each outlined in its prompt's colour with its number. docs/images/studio-result.png: after Generate, with the attention
-maps of the result. Needs /usr/bin/chromium and playwright (the test extra), as the browser tests do.
+drawn with the mouse, their token cells tinted, each outlined in its prompt's colour with its number.
+docs/images/studio-result.png: after Generate, with the attention maps of the result. Needs /usr/bin/chromium and
+playwright (the test extra), as the browser tests do.
 """
 
 from __future__ import annotations

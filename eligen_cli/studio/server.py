@@ -31,7 +31,7 @@ from eligen.agent.errors import AgentError
 from eligen.pipeline.layout import LayoutError
 
 from . import inputs
-from .api import ApiError, Studio, job_json, layout_error_body
+from .api import ApiError, Studio, job_json, layout_error_body, plain
 from .body import BODY_TIMEOUT, Disconnected, read_json
 from .guard import Guard
 
@@ -54,7 +54,7 @@ async def _answer(work: Callable[[], Awaitable[Any]]) -> Response:
     except LayoutError as exc:
         return _error(HTTPStatus.BAD_REQUEST, layout_error_body(exc))
     except AgentError as exc:
-        return _error(HTTPStatus.BAD_GATEWAY, {"error": "chat", "message": str(exc)})
+        return _error(HTTPStatus.BAD_GATEWAY, {"error": "chat", "message": plain(str(exc))})
     except Disconnected:
         return Response(status_code=400)  # nobody reads it
     except Exception:  # a bug: keep serving, say so without leaking object reprs, tell the console
