@@ -136,3 +136,13 @@ def test_a_layout_opened_on_the_command_line_lends_its_files_to_the_page(tmp_pat
     names = names_in(layout, tmp_path)
     assert names.loras == (str(tmp_path / "style.safetensors"), "someone/loras/x.safetensors")
     assert names.files == ("someone/adapters/ip.bin", str(tmp_path / "ref.png"))
+
+
+def test_the_models_own_lora_is_allowed_so_its_results_restore() -> None:
+    from eligen.studio.paths import Allowed, checked_paths, model_loras
+
+    flux = "black-forest-labs/FLUX.1-dev"
+    assert model_loras(flux) == ("modelscope/EliGen/model_bf16.safetensors",) and model_loras("shapes") == ()
+    resolved = {"prompt": "a cat", "loras": [{"path": "modelscope/EliGen", "file": "model_bf16.safetensors"}]}
+    data = checked_paths(resolved, Allowed(model_loras(flux)), flux, None, "result.png")  # as a result's PNG has it
+    assert data["loras"] == resolved["loras"]

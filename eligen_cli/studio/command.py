@@ -11,7 +11,7 @@ import typer
 from ..agent_commands import MllmFamilyOpt, MllmModelOpt, MllmTimeoutOpt, MllmUrlOpt
 from ..common import DeviceOpt, DtypeOpt, OffloadOpt, QuantizeOpt, TransformerOpt, err, fail, user_errors
 from .guard import LOOPBACK_NAMES
-from .paths import Allowed, allowed_name, names_in
+from .paths import Allowed, allowed_name, model_loras, names_in
 
 
 def page_info(model: str, loras: list[str], chat: bool, initial: dict[str, Any] | None,
@@ -141,7 +141,8 @@ def studio(
         transformer = resolve_transformer(transformer, Path.cwd(), "--transformer", "--transformer") \
             if transformer else file_transformer  # as `eligen generate`: the option, else the file's
         allowed = Allowed(
-            tuple(dict.fromkeys([*(allowed_name(spec, "--lora") for spec in lora or []), *opened.loras])),
+            tuple(dict.fromkeys([*(allowed_name(spec, "--lora") for spec in lora or []), *opened.loras,
+                                 *model_loras(chosen)])),
             tuple(dict.fromkeys([*(allowed_name(spec, "--allow-file") for spec in allow_file or []),
                                  *opened.files])))
         chat = None
@@ -173,6 +174,8 @@ def studio(
     if not _is_local(host):
         err.print(f"warning: listening on {host}: anyone who can reach this machine can use the studio"
                   + ("" if auth else "; consider --auth user:password"))
+        if host in ("0.0.0.0", "::") and not allow_host:
+            err.print("note: browsers must reach it as localhost or by a name given with --allow-host NAME")
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
     err.print(f"eligen studio: http://{shown}:{bound_port}/ (model {chosen}; Ctrl+C stops it)")

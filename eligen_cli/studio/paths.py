@@ -41,6 +41,14 @@ def allowed_name(spec: str, option: str) -> str:
     raise LayoutError(option, spec, "expected an existing file or folder, or a hub name (repo-id/path/in/repo)")
 
 
+def model_loras(model: str) -> tuple[str, ...]:
+    """The LoRAs a model uses when a layout names none (the EliGen LoRA of FLUX.1-dev and Qwen-Image), as the page
+    sends them back from a result it restores: the studio's own choice, so always allowed."""
+    from eligen.pipeline.hub import DEFAULT_LORAS
+
+    return tuple(f"{spec.path}/{spec.file}" if spec.file else spec.path for spec in DEFAULT_LORAS.get(model, []))
+
+
 def names_in(layout: Layout, base_dir: Path) -> Allowed:
     """The files a layout opened from the command line names (its LoRAs, IP-Adapter, image encoder and reference
     images), as the page will send them back: the person chose them, so the page may use them."""
