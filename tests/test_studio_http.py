@@ -411,3 +411,19 @@ def test_each_client_may_queue_only_a_few_jobs_and_others_are_still_served(studi
             assert time.monotonic() < deadline, "cancelled jobs still running"
             time.sleep(0.1)
         assert greedy.post("/api/generate", json={**long, "layout": {**LAYOUT, "steps": 1}}).status_code == 200
+
+
+def test_progress_streams_as_server_sent_events_until_the_job_ends(client: TestClient) -> None:
+    job = client.post("/api/generate", json={"mode": "generate", "layout": {**LAYOUT, "steps": 3, "seed": [5, 6]}})
+    assert job.status_code == 200, job.text
+    states = []
+    with client.stream("GET", f"/api/jobs/{job.json()['id']}/events") as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        for line in events.iter_lines():
+            if line.startswith("data: "):
+                states.append(json.loads(line.removeprefix("data: ")))
+    assert states[-1]["state"] == "done" and [r["seed"] for r in states[-1]["results"]] == [5, 6]
+    progress = [s["image"] * s["steps"] + s["step"] for s in states if s["state"] == "running"]
+    assert progress == sorted(progress) and len({json.dumps(s) for s in states}) == len(states)  # only changes
+    missing = client.get("/api/jobs/0123456789abcdef/events")
+    _refused(missing, 404, "missing", "no such job")
