@@ -3,8 +3,9 @@
     python scripts/studio_screenshots.py
 
 docs/images/studio-blank.png: the page as it opens. docs/images/studio-layout.png: two boxes and a brush stroke
-drawn with the mouse, their token cells tinted. docs/images/studio-result.png: after Generate, with the attention
-maps of the result. Needs /usr/bin/chromium and playwright (the test extra), as the browser tests do.
+drawn with the mouse, their token cells tinted, each outlined in its prompt's colour with its number.
+docs/images/studio-result.png: after Generate, with the attention maps of the result. Needs /usr/bin/chromium and
+playwright (the test extra), as the browser tests do.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ def main() -> None:
             for start, end in [((22, 58), (32, 40)), ((32, 40), (42, 58)), ((22, 58), (42, 58))]:
                 drag(page, start, end)  # strokes go on painting the selected (third) entity
             page.locator(".entity .prompt").nth(2).fill("a yellow triangle")
-            page.fill("#seeds", "0, 1")
-            page.fill("#steps", "24")
+            page.fill("#seeds", "0, 1")  # every other setting stays the model's default
             settle(page)
             page.screenshot(path=IMAGES / "studio-layout.png")
             page.click("#generate")

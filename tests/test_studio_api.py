@@ -76,8 +76,10 @@ def test_loading_options_are_used_and_recorded_so_generate_repeats_the_image(
     with serve(cwd, "--model", "shapes", "--dtype", "fp32", "--device", "cpu",
                "--transformer", str(SHAPES_TRANSFORMER)) as served:
         png, layout_yaml = _generate(served.url, SCENE)
-        _, theirs = _generate(served.url, {**SCENE, "transformer": "/etc/hostname"})  # the browser cannot name one
-        assert f"transformer: {SHAPES_TRANSFORMER}" in theirs and "/etc/hostname" not in theirs
+        status, answer = _post(f"{served.url}api/generate", {"mode": "generate",
+                                                             "layout": {**SCENE, "transformer": "/etc/hostname"}})
+        assert status == 400 and answer["field"] == "transformer"  # the browser cannot name one
+        assert f"transformer: {SHAPES_TRANSFORMER}" in layout_yaml
     assert list(cwd.iterdir()) == []
     assert read_png_metadata(io.BytesIO(png))["layout"]["transformer"] == str(SHAPES_TRANSFORMER)
     assert Image.open(io.BytesIO(png)).size == (64, 64)  # a layout without a size gets the model's, as in the CLI
@@ -111,3 +113,36 @@ def test_the_studio_runs_a_qwen_image_model_and_says_it_has_no_attention_maps(
         png_again, _ = _generate(served.url, {**SCENE, "size": [64, 64], "steps": 2})
         assert png_again == png  # and still generating, deterministically
     assert list(cwd.iterdir()) == []
+
+
+def test_a_start_up_name_that_is_neither_a_file_nor_a_hub_name_is_exit_2(tmp_path: Path) -> None:
+    for option, value in (("--allow-file", "/nonexistent/x.bin"), ("--lora", "../nowhere")):
+        result = runner.invoke(app, ["studio", "--model", "shapes", option, value])
+        assert result.exit_code == 2, result.output
+        assert f"{option}: {value}: expected an existing file or folder, or a hub name" in result.output
+
+
+def test_a_layout_opened_on_the_command_line_lends_its_files_to_the_page(tmp_path: Path) -> None:
+    from eligen.pipeline.layout import parse_layout
+    from eligen.studio.paths import names_in
+
+    (tmp_path / "style.safetensors").write_bytes(b"")
+    (tmp_path / "ref.png").write_bytes(b"")
+    layout = parse_layout({"prompt": "a red circle", "loras": [{"path": "style.safetensors"},
+                                                                 {"path": "someone/loras", "file": "x.safetensors"}],
+                           "ip_adapter": {"path": "someone/adapters/ip.bin"},
+                           "entities": [{"prompt": "a red circle", "box": [0, 0, 8, 8],
+                                         "reference": {"image": "ref.png"}}]})
+    names = names_in(layout, tmp_path)
+    assert names.loras == (str(tmp_path / "style.safetensors"), "someone/loras/x.safetensors")
+    assert names.files == ("someone/adapters/ip.bin", str(tmp_path / "ref.png"))
+
+
+def test_the_models_own_lora_is_allowed_so_its_results_restore() -> None:
+    from eligen.studio.paths import Allowed, checked_paths, model_loras
+
+    flux = "black-forest-labs/FLUX.1-dev"
+    assert model_loras(flux) == ("modelscope/EliGen/model_bf16.safetensors",) and model_loras("shapes") == ()
+    resolved = {"prompt": "a cat", "loras": [{"path": "modelscope/EliGen", "file": "model_bf16.safetensors"}]}
+    data = checked_paths(resolved, Allowed(model_loras(flux)), flux, None, "result.png")  # as a result's PNG has it
+    assert data["loras"] == resolved["loras"]

@@ -10,8 +10,8 @@ import typer
 
 from ..agent_commands import MllmFamilyOpt, MllmModelOpt, MllmTimeoutOpt, MllmUrlOpt
 from ..common import DeviceOpt, DtypeOpt, OffloadOpt, QuantizeOpt, TransformerOpt, err, fail, user_errors
-
-LOCAL = ("127.0.0.1", "localhost", "::1")
+from .guard import LOOPBACK_NAMES
+from .paths import Allowed, allowed_name, model_loras, names_in
 
 
 def page_info(model: str, loras: list[str], chat: bool, initial: dict[str, Any] | None,
@@ -43,24 +43,32 @@ def _has_layout(path: Path) -> bool:
         return False
 
 
-def _initial(path: Path | None) -> tuple[dict[str, Any] | None, str | None, str | None]:
-    """The layout given on the command line for the page to open with, its model and transformer, or the image to
-    repaint."""
+def _initial(path: Path | None) -> tuple[dict[str, Any] | None, str | None, str | None, Allowed]:
+    """The layout given on the command line for the page to open with, its model, transformer and the files it names
+    (which the page may then use), or the image to repaint."""
     from eligen.pipeline.layout import LayoutError
+    from eligen.pipeline.references import with_absolute_paths
     from eligen.pipeline.regions import entity_masks
 
     from ..sources import load_source
     from .inputs import layout_json
 
     if path is None:
-        return None, None, None
+        return None, None, None, Allowed()
     if path.suffix.lower() in (".yaml", ".yml") or _has_layout(path):
         src = load_source(path, {})
         masks = entity_masks(src.layout, src.base_dir, src.source)
-        return {"kind": "layout", "layout": layout_json(src.layout, masks)}, src.layout.model, src.layout.transformer
+        names = names_in(src.layout, src.base_dir)
+        layout = with_absolute_paths(src.layout, src.base_dir)
+        if layout.loras:
+            named = zip(layout.loras, names.loras, strict=True)
+            loras = [spec.model_copy(update={"path": name, "file": None}) for spec, name in named]
+            layout = layout.model_copy(update={"loras": loras})
+        return ({"kind": "layout", "layout": layout_json(layout, masks)}, src.layout.model, src.layout.transformer,
+                names)
     if not path.is_file():
         raise LayoutError(str(path), "(file)", "expected a layout YAML or an image file")
-    return {"image": path}, None, None
+    return {"image": path}, None, None, Allowed()
 
 
 def _auth(value: str | None) -> str | None:
@@ -71,7 +79,7 @@ def _auth(value: str | None) -> str | None:
 
 def _is_local(host: str) -> bool:
     try:
-        return host in LOCAL or ipaddress.ip_address(host).is_loopback
+        return host in LOOPBACK_NAMES or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
@@ -85,10 +93,17 @@ def studio(
     host: Annotated[str, typer.Option(help="Address to listen on; anything but 127.0.0.1 exposes the studio "
                                       "to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 7860,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="Another name the browser may reach the studio by (a host name or address, e.g. behind "
+        "a proxy); the loopback names and the --host address are always accepted; repeat.")] = None,
     auth: Annotated[str | None, typer.Option(help="Require HTTP basic authentication: user:password.")] = None,
     lora: Annotated[list[str] | None, typer.Option(
         "--lora", help="A LoRA the page may use: a local .safetensors or hub-repo-id/path/in/repo.safetensors; "
         "repeat.")] = None,
+    allow_file: Annotated[list[str] | None, typer.Option(
+        "--allow-file", help="A file the page may name in a layout: an IP-Adapter, its image encoder, a reference "
+        "image or a mask (a local file or folder, or a hub name repo-id/path/in/repo); repeat. The studio opens no "
+        "other file for the browser.")] = None,
     transformer: TransformerOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -112,18 +127,24 @@ def studio(
     from eligen.pipeline.model_info import resolve_model
 
     from ..sources import resolve_transformer
+    from .api import Studio
     from .chat import StudioChat
     from .engine import Engine
+    from .guard import allowed_hosts
     from .inputs import Upload, source_image
-    from .server import Studio, make_server
+    from .server import listen, make_app, serve
 
     auth = _auth(auth)
     with user_errors():
-        initial, file_model, file_transformer = _initial(file)
+        initial, file_model, file_transformer, opened = _initial(file)
         chosen = resolve_model(model, Path.cwd(), "--model", "--model") if model else file_model or DEFAULT_MODEL
         transformer = resolve_transformer(transformer, Path.cwd(), "--transformer", "--transformer") \
             if transformer else file_transformer  # as `eligen generate`: the option, else the file's
-        server_loras = [str(Path(spec).resolve()) if Path(spec).is_file() else spec for spec in lora or []]
+        allowed = Allowed(
+            tuple(dict.fromkeys([*(allowed_name(spec, "--lora") for spec in lora or []), *opened.loras,
+                                 *model_loras(chosen)])),
+            tuple(dict.fromkeys([*(allowed_name(spec, "--allow-file") for spec in allow_file or []),
+                                 *opened.files])))
         chat = None
         if mllm_url:
             from eligen.agent.backends import make_backend
@@ -143,24 +164,26 @@ def studio(
             image = source_image(Upload(path.name, path.read_bytes()))
             initial = {"image": {"image": engine.add_image(image), "name": image.name,
                                  "size": list(image.image.size)}}
+    studio_api = Studio(engine, page_info(chosen, list(allowed.loras), chat is not None, initial,
+                                          engine.no_attention_maps), allowed, chat)
+    app = make_app(studio_api, allowed_hosts(host, allow_host or []), auth)
     try:
-        server = make_server(Studio(engine, page_info(chosen, server_loras, chat is not None, initial,
-                                                      engine.no_attention_maps), server_loras,
-                                    auth, chat), host, port)
+        sock = listen(host, port)
     except OSError as exc:
         raise fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})", 1) from None
     if not _is_local(host):
         err.print(f"warning: listening on {host}: anyone who can reach this machine can use the studio"
                   + ("" if auth else "; consider --auth user:password"))
-    bound_host, bound_port = server.server_address[:2]
+        if host in ("0.0.0.0", "::") and not allow_host:
+            err.print("note: browsers must reach it as localhost or by a name given with --allow-host NAME")
+    bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
     err.print(f"eligen studio: http://{shown}:{bound_port}/ (model {chosen}; Ctrl+C stops it)")
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        err.print("stopped")
+        serve(app, sock)
     finally:
-        server.server_close()
+        sock.close()
+    err.print("stopped")
 
 
 def register(app: typer.Typer) -> None:

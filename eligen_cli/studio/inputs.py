@@ -1,8 +1,8 @@
 """What the browser sends, validated exactly as the CLI validates files: layouts, edits, uploaded files.
 
-Everything from the browser is untrusted. The studio reads no file on the server for it: masks and colour masks
-must be inline PNGs (data URLs) or files uploaded in the same request, LoRAs the files the server was started
-with or hub ids, and the model is always the server's own.
+Everything from the browser is untrusted. The studio reads no file on the server for it but those the person
+listed when starting it (paths.py): masks and colour masks are inline PNGs (data URLs) or files uploaded in the
+same request, and the model and transformer are always the server's own.
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ from eligen.pipeline.model_defaults import with_model_defaults
 from eligen.pipeline.outputs import png_bytes, read_png_metadata
 from eligen.pipeline.regions import entity_masks, inline_masks, mask_data_url
 
+from .paths import Allowed, checked_paths
+
 MAX_FILE_BYTES = 20 * 1024 * 1024  # one uploaded file
 MAX_YAML_BYTES = 2 * 1024 * 1024
 MAX_PIXELS = 4096 * 4096  # an uploaded image, before any decoding beyond its header
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_COLOURS = 32  # distinct colours of a colour-coded region PNG
-HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")  # what a message must not show the browser
 SERVER_KEYS = ("model", "transformer")  # the server's, never the browser's
 NO_FOLDER = Path("/nonexistent/eligen-studio")  # the base folder of browser layouts: their masks are inline
 
@@ -80,8 +82,12 @@ def open_image(upload: Upload) -> Image.Image:
             raise LayoutError(upload.name, "(image)", f"expected at most {MAX_PIXELS} pixels, got "
                               f"{image.width}x{image.height}")
         return ImageOps.exif_transpose(image).convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise LayoutError(upload.name, "(image)", f"expected a readable PNG, JPEG or WebP image ({exc})") from None
+    except UnidentifiedImageError:
+        raise LayoutError(upload.name, "(image)", "expected a readable PNG, JPEG or WebP image, this is none of "
+                          "them") from None
+    except (OSError, Image.DecompressionBombError) as exc:
+        reason = OBJECT_REPR.sub("the file", str(exc))
+        raise LayoutError(upload.name, "(image)", f"expected a readable PNG, JPEG or WebP image ({reason})") from None
 
 
 @dataclass(frozen=True)
@@ -102,70 +108,53 @@ def png_of(image: Image.Image) -> bytes:
     return png_bytes(image)
 
 
-def _check_loras(data: dict[str, Any], server_loras: list[str], source: str) -> dict[str, Any]:
-    """LoRAs may be the server's files (by their path) or hub ids; `repo/path/file.safetensors` becomes `path: repo`
-    with `file:`, so nothing is looked up on the server's disk."""
-    loras = data.get("loras")
-    if not isinstance(loras, list):
-        return data
-    checked = []
-    for i, spec in enumerate(loras):
-        if not isinstance(spec, dict) or not isinstance(spec.get("path"), str):
-            checked.append(spec)  # the schema explains what is wrong
-            continue
-        path, file = spec["path"], spec.get("file")
-        if path in server_loras and file is None:
-            checked.append(spec)
-            continue
-        parts = path.split("/")
-        if file is None and len(parts) >= 3 and path.endswith(".safetensors"):
-            path, file = "/".join(parts[:2]), "/".join(parts[2:])
-        if not (HUB_REPO.fullmatch(path) and isinstance(file, str) and file and ".." not in file.split("/")
-                and not file.startswith("/")):
-            allowed = ", ".join(server_loras) or "none"
-            raise LayoutError(source, f"loras[{i}].path", "expected a LoRA the studio was started with (--lora) or a "
-                              f"hub LoRA (repo-id/path/in/repo.safetensors), got {spec['path']!r}",
-                              f"the studio's LoRAs: {allowed}")
-        checked.append({**spec, "path": path, "file": file})
-    return {**data, "loras": checked}
-
-
-def _check_inline(data: dict[str, Any], source: str) -> None:
-    """Masks must be inline PNGs: the browser cannot name files on the server."""
-    references = [("color_mask", data.get("color_mask"))]
-    entities = data.get("entities")
-    if isinstance(entities, list):
-        references += [(f"entities[{i}].mask", e.get("mask")) for i, e in enumerate(entities) if isinstance(e, dict)]
-    for field, value in references:
-        if isinstance(value, str) and not value.startswith(DATA_URL_PREFIX):
-            raise LayoutError(source, field, f"expected an inline PNG ({DATA_URL_PREFIX}...) or a file uploaded "
-                              f"with the layout, got {value[:80]!r}", "the studio reads no files on the server")
-
-
-def _server_data(data: Any, model: str, server_loras: list[str], source: str, transformer: str | None = None
+def _server_data(data: Any, model: str, allowed: Allowed, source: str, transformer: str | None = None
                  ) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise LayoutError(source, "(top level)", f"expected a mapping of keys, got {type(data).__name__}")
-    data = {k: v for k, v in data.items() if k not in SERVER_KEYS}
-    _check_inline(data, source)
+    data = checked_paths(data, allowed, model, transformer, source)
     server = {"model": model} if transformer is None else {"model": model, "transformer": transformer}
-    return {**_check_loras(data, server_loras, source), **server}
+    return {**data, **server}
 
 
-def browser_layout(data: Any, model: str, server_loras: list[str], source: str = "layout",
+def browser_layout(data: Any, model: str, allowed: Allowed, source: str = "layout",
                    transformer: str | None = None) -> Layout:
     """A layout from the browser, validated as a layout file, on the server's model (and its `transformer`); what it
     leaves out (size, steps, cfg) comes from the model's defaults, as in `eligen generate`."""
-    return with_model_defaults(parse_layout(_server_data(data, model, server_loras, source, transformer), source))
+    return with_model_defaults(parse_layout(_server_data(data, model, allowed, source, transformer), source))
 
 
-def browser_edits(data: Any, image_size: tuple[int, int], model: str, server_loras: list[str],
+def browser_edits(data: Any, image_size: tuple[int, int], model: str, allowed: Allowed,
                   source: str = "edits", transformer: str | None = None) -> Edits:
     """Edits from the browser for an image of `image_size`, validated as an edits file, on the server's model (and
     its `transformer`)."""
-    data = _server_data(data, model, server_loras, source, transformer)
+    data = _server_data(data, model, allowed, source, transformer)
     data.pop("size", None)
     return parse_edits(data, image_size, source)
+
+
+DRAFT_PROMPT = "a"  # stands in for a prompt not typed yet while the regions are checked
+
+
+def with_draft_prompts(data: Any) -> tuple[Any, list[str]]:
+    """Layout data whose blank (or missing) prompts are a stand-in, and the fields that were blank: the regions of a
+    layout being drawn can be checked before its prompts are written."""
+    if not isinstance(data, dict):
+        return data, []
+    blank: list[str] = []
+
+    def filled(item: dict[str, Any], field: str) -> dict[str, Any]:
+        value = item.get("prompt")
+        if value is None or (isinstance(value, str) and not value.strip()):
+            blank.append(field)
+            return {**item, "prompt": DRAFT_PROMPT}
+        return item
+
+    data = filled(data, "prompt")
+    if isinstance(data.get("entities"), list):
+        data = {**data, "entities": [filled(e, f"entities[{i}].prompt") if isinstance(e, dict) else e
+                                     for i, e in enumerate(data["entities"])]}
+    return data, blank
 
 
 def layout_json(layout: Layout, masks: list[np.ndarray]) -> dict[str, Any]:
@@ -176,13 +165,14 @@ def layout_json(layout: Layout, masks: list[np.ndarray]) -> dict[str, Any]:
     return data
 
 
-def _with_uploaded_files(data: Any, files: dict[str, Upload], source: str) -> Any:
-    """Layout data whose mask files name files uploaded with it, with those files inlined."""
+def _with_uploaded_files(data: Any, files: dict[str, Upload], source: str, allowed: Allowed) -> Any:
+    """Layout data whose mask files name files uploaded with it (or allowed ones), with the uploaded files
+    inlined."""
     if not isinstance(data, dict):
         return data
 
     def inline(value: Any, field: str) -> Any:
-        if not isinstance(value, str) or value.startswith(DATA_URL_PREFIX):
+        if not isinstance(value, str) or value.startswith(DATA_URL_PREFIX) or value in allowed.files:
             return value
         if value not in files:
             raise LayoutError(source, field, f"expected a file uploaded with the layout, {value!r} was not",
@@ -217,17 +207,18 @@ def _model_note(data: Any, model: str) -> list[str]:
     return []
 
 
-def restore(files: list[Upload], model: str, server_loras: list[str], image_size: tuple[int, int] | None
-            ) -> Restored:
+def restore(files: list[Upload], model: str, allowed: Allowed, image_size: tuple[int, int] | None,
+            transformer: str | None = None) -> Restored:
     """The layout of a PNG written by eligen, or of a layout YAML (with the mask files it names, uploaded with
-    it). With `image_size` (inpaint mode) edits are restored, validated against that image size."""
+    it), opened on the studio's model and transformer (the file's are noted). With `image_size` (inpaint mode) edits
+    are restored, validated against that image size."""
     yamls = [f for f in files if f.name.lower().endswith((".yaml", ".yml"))]
     if yamls:
         upload = yamls[0]
         if len(upload.data) > MAX_YAML_BYTES:
             raise LayoutError(upload.name, "(file)", f"expected at most {MAX_YAML_BYTES // 2**20} MiB of YAML")
         raw = layout_data_from_bytes(upload.data, upload.name)
-        data = _with_uploaded_files(raw, {f.name: f for f in files if f is not upload}, upload.name)
+        data = _with_uploaded_files(raw, {f.name: f for f in files if f is not upload}, upload.name, allowed)
         kind = "edits" if image_size is not None else "layout"
     else:
         upload = files[0]
@@ -245,11 +236,13 @@ def restore(files: list[Upload], model: str, server_loras: list[str], image_size
             raise LayoutError(upload.name, "(metadata)", f"expected a PNG written by eligen with {what} embedded, "
                               "it has none", "drop a PNG made by eligen or a layout YAML")
         data = raw
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in SERVER_KEYS}
     if kind == "edits":
         assert image_size is not None
-        layout: Layout = browser_edits(data, image_size, model, server_loras, upload.name)
+        layout: Layout = browser_edits(data, image_size, model, allowed, upload.name, transformer)
     else:
-        layout = browser_layout(data, model, server_loras, upload.name)
+        layout = browser_layout(data, model, allowed, upload.name, transformer)
     masks = entity_masks(layout, NO_FOLDER, upload.name, same_size=kind == "edits")
     return Restored(kind, layout_json(layout, masks), _model_note(raw, model))
 

@@ -1,296 +1,209 @@
-"""The studio's HTTP server: a JSON API over the engine and the static page (plain JavaScript, no build step).
+"""The studio's HTTP server: Starlette on uvicorn, serving the JSON API (api.py) and the static page (plain
+JavaScript, no build step).
 
-Standard library only (`http.server`). Every request may carry at most MAX_BODY bytes; with `auth` every request
-needs HTTP basic authentication. Layout problems come back as the CLI's message with the field it names.
+Every request passes the Guard (its host, origin, content type and authentication) before a route runs; a POST's
+body is read within body.py's limits; job progress streams as server-sent events. Layout problems come back as the
+CLI's message with the field it names; any other failure is a 500 whose message names no Python object (the console
+gets the traceback).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import json
-import re
-import secrets
 import socket
-from dataclasses import dataclass
+import sys
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from eligen import __version__
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
 from eligen.agent.errors import AgentError
-from eligen.agent.layout_yaml import dump_layout
-from eligen.pipeline.layout import Edits, Layout, LayoutError
+from eligen.pipeline.layout import LayoutError
 
 from . import inputs
-from .engine import Engine, Job, Result
+from .api import ApiError, Studio, job_json, layout_error_body, plain
+from .body import BODY_TIMEOUT, Disconnected, read_json
+from .guard import Guard
 
-MAX_BODY = 48 * 1024 * 1024  # bytes of one request (base64 files inflate by 4/3)
-MAX_CHAT_CHARS = 4000
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/studio.js": ("studio.js", "text/javascript"),
           "/studio.css": ("studio.css", "text/css")}
+EVENT_INTERVAL = 0.1  # s between looks at a job whose progress streams
+ID = "{id:str}"
 
 
-class BadRequest(Exception):
-    """A request the studio refuses, with the status and JSON body to send."""
-
-    def __init__(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-        super().__init__(body.get("message", ""))
-        self.status, self.body = status, body
+def _error(status: HTTPStatus, body: dict[str, Any], close: bool = False) -> JSONResponse:
+    return JSONResponse(body, int(status), headers={"Connection": "close"} if close else None)
 
 
-def layout_error(exc: LayoutError) -> BadRequest:
-    return BadRequest(HTTPStatus.BAD_REQUEST, {"error": "layout", "message": str(exc), "source": exc.source,
-                                               "field": exc.field, "expected": exc.expected, "hint": exc.hint})
+async def _answer(work: Callable[[], Awaitable[Any]]) -> Response:
+    """The JSON answer of `work`, or the refusal it raised."""
+    try:
+        return JSONResponse(await work())
+    except ApiError as exc:
+        return _error(exc.status, exc.body, exc.close)
+    except LayoutError as exc:
+        return _error(HTTPStatus.BAD_REQUEST, layout_error_body(exc))
+    except AgentError as exc:
+        return _error(HTTPStatus.BAD_GATEWAY, {"error": "chat", "message": plain(str(exc))})
+    except Disconnected:
+        return Response(status_code=400)  # nobody reads it
+    except Exception:  # a bug: keep serving, say so without leaking object reprs, tell the console
+        traceback.print_exc(file=sys.stderr)
+        return _error(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal", "message": "the studio failed on "
+                                                         "this request; its console says why"})
 
 
-def _job_json(engine: Engine, job: Job) -> dict[str, Any]:
-    return {"id": job.id, "kind": job.kind, "state": job.state, "step": job.step, "steps": job.total_steps,
-            "image": job.image_index, "images": len(job.seeds), "seeds": job.seeds, "error": job.error,
-            "waiting": engine.position(job) if job.state == "queued" else 0,
-            "results": [_result_json(result) for r in job.results if (result := engine.result(r)) is not None]}
+def _missing(what: str) -> ApiError:
+    return ApiError(HTTPStatus.NOT_FOUND, "missing", what)
 
 
-def _result_json(result: Result) -> dict[str, Any]:
-    return {"id": result.id, "kind": result.kind, "seed": result.seed, "file": result.file_name,
-            "attention": result.kind == "generate" and result.layout is not None and bool(result.layout.entities)}
+def _hex_id(request: Request) -> str:
+    value = request.path_params["id"]
+    if len(value) != 16 or any(c not in "0123456789abcdef" for c in value):
+        raise _missing(f"nothing at {request.url.path[:200]}")
+    return value
 
 
-@dataclass
-class Studio:
-    """What the handler serves: the engine, the server's settings and the optional chat."""
+def make_app(studio: Studio, hosts: frozenset[str], auth: str | None = None, body_timeout: float = BODY_TIMEOUT
+             ) -> Guard:
+    """The studio's ASGI application, refusing requests not addressed to one of `hosts` (and with `auth`, those
+    without it); a request body must arrive within `body_timeout` seconds."""
+    engine = studio.engine
 
-    engine: Engine
-    info: dict[str, Any]  # sent to the page once: model, defaults, LoRAs, vocabulary, initial layout
-    server_loras: list[str]
-    auth: str | None = None  # "user:password"
-    chat: Any = None  # a StudioChat when an MLLM was given
+    def posted(handler: Callable[..., dict[str, Any]], with_client: bool = False
+               ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            async def work() -> dict[str, Any]:
+                body = await read_json(request, timeout=body_timeout)
+                client = request.client.host if request.client else "-"
+                return await run_in_threadpool(handler, body, client) if with_client \
+                    else await run_in_threadpool(handler, body)
+            return await _answer(work)
+        return endpoint
 
-    def check(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Validate the page's layout or edits; token cells and warnings, or the CLI's error."""
-        layout, image = self._layout(body)
-        if isinstance(layout, Edits):
-            assert image is not None
-            _, _, check = self.engine.check_edits(layout, image)
-        else:
-            _, check = self.engine.check_layout(layout)
-        return {"grid": check.grid, "cells": check.cells, "warnings": check.warnings}
+    async def static(request: Request) -> Response:
+        name, content_type = STATIC[request.url.path]
+        return Response(resources.files(__package__).joinpath("static", name).read_bytes(), media_type=content_type)
 
-    def _layout(self, body: dict[str, Any]) -> tuple[Layout, inputs.SourceImage | None]:
-        model, transformer = self.engine.model, self.engine.transformer
-        if body.get("mode") == "inpaint":
-            image = self.engine.image(body.get("image"))
-            return inputs.browser_edits(body.get("layout"), image.image.size, model, self.server_loras,
-                                        transformer=transformer), image
-        return inputs.browser_layout(body.get("layout"), model, self.server_loras, transformer=transformer), None
+    async def favicon(_: Request) -> Response:
+        return Response(status_code=204)
 
-    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        layout, image = self._layout(body)
-        if isinstance(layout, Edits):
-            assert image is not None
-            job = self.engine.submit_inpaint(layout, image)
-        else:
-            job = self.engine.submit_generate(layout)
-        return _job_json(self.engine, job)
+    async def info(_: Request) -> Response:
+        return JSONResponse(studio.info)
 
-    def attention(self, body: dict[str, Any]) -> dict[str, Any]:
-        result = self.engine.result(str(body.get("result")))
-        if result is None:
-            raise BadRequest(HTTPStatus.NOT_FOUND, {"error": "missing", "message": "that image is no longer kept"})
-        steps = body.get("steps")
-        if steps is not None and not (isinstance(steps, list) and all(type(s) is int for s in steps)):
-            raise layout_error(LayoutError("attention maps", "steps", "expected a list of step numbers"))
-        job = self.engine.submit_attention(result, steps, str(body.get("block") or "dual:-1"))
-        return _job_json(self.engine, job)
+    async def job(request: Request) -> Response:
+        async def work() -> dict[str, Any]:
+            return job_json(engine, studio.job(_hex_id(request)))
+        return await _answer(work)
 
-    def upload_image(self, body: dict[str, Any]) -> dict[str, Any]:
-        upload = inputs.uploads(body.get("files"))[0]
-        image = inputs.source_image(upload)
-        image_id = self.engine.add_image(image)
-        return {"image": image_id, "name": image.name, "size": list(image.image.size)}
+    async def events(request: Request) -> Response:
+        """The job's state as server-sent events, one each time it changes, until it has finished."""
+        try:
+            watched = studio.job(_hex_id(request))
+        except ApiError as exc:
+            return _error(exc.status, exc.body)
 
-    def restore(self, body: dict[str, Any]) -> dict[str, Any]:
-        files = inputs.uploads(body.get("files"))
-        size = self.engine.image(body.get("image")).image.size if body.get("mode") == "inpaint" else None
-        restored = inputs.restore(files, self.engine.model, self.server_loras, size)
-        return {"kind": restored.kind, "layout": restored.data, "notes": restored.notes}
-
-    def colours(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"regions": inputs.colour_regions(inputs.uploads(body.get("files"))[0])}
-
-    def chat_message(self, body: dict[str, Any]) -> dict[str, Any]:
-        if self.chat is None:
-            raise BadRequest(HTTPStatus.NOT_FOUND, {"error": "chat", "message": "start the studio with --mllm-url "
-                                                    "to chat"})
-        message = body.get("message")
-        if not isinstance(message, str) or not message.strip():
-            raise BadRequest(HTTPStatus.BAD_REQUEST, {"error": "chat", "message": "say what to draw or change"})
-        image = self.engine.image(body.get("image")) if body.get("mode") == "inpaint" else None
-        current = body.get("layout") if body.get("mode") != "inpaint" else None
-        layout = None
-        if isinstance(current, dict) and current.get("entities"):
-            layout = inputs.browser_layout(current, self.engine.model, self.server_loras)
-        size = inputs.browser_layout({"size": body.get("size"), "prompt": "-"}, self.engine.model, []).size
-        return self.chat.reply(message.strip()[:MAX_CHAT_CHARS], layout, image, size)
-
-    def yaml(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The page's layout (or edits) as the YAML file `eligen generate` (or `eligen inpaint`) reads."""
-        layout, image = self._layout(body)
-        if isinstance(layout, Edits):
-            assert image is not None
-            self.engine.check_edits(layout, image)
-        else:
-            self.engine.check_layout(layout)
-        return {"yaml": dump_layout(layout)}
-
-
-def make_handler(studio: Studio) -> type[BaseHTTPRequestHandler]:
-    """The request handler class bound to one studio."""
-    posts = {"/api/check": studio.check, "/api/generate": studio.submit, "/api/attention": studio.attention,
-             "/api/image": studio.upload_image, "/api/restore": studio.restore, "/api/colours": studio.colours,
-             "/api/chat": studio.chat_message, "/api/yaml": studio.yaml}
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = f"eligen-studio/{__version__}"
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet: the studio reports on its own."""
-
-        def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None
-                  ) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:")
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: HTTPStatus, data: Any) -> None:
-            self._send(status, json.dumps(data).encode("utf-8"), "application/json")
-
-        def _authorised(self) -> bool:
-            if studio.auth is None:
-                return True
-            header = self.headers.get("Authorization", "")
-            try:
-                given = base64.b64decode(header.removeprefix("Basic "), validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                given = ""
-            if header.startswith("Basic ") and secrets.compare_digest(given.encode(), studio.auth.encode()):
-                return True
-            self._send(HTTPStatus.UNAUTHORIZED, b"authentication required", "text/plain",
-                       {"WWW-Authenticate": 'Basic realm="eligen studio", charset="UTF-8"'})
-            return False
-
-        def _body(self) -> dict[str, Any]:
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                length = -1
-            if length < 0 or length > MAX_BODY:
-                self.close_connection = True
-                raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                 {"error": "upload", "message": f"expected a request of at most "
-                                  f"{MAX_BODY // 2**20} MiB"})
-            try:
-                data = json.loads(self.rfile.read(length) or b"{}")
-            except (ValueError, UnicodeDecodeError):
-                raise BadRequest(HTTPStatus.BAD_REQUEST, {"error": "request", "message": "expected JSON"}) from None
-            if not isinstance(data, dict):
-                raise BadRequest(HTTPStatus.BAD_REQUEST, {"error": "request", "message": "expected a JSON object"})
-            return data
-
-        def do_GET(self) -> None:
-            if not self._authorised():
-                return
-            path = urlsplit(self.path).path
-            try:
-                self._get(path)
-            except BadRequest as exc:
-                self._json(exc.status, exc.body)
-
-        def _get(self, path: str) -> None:
-            if path in STATIC:
-                name, content_type = STATIC[path]
-                self._send(HTTPStatus.OK, resources.files(__package__).joinpath("static", name).read_bytes(),
-                           content_type)
-                return
-            if path == "/favicon.ico":
-                self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
-                return
-            if path == "/api/info":
-                self._json(HTTPStatus.OK, studio.info)
-                return
-            if match := re.fullmatch(r"/api/jobs/([0-9a-f]{16})", path):
-                job = studio.engine.job(match[1])
-                if job is None:
-                    raise BadRequest(HTTPStatus.NOT_FOUND, {"error": "missing", "message": "no such job"})
-                self._json(HTTPStatus.OK, _job_json(studio.engine, job))
-                return
-            if match := re.fullmatch(r"/api/images/([0-9a-f]{16})\.png", path):
-                self._send(HTTPStatus.OK, inputs.png_of(studio.engine.image(match[1]).image), "image/png")
-                return
-            if match := re.fullmatch(r"/api/results/([0-9a-f]{16})(\.png|\.yaml|\.json)", path):
-                self._result(match[1], match[2], "download" in (urlsplit(self.path).query or ""))
-                return
-            raise BadRequest(HTTPStatus.NOT_FOUND, {"error": "missing", "message": f"nothing at {path}"})
-
-        def _result(self, result_id: str, suffix: str, download: bool) -> None:
-            result = studio.engine.result(result_id)
-            if result is None or (suffix == ".yaml" and not result.yaml) or (suffix == ".json" and not result.data):
-                raise BadRequest(HTTPStatus.NOT_FOUND, {"error": "missing", "message": "that result is no longer "
-                                                        "kept"})
-            name = result.file_name + suffix
-            headers = {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"} if download else {}
-            if suffix == ".png":
-                self._send(HTTPStatus.OK, result.png, "image/png", headers)
-            elif suffix == ".yaml":
-                self._send(HTTPStatus.OK, result.yaml.encode("utf-8"), "application/yaml; charset=utf-8", headers)
-            else:
-                self._json(HTTPStatus.OK, result.data)
-
-        def do_POST(self) -> None:
-            if not self._authorised():
-                return
-            path = urlsplit(self.path).path
-            try:
-                if match := re.fullmatch(r"/api/jobs/([0-9a-f]{16})/cancel", path):
-                    self._body()
-                    job = studio.engine.cancel(match[1])
-                    if job is None:
-                        raise BadRequest(HTTPStatus.NOT_FOUND, {"error": "missing", "message": "no such job"})
-                    self._json(HTTPStatus.OK, _job_json(studio.engine, job))
+        async def stream() -> AsyncIterator[str]:
+            last = None
+            while True:
+                state = job_json(engine, watched)
+                text = json.dumps(state)
+                if text != last:
+                    yield f"data: {text}\n\n"
+                    last = text
+                if state["state"] not in ("queued", "running"):
                     return
-                handler = posts.get(path)
-                if handler is None:
-                    raise BadRequest(HTTPStatus.NOT_FOUND, {"error": "missing", "message": f"nothing at {path}"})
-                self._json(HTTPStatus.OK, handler(self._body()))
-            except BadRequest as exc:
-                self._json(exc.status, exc.body)
-            except LayoutError as exc:
-                error = layout_error(exc)
-                self._json(error.status, error.body)
-            except AgentError as exc:
-                self._json(HTTPStatus.BAD_GATEWAY, {"error": "chat", "message": str(exc)})
+                await asyncio.sleep(EVENT_INTERVAL)
 
-    return Handler
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def cancel(request: Request) -> Response:
+        async def work() -> dict[str, Any]:
+            job_id = _hex_id(request)
+            await read_json(request, timeout=body_timeout)
+            return studio.cancel(job_id)
+        return await _answer(work)
+
+    async def image(request: Request) -> Response:
+        try:
+            source = engine.image(_hex_id(request))
+        except (ApiError, LayoutError):
+            return _error(HTTPStatus.NOT_FOUND, {"error": "missing", "message": "that image is no longer kept"})
+        return Response(await run_in_threadpool(inputs.png_of, source.image), media_type="image/png")
+
+    async def result(request: Request) -> Response:
+        suffix = request.path_params["suffix"]
+        try:
+            found = engine.result(_hex_id(request))
+        except ApiError:
+            found = None
+        if found is None or suffix not in ("png", "yaml", "json") or (suffix == "yaml" and not found.yaml) \
+                or (suffix == "json" and not found.data):
+            return _error(HTTPStatus.NOT_FOUND, {"error": "missing", "message": "that result is no longer kept"})
+        name = f"{found.file_name}.{suffix}"
+        headers = {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"} \
+            if "download" in request.query_params else None
+        if suffix == "png":
+            return Response(found.png, media_type="image/png", headers=headers)
+        if suffix == "yaml":
+            return Response(found.yaml.encode("utf-8"), media_type="application/yaml; charset=utf-8", headers=headers)
+        return JSONResponse(found.data)
+
+    async def not_found(request: Request, _: Exception) -> Response:
+        return _error(HTTPStatus.NOT_FOUND, {"error": "missing", "message": f"nothing at {request.url.path[:200]}"})
+
+    async def not_allowed(request: Request, _: Exception) -> Response:
+        return _error(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "request", "message": f"{request.method[:20]} is not "
+                                                      f"served at {request.url.path[:200]}"})
+
+    routes = [Route(path, static) for path in STATIC] + [
+        Route("/favicon.ico", favicon),
+        Route("/api/info", info),
+        Route(f"/api/jobs/{ID}", job),
+        Route(f"/api/jobs/{ID}/events", events),
+        Route(f"/api/jobs/{ID}/cancel", cancel, methods=["POST"]),
+        Route(f"/api/images/{ID}.png", image),
+        Route(f"/api/results/{ID}.{{suffix:str}}", result),
+        Route("/api/check", posted(studio.check), methods=["POST"]),
+        Route("/api/generate", posted(studio.submit, with_client=True), methods=["POST"]),
+        Route("/api/attention", posted(studio.attention, with_client=True), methods=["POST"]),
+        Route("/api/image", posted(studio.upload_image), methods=["POST"]),
+        Route("/api/restore", posted(studio.restore), methods=["POST"]),
+        Route("/api/colours", posted(studio.colours), methods=["POST"]),
+        Route("/api/chat", posted(studio.chat_message), methods=["POST"]),
+        Route("/api/yaml", posted(studio.yaml), methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
+    return Guard(app, hosts, auth)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` (port 0: any free port; an IPv6 address too) and listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-def make_server(studio: Studio, host: str, port: int) -> ThreadingHTTPServer:
-    """The server bound to `host:port` (port 0: any free port; an IPv6 address too), not yet serving."""
-    return (_Server6 if ":" in host else _Server)((host, port), make_handler(studio))
+def serve(app: Guard, sock: socket.socket) -> None:
+    """Serve `app` on the listening `sock` until Ctrl+C (uvicorn: keep-alive connections time out after 5 s; open
+    progress streams get 2 s to end on shutdown)."""
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", server_header=False,
+                            timeout_keep_alive=5, timeout_graceful_shutdown=2)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -63,15 +63,55 @@ function fileToBase64(file) {
 
 // ---------- entities and masks ----------
 
-function nextColour() {
-  const used = new Set(entities().map((e) => e.color));
+// The outline of an entity whose prompt names a colour is drawn in that colour, so that it cannot be mistaken
+// for another entity's ("a blue square" outlined blue); other entities take a palette colour whose name no
+// prompt uses. The entity's number is drawn on the canvas beside its region as well.
+const COLOUR_WORDS = {
+  red: "#d62020", orange: "#f07f10", yellow: "#d8b400", green: "#1f9a3a", blue: "#1f5fd6", purple: "#8a2fc2",
+  violet: "#8a2fc2", pink: "#e8559e", brown: "#8b5a2b", black: "#202020", white: "#b8b8b8", gray: "#7a7a7a",
+  grey: "#7a7a7a", cyan: "#00a8b8", magenta: "#c81ec8",
+};
+
+function colourWord(prompt) {
+  const words = String(prompt).toLowerCase().match(/[a-z]+/g) || [];
+  return words.find((w) => w in COLOUR_WORDS) || null;
+}
+
+function nearestWord(hex) {
+  const [r, g, b] = rgb(hex);
+  let best = null, distance = Infinity;
+  for (const [word, value] of Object.entries(COLOUR_WORDS)) {
+    const [wr, wg, wb] = rgb(value);
+    const d = (r - wr) ** 2 + (g - wg) ** 2 + (b - wb) ** 2;
+    if (d < distance) [best, distance] = [word, d];
+  }
+  return best;
+}
+
+function nextColour(prompt, others) {
+  const word = colourWord(prompt || "");
+  if (word) return COLOUR_WORDS[word];
+  const list = others || entities();
+  const used = new Set(list.map((e) => e.color));
+  const named = new Set(list.map((e) => colourWord(e.prompt)).filter(Boolean));
   const palette = S.info.palette;
-  return palette.find((c) => !used.has(c)) || palette[entities().length % palette.length];
+  const free = palette.filter((c) => !named.has(nearestWord(c)));
+  return free.find((c) => !used.has(c)) || free[list.length % (free.length || 1)] || palette[0];
+}
+
+// An entity whose colour the person did not choose follows its prompt.
+function recolour(e) {
+  if (!e.autoColour) return false;
+  const colour = nextColour(e.prompt, entities().filter((x) => x !== e));
+  if (colour === e.color) return false;
+  e.color = colour;
+  e.maskVersion++;
+  return true;
 }
 
 function newEntity(fields) {
-  return { uid: S.uid++, prompt: "", color: nextColour(), kind: null, box: null, polygon: null, mask: null,
-           maskVersion: 0, ...fields };
+  return { uid: S.uid++, prompt: "", color: nextColour(fields && fields.prompt), autoColour: true, kind: null,
+           box: null, polygon: null, mask: null, maskVersion: 0, ...fields };
 }
 
 function copyEntity(e) {
@@ -385,6 +425,7 @@ function entityElement(e, i) {
   colour.title = "colour on the canvas";
   colour.addEventListener("input", () => {
     e.color = colour.value;
+    e.autoColour = false;
     e.maskVersion++;
     card.style.setProperty("--colour", e.color);
     draw();
@@ -402,6 +443,11 @@ function entityElement(e, i) {
     if (!typed) pushUndo();
     typed = true;
     e.prompt = prompt.value;
+    if (recolour(e)) {
+      colour.value = e.color;
+      card.style.setProperty("--colour", e.color);
+      draw();
+    }
     scheduleCheck();
   });
   head.append(colour, number, prompt);
@@ -500,8 +546,8 @@ function move(i, by) {
 
 function duplicate(i) {
   pushUndo();
-  const copy = { ...copyEntity(entities()[i]), uid: S.uid++, color: nextColour(), maskVersion: 1, overlay: null,
-                 dataUrl: null };
+  const copy = { ...copyEntity(entities()[i]), uid: S.uid++, maskVersion: 1, overlay: null, dataUrl: null };
+  if (copy.autoColour) copy.color = nextColour(copy.prompt);
   entities().splice(i + 1, 0, copy);
   doc().selected = i + 1;
   changed(true);
@@ -578,6 +624,7 @@ function draw() {
   }
   if ($("show-cells").checked && S.check) drawCells(s);
   entities().forEach((e, i) => drawRegion(e, i === doc().selected, s));
+  entities().forEach((e, i) => drawNumber(e, i, s));
   drawDraft(s);
   if (S.pointer && (S.tool === "brush" || S.tool === "erase")) {
     ctx.strokeStyle = "#000";
@@ -633,6 +680,37 @@ function drawRegion(e, selected, s) {
   } else if (e.kind === "mask") {
     ctx.drawImage(maskOverlay(e), 0, 0, canvas.width, canvas.height);
   }
+}
+
+// The entity's number at the top-left corner of its region, as in the entity list.
+function drawNumber(e, i, s) {
+  const corner = regionCorner(e);
+  if (!corner) return;
+  const text = String(i + 1);
+  ctx.font = "bold 12px system-ui, sans-serif";
+  const w = ctx.measureText(text).width + 6;
+  const x = Math.min(Math.max(0, corner[0] * s), canvas.width - w), y = Math.min(Math.max(0, corner[1] * s), canvas.height - 15);
+  ctx.fillStyle = e.color;
+  ctx.fillRect(x, y, w, 15);
+  ctx.fillStyle = "#fff";
+  ctx.fillText(text, x + 3, y + 12);
+}
+
+function regionCorner(e) {
+  if (e.kind === "box") return [e.box[0], e.box[1]];
+  if (e.kind === "polygon") return [Math.min(...e.polygon.map((p) => p[0])), Math.min(...e.polygon.map((p) => p[1]))];
+  if (e.kind === "mask") {
+    if (e.cornerVersion !== e.maskVersion) {
+      const [w] = S.size;
+      const first = e.mask.indexOf(1);
+      let left = Infinity;
+      for (let i = first; i >= 0 && i < e.mask.length; i++) if (e.mask[i] && i % w < left) left = i % w;
+      e.corner = first < 0 ? null : [left, Math.floor(first / w)];
+      e.cornerVersion = e.maskVersion;
+    }
+    return e.corner;
+  }
+  return null;
 }
 
 function handle(x, y) {
@@ -946,10 +1024,8 @@ function applySize() {
   const w = Number($("width").value), h = Number($("height").value);
   if (!(w > 0 && h > 0 && w <= 4096 && h <= 4096)) return scheduleCheck();
   if (w === S.size[0] && h === S.size[1]) return scheduleCheck();
-  const painted = entities().filter((e) => e.kind === "mask");
+  scaleRegions(entities(), S.size, [w, h]);
   S.size = [w, h];
-  for (const e of painted) Object.assign(e, { kind: null, mask: null });
-  if (painted.length) notice("the canvas size changed: painted regions were cleared", true);
   resizeCanvas();
   changed(true);
 }
@@ -976,6 +1052,24 @@ async function applyLayout(data, kind) {
   if (data.units && data.units !== "px") toPixels(list, data.units);
   doc().selected = list.length ? 0 : -1;
   changed(true);
+}
+
+// Regions drawn on a canvas of size `from` moved to the same place on a canvas of size `to`: boxes and polygons
+// scaled (and rounded to whole pixels), painted masks resampled with nearest sampling.
+function scaleRegions(list, from, to) {
+  const [sx, sy] = [to[0] / from[0], to[1] / from[1]];
+  for (const e of list) {
+    if (e.kind === "box") e.box = [e.box[0] * sx, e.box[1] * sy, e.box[2] * sx, e.box[3] * sy].map(Math.round);
+    if (e.kind === "polygon") e.polygon = e.polygon.map(([x, y]) => [Math.round(x * sx), Math.round(y * sy)]);
+    if (e.kind === "mask") {
+      const mask = new Uint8Array(to[0] * to[1]);
+      for (let y = 0; y < to[1]; y++) {
+        const row = Math.min(from[1] - 1, Math.floor((y + 0.5) / sy)) * from[0];
+        for (let x = 0; x < to[0]; x++) mask[y * to[0] + x] = e.mask[row + Math.min(from[0] - 1, Math.floor((x + 0.5) / sx))];
+      }
+      Object.assign(e, { mask, maskVersion: e.maskVersion + 1 });
+    }
+  }
 }
 
 function toPixels(list, units) {
@@ -1035,9 +1129,10 @@ async function loadSource(file) {
 
 // ---------- restoring from files ----------
 
-async function restoreFiles(files) {
+async function restoreFiles(fileList) {
+  const files = [...fileList]; // the input's list empties when the input is reset for the next choice
   if (!files.length) return;
-  const payload = await Promise.all([...files].map(fileToBase64));
+  const payload = await Promise.all(files.map(fileToBase64));
   const result = await api("/api/restore", { files: payload, mode: S.mode, image: S.image ? S.image.id : null });
   if (result.failed) {
     const plain = S.mode === "inpaint" && files.length === 1 && !/\.ya?ml$/i.test(files[0].name)
@@ -1055,7 +1150,7 @@ async function colourRegions(file) {
   pushUndo();
   for (const region of result.regions) {
     const e = newEntity({ prompt: "", kind: "mask", mask: await maskFromImage(region.mask), maskVersion: 1 });
-    e.color = region.color;
+    Object.assign(e, { color: region.color, autoColour: false }); // the file's own colour
     entities().push(e);
   }
   doc().selected = entities().length - 1;
@@ -1081,27 +1176,45 @@ async function generate() {
   track(job);
 }
 
+// Follow a job: its progress streams from the server as events (the state each time it changes); should the
+// stream fail, the page asks for the state instead until the job has finished.
 function track(job) {
   S.jobs.add(job.id);
   $("cancel").disabled = false;
+  let finished = false;
+  const update = (state) => {
+    if (finished) return;
+    showJob(state);
+    if (["queued", "running"].includes(state.state)) return;
+    finished = true;
+    events.close();
+    S.jobs.delete(job.id);
+    $("cancel").disabled = S.jobs.size === 0;
+    finish(job, state);
+  };
   const poll = async () => {
     const state = await api(`/api/jobs/${job.id}`);
     if (state.failed) {
+      finished = true;
       S.jobs.delete(job.id);
       $("status").textContent = state.message;
       return;
     }
-    showJob(state);
-    if (["queued", "running"].includes(state.state)) {
-      setTimeout(poll, 150);
-      return;
-    }
-    S.jobs.delete(job.id);
-    $("cancel").disabled = S.jobs.size === 0;
-    if (state.state === "done" && state.kind !== "attention") state.results.forEach(addResult);
-    if (state.kind === "attention" && state.state === "done") showAttention(job.forResult, state.results[0]);
+    update(state);
+    if (!finished) setTimeout(poll, 500);
   };
-  poll();
+  const events = new EventSource(`/api/jobs/${job.id}/events`);
+  events.onmessage = (event) => update(JSON.parse(event.data));
+  events.onerror = () => {
+    events.close();
+    if (!finished) poll();
+  };
+}
+
+function finish(job, state) {
+  // a cancelled or failed job keeps the images it had already finished
+  if (state.kind !== "attention") state.results.forEach(addResult);
+  if (state.kind === "attention" && state.state === "done") showAttention(job.forResult, state.results[0]);
 }
 
 function showJob(state) {
