@@ -19,9 +19,9 @@ from .hub import DEFAULT_LORAS, lora_file
 from .layout import Layout, LayoutError, LoraSpec
 from .layout_warnings import warn_truncated
 from .lora import LoraError, apply_loras, remove_loras
-from .model_defaults import with_model_defaults
 from .references import ImagePrompt, check_references, load_image_prompt, with_references
 from .regions import check_canvas, entity_masks, token_masks
+from .render import render
 from .sampler import Fuse, Schedule, StepCallback, denoise, get_noise, get_schedule, pack
 
 EntityTokens = Literal["max", "auto"] | int  # a layout's `entity_tokens`
@@ -225,8 +225,7 @@ class EligenPipeline:
         self, layout: Layout, seeds: list[int], base_dir: Path = Path("."), source: str = "<layout>",
         on_step: StepCallback | None = None,
     ) -> list[Image.Image]:
-        """One image per seed for a validated layout (mask and LoRA paths resolve against `base_dir`); what the
-        layout leaves out of size, steps and cfg comes from this model's declared defaults (`model_defaults`)."""
-        layout = with_model_defaults(layout, self.model)
-        positive, negative = self.prepare(layout, base_dir, source)
-        return [self.decode(self.sample(layout, positive, negative, seed, on_step), layout) for seed in seeds]
+        """One image per seed for a validated layout (mask and LoRA paths resolve against `base_dir`): the images of
+        `render.render`, which applies the model's defaults (`model_defaults`) and also gives each image's
+        metadata."""
+        return [r.image for r in render(self, layout, seeds, base_dir=base_dir, source=source, on_step=on_step)]

@@ -36,6 +36,7 @@ from ..families.base import PromptEncoder
 from ..families.loading import load_family
 from ..generate import EligenPipeline
 from ..outputs import save_png
+from ..render import Render
 from ..sampler import get_noise, pack
 from .cache import TrainCache, build_cache
 from .config import TrainConfig
@@ -58,7 +59,7 @@ from .state import (
     staging_dir,
     write_state,
 )
-from .validation import ValidationCase, prepare_cases, read_validation, render_grid
+from .validation import prepare_cases, read_validation, render_grid
 
 TRAINING_GUIDANCE = 1.0  # FLUX embedded guidance during training, as the reference trains
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -276,7 +277,7 @@ class Trainer:
         load_scheduler(folder, self.scheduler)
         self.position, self.resumed_from = position, folder
 
-    def _prepare_validation(self) -> list[ValidationCase]:
+    def _prepare_validation(self) -> list[Render]:
         if not self.main or not self.validation_source:
             return []
         return prepare_cases(self.pipe, self.validation_source, self.max_sequence_length)
@@ -360,14 +361,14 @@ class Trainer:
             prune(self.out, self.config.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
-    def _validate(self, cases: list[ValidationCase], step: int) -> None:
+    def _validate(self, cases: list[Render], step: int) -> None:
         if self.main and cases:
             path = self.out / "validation" / f"step-{step:06d}.png"
             save_png(render_grid(self.pipe, cases), path)
             self.report.note(f"wrote {path}")
         self.accelerator.wait_for_everyone()
 
-    def _finish(self, cases: list[ValidationCase], step: int) -> list[Path]:
+    def _finish(self, cases: list[Render], step: int) -> list[Path]:
         outputs: list[Path] = []
         if self.main:
             dtype = SAVE_DTYPES[self.config.save_dtype]
