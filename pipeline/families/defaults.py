@@ -28,6 +28,9 @@ class FamilyDefaults:
     # static shift of 3 (`shift3`); Qwen-Image's reference uses the same schedule as diffusers, from the model's
     # scheduler config (`scheduler`, which is also what `schedule: flux` computes).
     reference_schedule: Literal["shift3", "scheduler"] = "shift3"
+    # The training sigmas of the reference's trainer for this family (`train.loss.reference_timesteps`): FLUX's static
+    # shift 3, or Qwen-Image's own schedule (exponential shift, mu 0.8, ending at 0.02)
+    reference_training: Literal["shift3", "qwen-image"] = "shift3"
     attention_forms: tuple[str, ...] = ("dense", "flex", "split")  # how its regional mask can run
     # Module paths inside each block a trained LoRA adapts; None: every Linear of every block (the paper's choice)
     lora_targets: tuple[str, ...] | None = None
@@ -46,6 +49,7 @@ QWEN_IMAGE_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_pr
 QWEN_IMAGE = FamilyDefaults(name="qwen-image", pipeline_class="QwenImagePipeline", max_sequence_length=1024,
                             scale_factor=8, hub_ids=("Qwen/Qwen-Image",), steps=40, cfg=4.0, size=(1024, 1024),
                             negative_prompt=" ", lora_rank=32, reference_schedule="scheduler",
+                            reference_training="qwen-image",
                             attention_forms=("dense", "split"), lora_targets=QWEN_IMAGE_LORA_TARGETS,
                             lora_exports=("diffsynth",))
 FAMILIES = {family.name: family for family in (FLUX, QWEN_IMAGE)}

@@ -313,7 +313,7 @@ class Trainer:
         for index in batch["index"]:
             draws = torch.Generator().manual_seed(sample_seed(config.seed, epoch, index, "draws"))
             drop.append(torch.rand((), generator=draws).item() < config.entity_dropout)
-            t_i, w_i = draw_timestep(config.timesteps, draws)
+            t_i, w_i = draw_timestep(config.timesteps, draws, self.pipe.family.defaults)
             t.append(t_i)
             weight.append(w_i)
             seed = sample_seed(config.seed, epoch, index, "noise")
