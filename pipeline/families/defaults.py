@@ -55,12 +55,22 @@ QWEN_IMAGE = FamilyDefaults(name="qwen-image", pipeline_class="QwenImagePipeline
 FAMILIES = {family.name: family for family in (FLUX, QWEN_IMAGE)}
 
 
-def family_for_class(pipeline_class: str | None) -> FamilyDefaults:
-    """The family of a diffusers pipeline class name (a folder without model_index.json, or of another class,
-    is taken for FLUX: the loader then says what it could not load)."""
-    return next((f for f in FAMILIES.values() if f.pipeline_class == pipeline_class), FLUX)
+class UnknownFamilyError(ValueError):
+    """A model's pipeline class is none of the families eligen knows."""
 
 
-def family_for_hub_id(model: str) -> FamilyDefaults:
-    """The family of a known hub id; any other id is taken for FLUX (the project's first family)."""
-    return next((f for f in FAMILIES.values() if model in f.hub_ids), FLUX)
+def family_for_class(pipeline_class: str | None, model: str = "the model") -> FamilyDefaults:
+    """The family of a diffusers pipeline class name (`_class_name` in model_index.json); None (a folder without
+    one) is taken for FLUX, and the loader then says what it could not load. Any other class is an error."""
+    if pipeline_class is None:
+        return FLUX
+    found = next((f for f in FAMILIES.values() if f.pipeline_class == pipeline_class), None)
+    if found is None:
+        known = ", ".join(f"{f.pipeline_class} ({f.name})" for f in FAMILIES.values())
+        raise UnknownFamilyError(f"{model} is a {pipeline_class} model (model_index.json); eligen runs {known}")
+    return found
+
+
+def family_for_hub_id(model: str) -> FamilyDefaults | None:
+    """The family of a hub id in the table of known ones (no download needed), else None."""
+    return next((f for f in FAMILIES.values() if model in f.hub_ids), None)
