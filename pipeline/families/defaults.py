@@ -35,10 +35,12 @@ class FamilyDefaults:
     # Module paths inside each block a trained LoRA adapts; None: every Linear of every block (the paper's choice)
     lora_targets: tuple[str, ...] | None = None
     lora_exports: tuple[str, ...] = ("kohya",)  # key styles `eligen train --export` writes for this family
+    ip_adapter_formats: tuple[str, ...] = ()  # IP-Adapter file formats the family loads (none: no `ip_adapter`)
 
 
 FLUX = FamilyDefaults(name="flux", pipeline_class="FluxPipeline", max_sequence_length=512, scale_factor=8,
-                      hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"))
+                      hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"),
+                      ip_adapter_formats=("instantx", "xlabs"))
 # Qwen-Image: 40 steps, cfg 4, 1024x1024 as the reference's EliGen-V2 example (its pipeline defaults to 30 steps at
 # 1328x1328; diffusers' QwenImagePipeline to 50 steps at 1024x1024 with true_cfg_scale 4 and the negative prompt " "
 # in its examples); prompts up to 1024 tokens (QwenImagePipeline's cap); rank 32 as the reference's EliGen recipe.

@@ -324,8 +324,8 @@ class Trainer:
     def _conditioning(self, batch: dict[str, list[Any]], drop: torch.Tensor) -> Conditioning:
         device = self.accelerator.device
         if "embeddings" in batch:
-            table = {p: (t5.to(device), None if pooled is None else pooled.to(device))  # Qwen-Image: no pooled
-                     for embeddings in batch["embeddings"] for p, (t5, pooled) in embeddings.items()}
+            table = {p: (embeds.to(device), None if pooled is None else pooled.to(device))  # Qwen-Image: no pooled
+                     for embeddings in batch["embeddings"] for p, (embeds, pooled) in embeddings.items()}
             encode: PromptEncoder | PromptTable = PromptTable(table, self.pipe.family.text_ids)
         else:
             encode = self.pipe.prompt_encoder(self.max_sequence_length)  # per batch: memory stays flat
