@@ -265,9 +265,11 @@ def eval_command(
         min=1, help="Seeds 0..N-1 per item [default: 8 for COCO-MIG, as the benchmark; 4 for layouts].")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     steps: Annotated[int | None, typer.Option(
-        help="Sampling steps [default: the file's, else the model's: 24 for shapes, 50 for FLUX.1-dev].")] = None,
+        help="Sampling steps [default: the file's, else the model's: 24 for shapes, 50 for FLUX.1-dev, 40 for "
+        "Qwen-Image].")] = None,
     cfg: Annotated[float | None, typer.Option(
-        metavar="SCALE", help="True CFG scale [default: the file's, else the model's: 3.0].")] = None,
+        metavar="SCALE", help="True CFG scale [default: the file's, else the model's: 3.0 for FLUX, 4.0 for "
+        "Qwen-Image].")] = None,
     size: Annotated[str | None, typer.Option(
         metavar="WxH", help="Image size [default: the file's, else the model's native size].")] = None,
     transformer: Annotated[str | None, typer.Option(

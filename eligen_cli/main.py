@@ -56,9 +56,11 @@ app = typer.Typer(
 # Options shared by the commands that render.
 SeedOpt = Annotated[list[int] | None, typer.Option(metavar="N", help="Seed; repeat for one image per seed.")]
 StepsOpt = Annotated[int | None, typer.Option(
-    help="Sampling steps [default: the layout's, else the model's: 50 for FLUX.1-dev, 24 for shapes].")]
+    help="Sampling steps [default: the layout's, else the model's: 50 for FLUX.1-dev, 40 for Qwen-Image, 24 for "
+    "shapes].")]
 CfgOpt = Annotated[float | None, typer.Option(
-    metavar="SCALE", help="True CFG scale, 1 turns it off [default: the layout's, else the model's: 3.0].")]
+    metavar="SCALE", help="True CFG scale, 1 turns it off [default: the layout's, else the model's: 3.0 for FLUX, "
+    "4.0 for Qwen-Image].")]
 GuidanceOpt = Annotated[float | None, typer.Option(
     metavar="SCALE", help="FLUX embedded guidance [default: the layout's, else 3.5].")]
 ScheduleOpt = Annotated[Literal["flux", "diffsynth"] | None, typer.Option(
@@ -228,8 +230,9 @@ def generate(
 ) -> None:
     """Render layout files to PNGs with entity-level regional attention.
 
-    What a layout leaves out (size, steps, cfg) comes from its model: 1024x1024, 50 steps, CFG 3 for
-    FLUX.1-dev, 64x64 and 24 steps for the built-in shapes model. Options given here win over both.
+    What a layout leaves out (size, steps, cfg, negative prompt) comes from its model: 1024x1024, 50 steps, CFG 3
+    for FLUX.1-dev; 40 steps, CFG 4 and the negative prompt " " for Qwen-Image; 64x64 and 24 steps for the built-in
+    shapes model. Options given here win over both.
 
     \b
     Examples:
