@@ -11,12 +11,15 @@ the same machine and compare the two outputs with `diff`:
     ... change ...
     python scripts/render_fingerprints.py > after.txt && diff before.txt after.txt
 
+`--pixels` hashes the decoded pixels of the PNGs instead of their bytes (for a change that alters metadata only).
+
 Takes about a minute on one CPU thread.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import sys
 import tempfile
@@ -39,12 +42,25 @@ REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
 
+PIXELS = "--pixels" in sys.argv  # hash a PNG's decoded pixels instead of its bytes (metadata left out)
+
+
 def sha_file(path: Path) -> str:
+    if PIXELS:
+        with Image.open(path) as image:
+            return sha_image(image)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def sha_image(image: Image.Image) -> str:
     return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+
+
+def sha_png(data: bytes) -> str:
+    if PIXELS:
+        with Image.open(io.BytesIO(data)) as image:
+            return sha_image(image)
+    return hashlib.sha256(data).hexdigest()
 
 
 def cli(*args: str) -> None:
