@@ -19,7 +19,9 @@ from .attention_backends import Attention, attention_form
 from .conditioning import Conditioning, batched
 from .families.base import Velocity
 
-Schedule = Literal["flux", "diffsynth"]
+# The sampler's schedules, named for what they are: the model's own scheduler config (diffusers' schedule, a
+# layout's `schedule: flux`) and the static shift 3 (FLUX's reference; a layout's `schedule: diffsynth` on FLUX)
+Schedule = Literal["scheduler", "shift3"]
 StepCallback = Callable[[int, int], None]
 Fuse = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (v, x, sigma) -> fused v (inpainting)
 
@@ -46,7 +48,8 @@ def unpack(tokens: torch.Tensor, latent_height: int, latent_width: int) -> torch
 
 def flux_schedule(steps: int, n_image_tokens: int, scheduler_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The schedule of the model's own scheduler config, as diffusers' FluxPipeline and QwenImagePipeline run
-    `FlowMatchEulerDiscreteScheduler` (the layout's `schedule: flux`, for every family).
+    `FlowMatchEulerDiscreteScheduler` (the sampler's `scheduler` schedule; a layout's `schedule: flux`, for every
+    family).
 
     Sigmas linear from 1 to 1/steps, shifted: with `use_dynamic_shifting` by the resolution-dependent mu (linear in
     the image tokens between `base_image_seq_len` and `max_image_seq_len`), `e^mu / (e^mu + 1/s - 1)` (or
@@ -83,7 +86,8 @@ def flux_schedule(steps: int, n_image_tokens: int, scheduler_config: dict) -> tu
 
 
 def diffsynth_schedule(steps: int, shift: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's schedule: s linear from 1 to 0.003/1.002, sigma = shift*s / (1 + (shift-1)*s)."""
+    """FLUX's reference schedule (the sampler's `shift3`): s linear from 1 to 0.003/1.002,
+    sigma = shift*s / (1 + (shift-1)*s)."""
     sigma_min, sigma_max = 0.003 / 1.002, 1.0
     s = torch.linspace(sigma_min + (sigma_max - sigma_min) * 1.0, sigma_min, steps)
     sigmas = shift * s / (1 + (shift - 1) * s)
@@ -92,7 +96,7 @@ def diffsynth_schedule(steps: int, shift: float = 3.0) -> tuple[torch.Tensor, to
 
 def get_schedule(schedule: Schedule, steps: int, n_image_tokens: int, scheduler_config: dict) -> tuple:
     """(sigmas, timesteps) of the named schedule."""
-    if schedule == "diffsynth":
+    if schedule == "shift3":
         return diffsynth_schedule(steps)
     return flux_schedule(steps, n_image_tokens, scheduler_config)
 
