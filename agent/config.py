@@ -25,7 +25,8 @@ from .errors import AgentError
 
 Family = Literal["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 FAMILIES: tuple[Family, ...] = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
-DEFAULT_MAX_PIXELS = 1_003_520  # the cap of a default-built transformers Qwen-VL image processor (DESIGN §8)
+DEFAULT_MAX_PIXELS = 1_003_520  # the cap of a default-built transformers Qwen-VL image processor
+# (`min_pixels`/`max_pixels` left unset: 1280 * 28 * 28)
 ENV_PREFIX = "ELIGEN_MLLM_"
 
 

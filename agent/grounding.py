@@ -1,6 +1,6 @@
 """MLLM answers -> entities with pixel boxes, per Qwen-VL family, validated and repaired.
 
-Conventions (DESIGN §6, §8): Qwen2-VL and Qwen3-VL answer boxes in 0..1000 relative coordinates;
+Conventions (docs/agent.md): Qwen2-VL and Qwen3-VL answer boxes in 0..1000 relative coordinates;
 Qwen2.5-VL in absolute pixels of the image it was sent (sent at a size its processor leaves
 unchanged, so the mapping back is the plain ratio). Qwen2-VL may also answer in its native syntax
 `<|object_ref_start|>a cat<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`, or the same

@@ -1,6 +1,6 @@
-"""Rendering for the chat: layouts to images and edits of an image, through the pipeline's public functions
-(the ones `eligen generate` and `eligen inpaint` use), with the same PNG metadata, so every image the chat
-writes can be re-run with `eligen generate IMAGE.png`."""
+"""Rendering for the chat: layouts to images and edits of an image, through the pipeline's render entry point
+(`eligen.pipeline.render`, the one every `eligen` command uses), so every image the chat writes carries the same
+metadata and can be re-run with `eligen generate IMAGE.png`."""
 
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from eligen import __version__
 from eligen.pipeline.layout import Edits, Layout
 from eligen.pipeline.layout_warnings import check_layout
 from eligen.pipeline.model_defaults import with_model_defaults
 from eligen.pipeline.model_info import resolve_model
 from eligen.pipeline.outputs import save_png
-from eligen.pipeline.regions import entity_masks, inline_masks
+from eligen.pipeline.regions import entity_masks
 
 if TYPE_CHECKING:
     from eligen.pipeline.generate import EligenPipeline
@@ -39,36 +38,29 @@ class Renderer:
 
     def generate(self, layout: Layout, base_dir: Path, seed: int, out: Path,
                  on_step: StepCallback | None = None) -> None:
-        """Render the layout for one seed to `out`, with the resolved layout (the model's defaults filled in)
-        embedded."""
+        """Render the layout for one seed to `out`, with the resolved layout embedded; warns as `eligen generate`
+        does of what the model will not draw as written (checked with the model's defaults, as rendered)."""
+        from eligen.pipeline.render import prepare_render
+
         layout = with_model_defaults(layout.model_copy(update={"model": resolve_model(layout.model, base_dir)}))
         pipe = self.pipeline(layout.model)
-        masks = entity_masks(layout, base_dir)
-        check_layout(layout, masks, pipe.scale_factor)
-        positive, negative = pipe.prepare(layout, base_dir)
-        tokens = pipe.sample(layout, positive, negative, seed, on_step=on_step)
-        resolved = inline_masks(layout, masks).model_copy(update={
-            "seed": seed, "max_sequence_length": pipe.max_sequence_length(layout), "loras": pipe.lora_specs(layout)})
-        metadata = {"eligen_version": __version__, "model": layout.model, "seed": seed,
-                    "layout": resolved.model_dump(mode="json", exclude_none=True)}
-        save_png(pipe.decode(tokens, layout), out, metadata)
+        check_layout(layout, entity_masks(layout, base_dir), pipe.scale_factor)
+        result = prepare_render(pipe, layout, base_dir=base_dir).image(seed, on_step)
+        save_png(result.image, out, result.metadata)
 
     def inpaint(self, image_path: Path, edits: Edits, base_dir: Path, seed: int, out: Path,
                 on_step: StepCallback | None = None) -> None:
         """Repaint the edits' regions of the image for one seed to `out`, with the edits embedded."""
-        from eligen.pipeline.inpaint import inpaint, place, prepare
+        from eligen.pipeline.inpaint import place
+        from eligen.pipeline.render import SourceImage, prepare_render
 
         data = image_path.read_bytes()
         with Image.open(image_path) as opened:
             image = opened.convert("RGB")
         edits = with_model_defaults(edits.model_copy(update={"model": resolve_model(edits.model, base_dir)}))
-        masks = entity_masks(edits, base_dir, same_size=True)
         pipe = self.pipeline(edits.model)
-        canvas = place(edits, masks, image.size, pipe.scale_factor)
+        canvas = place(edits, entity_masks(edits, base_dir, same_size=True), image.size, pipe.scale_factor)
         check_layout(canvas.layout, canvas.grid_masks, pipe.scale_factor)
-        plan = prepare(pipe, canvas, image, base_dir)
-        resolved = inline_masks(edits, masks).model_copy(update={"seed": seed, "loras": pipe.lora_specs(edits)})
-        metadata = {"eligen_version": __version__, "model": edits.model, "seed": seed,
-                    "source_image": image_path.name, "source_sha256": hashlib.sha256(data).hexdigest(),
-                    "edits": resolved.model_dump(mode="json", exclude_none=True)}
-        save_png(inpaint(pipe, plan, seed, on_step), out, metadata)
+        picture = SourceImage(image, image_path.name, hashlib.sha256(data).hexdigest())
+        result = prepare_render(pipe, edits, base_dir=base_dir, source_image=picture).image(seed, on_step)
+        save_png(result.image, out, result.metadata)

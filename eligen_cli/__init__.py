@@ -1,3 +1,5 @@
-"""eligen: entity-level controlled image generation (EliGen) on FLUX."""
+"""eligen: entity-level controlled image generation (EliGen) on FLUX and Qwen-Image."""
 
-__version__ = "0.1.0"
+from eligen.pipeline import __version__
+
+__all__ = ["__version__"]

@@ -15,7 +15,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing output files.")]
 EntityTokensOpt = Annotated[str | None, typer.Option(
-    metavar="max|auto|N", help="T5 tokens per entity prompt: max (padded, as the reference), auto (its own "
+    metavar="max|auto|N", help="Text tokens per entity prompt: max (all, as the reference), auto (its own "
     "tokens) or a number [default: the layout's, else max].")]
 DeviceOpt = Annotated[str | None, typer.Option(
     metavar="DEVICE", help="cuda, mps or cpu [default: the best available].")]

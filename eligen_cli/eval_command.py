@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from eligen.pipeline.bench.items import BenchItem
     from eligen.pipeline.bench.report import Report
     from eligen.pipeline.bench.run import Shard, ShardStats
-    from eligen.pipeline.layout import Layout
+    from eligen.pipeline.render import Render
 
 RUN_FILE = "run.json"  # what a run's images were generated with; a resumed run must match it
 SHOWN = {"success": ("success", "{:.1%}"), "miou": ("mIoU", "{:.3f}"), "iou": ("mIoU", "{:.3f}"),
@@ -126,40 +126,31 @@ def _items(sources: list[Path], overrides: dict[str, Any]) -> tuple[list[BenchIt
 
 
 class _Renderer:
-    """Generates items' images with one pipeline per (model, transformer), loaded on first use; an item's prompts
-    and regions are encoded once for all its seeds (a shard holds every seed of its items, in a row)."""
+    """Generates items' images with one pipeline per (model, transformer), loaded on first use; an item is prepared
+    once for all its seeds (a shard holds every seed of its items, in a row)."""
 
     def __init__(self, device: str | None, global_only: bool) -> None:
         self.device, self.global_only, self.pipes = device, global_only, {}
-        self.prepared: tuple[str, Any, Layout, Any, Any, Layout] | None = None  # the last item's, by id
+        self.prepared: tuple[str, Render] | None = None  # the last item's, by id
 
-    def _prepare(self, item: BenchItem) -> tuple[Any, Layout, Any, Any, Layout]:
+    def _prepare(self, item: BenchItem) -> Render:
         from eligen.pipeline.generate import EligenPipeline
-        from eligen.pipeline.references import with_absolute_paths
-        from eligen.pipeline.regions import entity_masks
-
-        from .render_outputs import resolved_layout
+        from eligen.pipeline.render import prepare_render
 
         if self.prepared is not None and self.prepared[0] == item.id:
-            return self.prepared[1:]
+            return self.prepared[1]
         key = (item.layout.model, item.layout.transformer)
         if key not in self.pipes:
             with status(f"loading {key[0]}"):
                 self.pipes[key] = EligenPipeline.from_pretrained(key[0], transformer=key[1], device=self.device)
-        pipe = self.pipes[key]
         shown = item.layout.model_copy(update={"entities": []}) if self.global_only else item.layout
-        positive, negative = pipe.prepare(shown, item.base_dir, item.source)
-        masks = entity_masks(shown, item.base_dir, item.source)
-        resolved = resolved_layout(pipe, with_absolute_paths(shown, item.base_dir), masks)
-        self.prepared = (item.id, pipe, shown, positive, negative, resolved)
-        return self.prepared[1:]
+        self.prepared = item.id, prepare_render(self.pipes[key], shown, base_dir=item.base_dir, source=item.source,
+                                                extra_metadata={"benchmark_item": item.id})
+        return self.prepared[1]
 
     def __call__(self, item: BenchItem, seed: int) -> tuple[Image.Image, dict[str, Any]]:
-        from .render_outputs import generate_metadata
-
-        pipe, shown, positive, negative, resolved = self._prepare(item)
-        image = pipe.decode(pipe.sample(shown, positive, negative, seed), shown)
-        return image, {**generate_metadata(resolved, seed), "benchmark_item": item.id}
+        result = self._prepare(item).image(seed)
+        return result.image, result.metadata
 
 
 def _state(device: str | None) -> Any:
@@ -290,9 +281,11 @@ def eval_command(
         "layouts].")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     steps: Annotated[int | None, typer.Option(
-        help="Sampling steps [default: the file's, else the model's: 24 for shapes, 50 for FLUX.1-dev].")] = None,
+        help="Sampling steps [default: the file's, else the model's: 24 for shapes, 50 for FLUX.1-dev, 40 for "
+        "Qwen-Image].")] = None,
     cfg: Annotated[float | None, typer.Option(
-        metavar="SCALE", help="True CFG scale [default: the file's, else the model's: 3.0].")] = None,
+        metavar="SCALE", help="True CFG scale [default: the file's, else the model's: 3.0 for FLUX, 4.0 for "
+        "Qwen-Image].")] = None,
     size: Annotated[str | None, typer.Option(
         metavar="WxH", help="Image size [default: the file's, else the model's native size].")] = None,
     transformer: Annotated[str | None, typer.Option(

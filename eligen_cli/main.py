@@ -33,7 +33,6 @@ from .common import (
 from .eval_command import register as register_eval_command
 from .help_format import tidy_help
 from .ip_adapter_options import IPAdapterOpt, IPEncoderOpt, IPImageOpt, IPScaleOpt, ip_adapter_override
-from .render_outputs import generate_metadata, inpaint_metadata, resolved_edits, resolved_layout
 from .shapes_commands import register as register_shapes_commands
 from .sources import LayoutSource, load_edits, load_source
 from .studio.command import register as register_studio_command
@@ -57,9 +56,11 @@ app = typer.Typer(
 # Options shared by the commands that render.
 SeedOpt = Annotated[list[int] | None, typer.Option(metavar="N", help="Seed; repeat for one image per seed.")]
 StepsOpt = Annotated[int | None, typer.Option(
-    help="Sampling steps [default: the layout's, else the model's: 50 for FLUX.1-dev, 24 for shapes].")]
+    help="Sampling steps [default: the layout's, else the model's: 50 for FLUX.1-dev, 40 for Qwen-Image, 24 for "
+    "shapes].")]
 CfgOpt = Annotated[float | None, typer.Option(
-    metavar="SCALE", help="True CFG scale, 1 turns it off [default: the layout's, else the model's: 3.0].")]
+    metavar="SCALE", help="True CFG scale, 1 turns it off [default: the layout's, else the model's: 3.0 for FLUX, "
+    "4.0 for Qwen-Image].")]
 GuidanceOpt = Annotated[float | None, typer.Option(
     metavar="SCALE", help="FLUX embedded guidance [default: the layout's, else 3.5].")]
 ScheduleOpt = Annotated[Literal["flux", "diffsynth"] | None, typer.Option(
@@ -229,8 +230,9 @@ def generate(
 ) -> None:
     """Render layout files to PNGs with entity-level regional attention.
 
-    What a layout leaves out (size, steps, cfg) comes from its model: 1024x1024, 50 steps, CFG 3 for
-    FLUX.1-dev, 64x64 and 24 steps for the built-in shapes model. Options given here win over both.
+    What a layout leaves out (size, steps, cfg, negative prompt) comes from its model: 1024x1024, 50 steps, CFG 3
+    for FLUX.1-dev; 40 steps, CFG 4 and the negative prompt " " for Qwen-Image; 64x64 and 24 steps for the built-in
+    shapes model. Options given here win over both.
 
     \b
     Examples:
@@ -268,9 +270,8 @@ def generate(
             err.print(f"{len(jobs)} layout(s) valid; dry run, no image generated")
             return
         models = _Models(device, dtype, offload, quantize, fuse_loras)
-        for src, masks, _, outs in jobs:
-            _render(models(src.layout.model, src.layout.loras, src.layout.transformer), src, masks, outs, batch_cfg,
-                    maps)
+        for src, _, _, outs in jobs:
+            _render(models(src.layout.model, src.layout.loras, src.layout.transformer), src, outs, batch_cfg, maps)
 
 
 def _check_references(layout: Any, base_dir: Path, source: str) -> None:
@@ -299,33 +300,31 @@ def _attention_request(wanted: bool, steps: list[int] | None, block: str) -> tup
         raise typer.BadParameter(str(exc), param_hint="--attention-block") from None
 
 
-def _render(pipe: EligenPipeline, src: LayoutSource, masks: list[Any], outs: list[Path], batch_cfg: bool,
+def _render(pipe: EligenPipeline, src: LayoutSource, outs: list[Path], batch_cfg: bool,
             maps: tuple[list[int] | None, Any] | None = None) -> None:
     """Render every seed of one layout, writing each PNG with the resolved layout embedded (and, with `maps`, its
     attention maps beside it)."""
     from eligen.pipeline.attention_maps import attention_maps, default_steps, draw_attention_grid
-    from eligen.pipeline.references import with_absolute_paths
+    from eligen.pipeline.render import prepare_render
 
-    layout = src.layout
-    positive, negative = pipe.prepare(layout, src.base_dir, src.source)
-    resolved = resolved_layout(pipe, with_absolute_paths(layout, src.base_dir), masks)
+    prepared = prepare_render(pipe, src.layout, base_dir=src.base_dir, source=src.source)
+    layout = prepared.layout
     for seed, out in zip(src.seeds, outs, strict=True):
         started = time.monotonic()
         with step_progress(f"{src.path.name} seed {seed}", layout.steps) as on_step:
-            tokens = pipe.sample(layout, positive, negative, seed, on_step=on_step, batch_cfg=batch_cfg)
-        image = pipe.decode(tokens, layout)
-        save_png(image, out, generate_metadata(resolved, seed))
+            result = prepared.image(seed, on_step, batch_cfg)
+        save_png(result.image, out, result.metadata)
         _wrote(out, layout.size, layout.steps, started)
         if maps is None:
             continue
         steps, block = maps
         try:
             with step_progress(f"attention maps, seed {seed}", layout.steps) as on_step:
-                result = attention_maps(pipe, layout, positive, negative, seed, steps or default_steps(layout.steps),
-                                        block, on_step, source=src.source)
+                found = attention_maps(pipe, layout, prepared.positive, prepared.negative, seed,
+                                       steps or default_steps(layout.steps), block, on_step, source=src.source)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--attention-maps") from None
-        save_png(draw_attention_grid(image, layout, result), _attention_path(out))
+        save_png(draw_attention_grid(result.image, layout, found), _attention_path(out))
         err.print(f"wrote {_attention_path(out)}")
 
 
@@ -394,8 +393,7 @@ def inpaint(
         factor = scale_factor(job.edits.model)
         early = place(job.edits, job.masks, job.image.size, factor, job.source)  # fail before torch is imported
         check_layout(early.layout, early.grid_masks, factor, job.source)
-        from eligen.pipeline.inpaint import inpaint as run_inpaint
-        from eligen.pipeline.inpaint import prepare
+        from eligen.pipeline.render import SourceImage, prepare_render
 
         pipe = _Models(device, dtype, offload, quantize, fuse_loras)(job.edits.model, transformer=job.edits.transformer)
         canvas = place(job.edits, job.masks, job.image.size, pipe.scale_factor, job.source)
@@ -409,16 +407,14 @@ def inpaint(
             for out in outs:
                 save_png(drawing, _preview_path(out))
                 err.print(f"wrote {_preview_path(out)}")
-        plan = prepare(pipe, canvas, job.image, job.base_dir, job.source)
-        from eligen.pipeline.references import with_absolute_paths  # imports torch: after the checks
-
-        resolved = resolved_edits(pipe, with_absolute_paths(job.edits, job.base_dir), job.masks)
+        prepared = prepare_render(pipe, job.edits, base_dir=job.base_dir, source=job.source,
+                                  source_image=SourceImage(job.image, image.name, job.sha256))
         for seed_value, out in zip(job.seeds, outs, strict=True):
             started = time.monotonic()
-            with step_progress(f"{image.name} seed {seed_value}", plan.layout.steps) as on_step:
-                result = run_inpaint(pipe, plan, seed_value, on_step, batch_cfg)
-            save_png(result, out, inpaint_metadata(job.edits, resolved, seed_value, image.name, job.sha256))
-            _wrote(out, result.size, plan.layout.steps, started)
+            with step_progress(f"{image.name} seed {seed_value}", prepared.sampled.steps) as on_step:
+                result = prepared.image(seed_value, on_step, batch_cfg)
+            save_png(result.image, out, result.metadata)
+            _wrote(out, result.image.size, prepared.sampled.steps, started)
 
 
 @app.command("tiny-model")

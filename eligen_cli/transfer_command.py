@@ -9,8 +9,6 @@ from typing import Annotated, Literal
 
 import typer
 
-from eligen import __version__
-
 from .common import DeviceOpt, DtypeOpt, OffloadOpt, OverwriteOpt, QuantizeOpt, err, png_output, user_errors
 from .terminal import step_progress
 
@@ -103,28 +101,24 @@ def transfer(
                               scale=in_context_scale)
 
         from eligen.pipeline.generate import EligenPipeline
-        from eligen.pipeline.transfer import prepare_transfer
-        from eligen.pipeline.transfer import transfer as run_transfer
+        from eligen.pipeline.render import SourceImage, TransferJob, prepare_render
 
         from .terminal import status
 
         with status(f"loading {spec.model}"):
             pipe = EligenPipeline.from_pretrained(spec.model, transformer=spec.transformer, device=device, dtype=dtype,
                                                   offload=offload, quantize=quantize)
-        plan = prepare_transfer(pipe, canvas, in_context, layout.parent, str(layout))
+        job = TransferJob(canvas, in_context, SourceImage(source, source_image.name, sha256))
+        prepared = prepare_render(pipe, spec, base_dir=layout.parent, source=str(layout), transfer=job)
         for seed_value, out, panels_out in zip(seeds, outs, panels or [None] * len(outs), strict=True):
             started = time.monotonic()
-            with step_progress(f"{source_image.name} seed {seed_value}", plan.layout.steps) as on_step:
-                right, both = run_transfer(pipe, canvas, plan, seed_value, on_step, batch_cfg)
-            metadata = {"eligen_version": __version__, "model": spec.model, "seed": seed_value,
-                        "source_image": source_image.name, "source_sha256": sha256,
-                        "transfer": {**spec.model_dump(mode="json", exclude_none=True), "seed": seed_value,
-                                     "panel": list(size), "in_context_lora": in_context.model_dump(mode="json")}}
-            save_png(right, out, metadata)
-            err.print(f"wrote {out} ({right.size[0]}x{right.size[1]}, {plan.layout.steps} steps, "
+            with step_progress(f"{source_image.name} seed {seed_value}", prepared.sampled.steps) as on_step:
+                result = prepared.image(seed_value, on_step, batch_cfg)
+            save_png(result.image, out, result.metadata)
+            err.print(f"wrote {out} ({result.image.size[0]}x{result.image.size[1]}, {prepared.sampled.steps} steps, "
                       f"{time.monotonic() - started:.1f} s)")
-            if panels_out is not None:
-                save_png(both, panels_out, metadata)
+            if panels_out is not None and result.panels is not None:
+                save_png(result.panels, panels_out, result.metadata)
                 err.print(f"wrote {panels_out}")
 
 

@@ -123,8 +123,9 @@ def entity_groups(pipe: EligenPipeline, layout: Layout, source: str = "<layout>"
 
 def unsupported_reason(pipe: EligenPipeline) -> str | None:
     """Why `pipe`'s model has no attention maps, or None when it has them (FLUX)."""
-    name = pipe.family.defaults.name
-    return None if name == "flux" else f"attention maps are implemented for FLUX models, not yet for {name}"
+    if pipe.family.attention_qkv is not None:
+        return None
+    return f"attention maps are implemented for FLUX models, not yet for {pipe.family.defaults.name}"
 
 
 def attention_maps(
@@ -139,13 +140,12 @@ def attention_maps(
     wanted = sorted(set(steps))
     if not wanted or wanted[0] < 1 or wanted[-1] > layout.steps:
         raise ValueError(f"expected steps from 1 to {layout.steps}, got {list(steps)}")
-    if (reason := unsupported_reason(pipe)) is not None:
-        raise ValueError(reason)
-    from .families.flux.attention import joint_qkv
-
+    qkv = pipe.family.attention_qkv
+    if qkv is None:
+        raise ValueError(unsupported_reason(pipe))
     layer = block_attention(pipe.transformer, block)
     recorder = _Recorder(layer.processor, entity_groups(pipe, layout, source), positive.prompt_embeds.shape[1], wanted,
-                         joint_qkv)
+                         qkv)
 
     def step_done(done: int, total: int) -> None:
         recorder.next_step()

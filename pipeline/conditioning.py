@@ -56,15 +56,18 @@ def conditioning(
     T5 runs on the padded prompt either way (FLUX runs it without an attention mask, so the padding changes the
     embeddings of the real tokens): the tokens kept are exactly the reference's.
     """
-    t5, pooled = encode(prompt)
+    global_embeds, pooled = encode(prompt)
     if not entity_prompts:
-        return Conditioning(t5, pooled, encode.text_ids([t5.shape[1]], t5), None)
+        return Conditioning(global_embeds, pooled, encode.text_ids([global_embeds.shape[1]], global_embeds), None)
+    if token_regions is None or token_regions.shape[0] != len(entity_prompts):
+        got = "none" if token_regions is None else f"{token_regions.shape[0]}"
+        raise ValueError(f"expected one token region per entity prompt ({len(entity_prompts)}), got {got}")
     lengths = entity_lengths or [None] * len(entity_prompts)
-    groups = [encode(p)[0][:, :n] for p, n in zip(entity_prompts, lengths, strict=True)] + [t5]
+    groups = [encode(p)[0][:, :n] for p, n in zip(entity_prompts, lengths, strict=True)] + [global_embeds]
     embeds = torch.cat(groups, dim=1)
-    text_ids = encode.text_ids([g.shape[1] for g in groups], t5)
-    assert token_regions is not None and token_regions.shape[0] == len(entity_prompts)
-    mask = regional_attention_mask(token_regions, [g.shape[1] for g in groups], t5.dtype, t5.device)
+    text_ids = encode.text_ids([g.shape[1] for g in groups], global_embeds)
+    mask = regional_attention_mask(token_regions, [g.shape[1] for g in groups], global_embeds.dtype,
+                                   global_embeds.device)
     return Conditioning(embeds, pooled, text_ids, mask)
 
 

@@ -19,9 +19,9 @@ from .hub import DEFAULT_LORAS, lora_file
 from .layout import Layout, LayoutError, LoraSpec
 from .layout_warnings import warn_truncated
 from .lora import LoraError, apply_loras, remove_loras
-from .model_defaults import with_model_defaults
 from .references import ImagePrompt, check_references, load_image_prompt, with_references
 from .regions import check_canvas, entity_masks, token_masks
+from .render import render
 from .sampler import Fuse, Schedule, StepCallback, denoise, get_noise, get_schedule, pack
 
 EntityTokens = Literal["max", "auto"] | int  # a layout's `entity_tokens`
@@ -31,20 +31,21 @@ def entity_lengths(
     encode: PromptEncoder, budget: EntityTokens, prompts: list[str], field: str | None = None,
     source: str = "<layout>",
 ) -> list[int]:
-    """T5 tokens kept of each entity prompt's padded encoding: all (`max`, the reference), the prompt's own with
-    its end token (`auto`), or N, which must hold every prompt."""
+    """Text tokens kept of each entity prompt's encoding: all (`max`, the reference: FLUX's T5 padded to the
+    length, Qwen-Image's prompt at its own length), the prompt's own with its end token (`auto`), or N, which must
+    hold every prompt and be at most the encoder's length per group (FLUX 512, Qwen-Image 1024)."""
     if budget == "max":
         return [encode.max_sequence_length] * len(prompts)
     counts = [encode.token_count(p) for p in prompts]
     if budget == "auto":
         return counts
     if budget > encode.max_sequence_length:
-        raise LayoutError(source, "entity_tokens",
-                          f"expected at most max_sequence_length ({encode.max_sequence_length}), got {budget}")
+        raise LayoutError(source, "entity_tokens", f"expected at most this model's text tokens per prompt group "
+                          f"(max_sequence_length {encode.max_sequence_length}), got {budget}")
     for i, n in enumerate(counts):
         if n > budget:
             raise LayoutError(source, field or f"entities[{i}].prompt",
-                              f"expected at most {budget} T5 tokens (entity_tokens), got {n} with the end token",
+                              f"expected at most {budget} text tokens (entity_tokens), got {n} with the end token",
                               "shorten the prompt, or raise entity_tokens (or use auto)")
     return [budget] * len(prompts)
 
@@ -207,11 +208,12 @@ class EligenPipeline:
                        fuse_positive, fuse_negative, attention or layout.attention, batch_cfg, layout.cfg_rescale)
 
     def schedule(self, layout: Layout) -> Schedule:
-        """The sampler's schedule for the layout's: `diffsynth` (the reference's) is the static shift 3 for FLUX,
-        and for Qwen-Image the model's own scheduler config, which its reference uses too."""
-        if layout.schedule == "diffsynth" and self.family.defaults.reference_schedule == "scheduler":
-            return "flux"
-        return layout.schedule
+        """The sampler's schedule for the layout's: `flux` is the model's own scheduler config (diffusers' schedule,
+        for every family); `diffsynth` (the reference's) is the family's `reference_schedule`: the static shift 3
+        for FLUX, the scheduler config for Qwen-Image, whose reference uses it too."""
+        if layout.schedule == "diffsynth":
+            return self.family.defaults.reference_schedule
+        return "scheduler"
 
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """An RGB image (at a size the model takes) -> packed, scaled latents (the VAE posterior mean)."""
@@ -225,8 +227,7 @@ class EligenPipeline:
         self, layout: Layout, seeds: list[int], base_dir: Path = Path("."), source: str = "<layout>",
         on_step: StepCallback | None = None,
     ) -> list[Image.Image]:
-        """One image per seed for a validated layout (mask and LoRA paths resolve against `base_dir`); what the
-        layout leaves out of size, steps and cfg comes from this model's declared defaults (`model_defaults`)."""
-        layout = with_model_defaults(layout, self.model)
-        positive, negative = self.prepare(layout, base_dir, source)
-        return [self.decode(self.sample(layout, positive, negative, seed, on_step), layout) for seed in seeds]
+        """One image per seed for a validated layout (mask and LoRA paths resolve against `base_dir`): the images of
+        `render.render`, which applies the model's defaults (`model_defaults`) and also gives each image's
+        metadata."""
+        return [r.image for r in render(self, layout, seeds, base_dir=base_dir, source=source, on_step=on_step)]

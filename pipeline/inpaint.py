@@ -16,17 +16,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .conditioning import Conditioning
-from .generate import EligenPipeline
 from .inpaint_canvas import Canvas, resize_mask
 from .inpaint_canvas import place as place  # re-exported: the public inpainting API (docs/python-api.md)
 from .layout import Edits, Layout
+from .model_defaults import with_model_defaults
 from .sampler import StepCallback, pack
+
+if TYPE_CHECKING:
+    from .generate import EligenPipeline
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,10 @@ class InpaintPlan:
 
 def prepare(pipe: EligenPipeline, canvas: Canvas, image: Image.Image, base_dir: Path = Path("."),
             source: str = "<edits>") -> InpaintPlan:
-    """Apply the LoRAs, encode the prompts and the source image, and build the fusion for the chosen mode."""
+    """Apply the LoRAs, encode the prompts and the source image, and build the fusion for the chosen mode; what the
+    edits leave out of steps, cfg and negative prompt comes from the loaded model (`model_defaults`)."""
     image = image.convert("RGB")
-    layout, size, sf = canvas.layout, canvas.layout.size, pipe.scale_factor
+    layout, size, sf = with_model_defaults(canvas.layout, pipe.model), canvas.layout.size, pipe.scale_factor
     positive, negative = pipe.prepare(layout, base_dir, source, canvas.regions)
     z_init = pipe.encode_image(image.resize(size, Image.Resampling.LANCZOS) if image.size != size else image)
     exact = isinstance(layout, Edits) and layout.fusion == "exact"

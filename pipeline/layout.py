@@ -131,7 +131,7 @@ class Layout(_Strict):
     prompt: str
     negative_prompt: str = ""
     max_sequence_length: PositiveInt | None = Field(default=None, le=1024)  # the family caps it (FLUX 512)
-    entity_tokens: Literal["max", "auto"] | int = "max"  # T5 tokens kept per entity prompt
+    entity_tokens: Literal["max", "auto"] | int = "max"  # text tokens kept per entity prompt
     attention: Literal["auto", "dense", "flex", "split"] = "auto"  # how the regional mask runs (attention_backends)
     regions_on_negative: bool = False
     cfg_rescale: bool = False  # scale guided velocities to the positive's norm per token (diffusers' Qwen-Image)
@@ -165,9 +165,9 @@ class Layout(_Strict):
     @field_validator("entity_tokens", mode="before")
     @classmethod
     def _token_budget(cls, value: Any) -> Any:
-        if value in ("max", "auto") or (type(value) is int and 1 <= value <= 512):
-            return value
-        raise ValueError(f"expected max, auto or a number of T5 tokens from 1 to 512, got {value!r}")
+        if value in ("max", "auto") or (type(value) is int and 1 <= value <= 1024):
+            return value  # the model's family caps a number further (FLUX: 512; `generate.entity_lengths`)
+        raise ValueError(f"expected max, auto or a number of text tokens from 1 to 1024, got {value!r}")
 
     @property
     def width(self) -> int:

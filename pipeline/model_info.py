@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .families.defaults import FamilyDefaults, family_for_class, family_for_hub_id
+from .families.defaults import FamilyDefaults, UnknownFamilyError, family_for_class, family_for_hub_id
 from .layout import LayoutError, PositiveInt, Side
 
 EXTRA_CONFIG = "eligen.json"  # optional per-folder declarations (ModelDeclaration), e.g. {"size": [64, 64]}
@@ -57,13 +58,32 @@ def _local_json(model: str, relative: str) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+@lru_cache(maxsize=64)
+def _hub_pipeline_class(model: str) -> str | None:
+    """`_class_name` of a hub model's model_index.json, read through the Hugging Face cache (downloaded once); None
+    when it cannot be read now (offline, no network, no such repository or file)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = hf_hub_download(model, "model_index.json")
+        return json.loads(Path(path).read_text(encoding="utf-8")).get("_class_name")
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
 def model_family(model: str) -> FamilyDefaults:
-    """The family of a model: from a local folder's model_index.json, else from the table of known hub ids (any
-    other hub id: FLUX)."""
+    """The family of a model, told by `_class_name` in its model_index.json: a local folder's (none: FLUX), a hub
+    id's from the table of known ids, else its model_index.json read from the hub (when that cannot be read now:
+    FLUX, and loading says why). A pipeline class of no family eligen knows is a `ModelLoadError`."""
     index = _local_json(model, "model_index.json")
-    if index is None:
-        return family_for_hub_id(model)
-    return family_for_class(index.get("_class_name"))
+    try:
+        if index is not None:
+            return family_for_class(index.get("_class_name"), model)
+        known = family_for_hub_id(model)
+        return known or family_for_class(_hub_pipeline_class(model), model)
+    except UnknownFamilyError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 class ModelDeclaration(BaseModel):
@@ -131,11 +151,6 @@ def scale_factor(model: str) -> int:
     if "temperal_downsample" in vae:
         return 2 ** len(vae["temperal_downsample"])
     return 2 ** (len(vae["block_out_channels"]) - 1)
-
-
-def default_size(model: str) -> tuple[int, int]:
-    """The canvas a model was made for: the folder's declared `size` (eligen.json), else its family's."""
-    return declaration(model).size or model_family(model).size
 
 
 def known_words(model: str) -> list[str] | None:

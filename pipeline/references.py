@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,8 +22,11 @@ from PIL import Image, UnidentifiedImageError
 
 from .adapter_input import AdapterInput, IPAdapterError, ReferenceAttention, reference_weights
 from .conditioning import Conditioning
+from .families.base import ModelFamily
+from .families.loading import ip_adapter_format
 from .hub import local_or_hub_file
 from .layout import IPAdapterSpec, Layout, LayoutError
+from .model_info import model_family
 
 
 class ImagePrompt(Protocol):
@@ -77,10 +80,11 @@ def check_references(layout: Layout, base_dir: Path, source: str) -> None:
     if spec.image is None and not any(e.reference is not None for e in layout.entities):
         raise LayoutError(source, "ip_adapter", "expected a reference image: `image:` here or `reference:` on an "
                           "entity")
-    from .families.flux.ip_adapter import adapter_format  # the formats known (FLUX's: the only family with any)
-
+    family = model_family(layout.model)
+    if not family.ip_adapter_formats:
+        raise _no_adapters(family.name, source)
     try:
-        adapter_format(adapter_file(spec, base_dir, source))
+        ip_adapter_format(family, adapter_file(spec, base_dir, source))
     except IPAdapterError as exc:
         raise LayoutError(source, "ip_adapter.path", str(exc)) from None
     for field, image, _, _ in active_references(layout):
@@ -99,7 +103,8 @@ def with_references(
     referenced = [i for *_, i in found if i is not None]
     outside = None
     if referenced:
-        assert regions is not None
+        if regions is None:
+            raise ValueError("entity references need the entities' token regions (regions)")
         outside = ~torch.from_numpy(regions[referenced].any(axis=0))
     attentions = []
     for field, image_spec, scale, entity in found:
@@ -117,15 +122,18 @@ def with_references(
                                                                                    text_weight),)))
 
 
-def load_image_prompt(family: Any, spec: IPAdapterSpec, base_dir: Path, source: str) -> ImagePrompt:
+def _no_adapters(family: str, source: str) -> LayoutError:
+    return LayoutError(source, "ip_adapter", f"expected no ip_adapter for a {family} model: IP-Adapters exist here "
+                       "for FLUX models only (InstantX and XLabs formats)")
+
+
+def load_image_prompt(family: ModelFamily, spec: IPAdapterSpec, base_dir: Path, source: str) -> ImagePrompt:
     """The family's adapter for `spec`; a family without adapters, or a file of no known format, is a layout
     error."""
-    load = getattr(family, "load_ip_adapter", None)
-    if load is None:
-        raise LayoutError(source, "ip_adapter", f"expected no ip_adapter for a {family.defaults.name} model: "
-                          "IP-Adapters exist here for FLUX models only (InstantX and XLabs formats)")
+    if not family.defaults.ip_adapter_formats:
+        raise _no_adapters(family.defaults.name, source)
     try:
-        return load(adapter_file(spec, base_dir, source), spec.image_encoder, base_dir)
+        return family.load_ip_adapter(adapter_file(spec, base_dir, source), spec.image_encoder, base_dir)
     except IPAdapterError as exc:
         raise LayoutError(source, "ip_adapter.path", str(exc)) from None
 

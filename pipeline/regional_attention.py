@@ -1,4 +1,4 @@
-"""The EliGen regional attention mask (paper Eq. 4-5; DESIGN §3, rule table).
+"""The EliGen regional attention mask (paper Eq. 4-5), as the rule table below.
 
 The joint sequence is `[entity_1 | ... | entity_k | global | image tokens]`. One (1, 1, N, N)
 additive mask (0 = attend, -inf = blocked) is built once per generation and shared by every

@@ -2,8 +2,8 @@
 
 Pure numpy and PIL (no torch): `eligen preview` draws from these without loading a model.
 
-The token rule (DESIGN §3): resize the pixel mask to the latent grid (H/f x W/f) with
-pixel-centre nearest sampling, a latent pixel is on when the mask is above half, and a token
+The token rule (docs/layout-format.md, "How regions become tokens"): resize the pixel mask to the latent grid
+(H/f x W/f) with pixel-centre nearest sampling, a latent pixel is on when the mask is above half, and a token
 (a 2x2 latent patch) belongs to the region when any of its four latent pixels is on.
 """
 

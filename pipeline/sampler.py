@@ -7,20 +7,21 @@ regional mask of the conditioning in every block.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
 import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from .attention_backends import Attention, attention_form
 from .conditioning import Conditioning, batched
 from .families.base import Velocity
 
-Schedule = Literal["flux", "diffsynth"]
+# The sampler's schedules, named for what they are: the model's own scheduler config (diffusers' schedule, a
+# layout's `schedule: flux`) and the static shift 3 (FLUX's reference; a layout's `schedule: diffsynth` on FLUX)
+Schedule = Literal["scheduler", "shift3"]
 StepCallback = Callable[[int, int], None]
 Fuse = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (v, x, sigma) -> fused v (inpainting)
 
@@ -46,24 +47,47 @@ def unpack(tokens: torch.Tensor, latent_height: int, latent_width: int) -> torch
 
 
 def flux_schedule(steps: int, n_image_tokens: int, scheduler_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """diffusers FluxPipeline's schedule: linear sigmas with the resolution-dependent (dynamic) shift.
+    """The schedule of the model's own scheduler config, as diffusers' FluxPipeline and QwenImagePipeline run
+    `FlowMatchEulerDiscreteScheduler` (the sampler's `scheduler` schedule; a layout's `schedule: flux`, for every
+    family).
+
+    Sigmas linear from 1 to 1/steps, shifted: with `use_dynamic_shifting` by the resolution-dependent mu (linear in
+    the image tokens between `base_image_seq_len` and `max_image_seq_len`), `e^mu / (e^mu + 1/s - 1)` (or
+    `mu / (mu + 1/s - 1)` for `time_shift_type: linear`), else by the static `shift`; then stretched so the last one
+    is `shift_terminal` where the config has one (Qwen-Image: 0.02). Computed in float32 in diffusers' order of
+    operations, so the values are diffusers' bit for bit (tests/test_generate.py).
 
     Returns (sigmas with a final 0, length steps + 1; timesteps in 0..1000, length steps).
     """
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
-    mu = calculate_shift(
-        n_image_tokens,
-        scheduler.config.get("base_image_seq_len", 256),
-        scheduler.config.get("max_image_seq_len", 4096),
-        scheduler.config.get("base_shift", 0.5),
-        scheduler.config.get("max_shift", 1.15),
-    )
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
-    return scheduler.sigmas.float().cpu(), scheduler.timesteps.float().cpu()
+    config = scheduler_config
+    unsupported = [k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas")
+                   if config.get(k)]
+    if unsupported:
+        raise ValueError(f"scheduler config options not supported by eligen's sampler: {', '.join(unsupported)}")
+    s = np.linspace(1.0, 1 / steps, steps).astype(np.float32)
+    if config.get("use_dynamic_shifting", False):
+        base_len, max_len = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+        base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+        m = (max_shift - base_shift) / (max_len - base_len)
+        mu = n_image_tokens * m + (base_shift - m * base_len)
+        if config.get("time_shift_type", "exponential") == "linear":
+            sigmas = mu / (mu + (1 / s - 1) ** 1.0)
+        else:
+            sigmas = math.exp(mu) / (math.exp(mu) + (1 / s - 1) ** 1.0)
+    else:
+        shift = config.get("shift", 1.0)
+        sigmas = shift * s / (1 + (shift - 1) * s)
+    if config.get("shift_terminal"):
+        one_minus = 1 - sigmas
+        sigmas = 1 - (one_minus / (one_minus[-1] / (1 - config["shift_terminal"])))
+    sigmas = torch.from_numpy(sigmas).to(torch.float32)
+    timesteps = sigmas * config.get("num_train_timesteps", 1000)
+    return torch.cat([sigmas, torch.zeros(1)]), timesteps
 
 
 def diffsynth_schedule(steps: int, shift: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's schedule: s linear from 1 to 0.003/1.002, sigma = shift*s / (1 + (shift-1)*s)."""
+    """FLUX's reference schedule (the sampler's `shift3`): s linear from 1 to 0.003/1.002,
+    sigma = shift*s / (1 + (shift-1)*s)."""
     sigma_min, sigma_max = 0.003 / 1.002, 1.0
     s = torch.linspace(sigma_min + (sigma_max - sigma_min) * 1.0, sigma_min, steps)
     sigmas = shift * s / (1 + (shift - 1) * s)
@@ -72,7 +96,7 @@ def diffsynth_schedule(steps: int, shift: float = 3.0) -> tuple[torch.Tensor, to
 
 def get_schedule(schedule: Schedule, steps: int, n_image_tokens: int, scheduler_config: dict) -> tuple:
     """(sigmas, timesteps) of the named schedule."""
-    if schedule == "diffsynth":
+    if schedule == "shift3":
         return diffsynth_schedule(steps)
     return flux_schedule(steps, n_image_tokens, scheduler_config)
 

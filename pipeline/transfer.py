@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from .generate import EligenPipeline
 from .inpaint import Fusion, InpaintPlan, exact_union, inpaint, packed_union, prepare
 from .inpaint_canvas import place
 from .layout import LoraSpec
 from .sampler import StepCallback
 from .transfer_canvas import TransferCanvas
+
+if TYPE_CHECKING:
+    from .generate import EligenPipeline
 
 
 def transfer_loras(pipe: EligenPipeline, canvas: TransferCanvas, in_context: LoraSpec) -> list[LoraSpec]:

@@ -25,7 +25,7 @@ def test_relative_families_map_permille_to_pixels() -> None:
 
 def test_qwen25_absolute_pixels_of_the_sent_image_map_by_ratio() -> None:
     frame = Frame("qwen2.5-vl", sent_size((1024, 1024), "qwen2.5-vl", 1_003_520), (1024, 1024))
-    assert frame.sent == (980, 980)  # DESIGN §8: a 1024x1024 canvas is sent as 980x980
+    assert frame.sent == (980, 980)  # a 1024x1024 canvas goes at 980x980: within 1,003,520 px, sides multiples of 28
     answer = parse_answer(_answer(("a cat", [245, 490, 735, 980])), frame)
     assert answer.entities == [("a cat", (256, 512, 768, 1024))]
     photo = Frame("qwen2.5-vl", (644, 476), (1300, 961))

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from eligen.main import app
-from eligen.pipeline.generate import EligenPipeline
+from eligen.pipeline.generate import EligenPipeline, entity_lengths
 from eligen.pipeline.layout import LayoutError, parse_layout
 from eligen.pipeline.outputs import read_png_metadata
 
@@ -34,7 +34,7 @@ def test_layout_accepts_max_auto_and_a_number() -> None:
     assert _layout().entity_tokens == "max"
     assert _layout(entity_tokens="auto").entity_tokens == "auto"
     assert _layout(entity_tokens=12).entity_tokens == 12
-    for wrong in (0, 513, "some", 3.0, True, "12"):
+    for wrong in (0, 1025, "some", 3.0, True, "12"):
         with pytest.raises(LayoutError, match="entity_tokens: expected max, auto or a number"):
             _layout(entity_tokens=wrong)
 
@@ -81,11 +81,20 @@ def test_a_number_pads_every_entity_to_it_and_refuses_longer_prompts(tiny_pipe, 
     assert torch.equal(positive.prompt_embeds[:, 16:32], reference.prompt_embeds[:, length: length + 16])
     assert negative is not None and negative.prompt_embeds.shape[1] == 2 * 16 + length
 
-    with pytest.raises(LayoutError, match=r"entities\[1\]\.prompt: expected at most 4 T5 tokens") as error:
+    with pytest.raises(LayoutError, match=r"entities\[1\]\.prompt: expected at most 4 text tokens") as error:
         tiny_pipe.conditionings(_layout(entity_tokens=4), regions)
     assert "use auto" in str(error.value)
-    with pytest.raises(LayoutError, match=r"entity_tokens: expected at most max_sequence_length \(32\), got 64"):
+    with pytest.raises(LayoutError, match=r"entity_tokens: expected at most this model's text tokens per prompt group "
+                       r"\(max_sequence_length 32\), got 64"):
         tiny_pipe.conditionings(_layout(entity_tokens=64), regions)
+    assert _layout(entity_tokens=1024).entity_tokens == 1024  # a Qwen-Image group holds 1024: the family says
+
+
+def test_a_qwen_image_entity_may_keep_more_than_flux_s_512_tokens(tiny_qwen_pipe) -> None:
+    layout = parse_layout({"model": str(tiny_qwen_pipe.model), "size": [64, 64], "prompt": "a table", "loras": [],
+                           "entity_tokens": 600, "entities": [{"prompt": "a red cup", "box": [0, 0, 32, 32]}]})
+    encode = tiny_qwen_pipe.prompt_encoder(1024)
+    assert entity_lengths(encode, layout.entity_tokens, ["a red cup"]) == [600]
 
 
 def test_regions_on_negative_keep_the_negative_prompt_s_own_tokens(tiny_pipe, regions) -> None:
@@ -117,4 +126,4 @@ def test_cli_entity_tokens_and_attention_reach_the_layout(tiny_model: Path, tmp_
 
     result = CliRunner().invoke(app, ["generate", str(layout), "-o", str(tmp_path / "b.png"), "--entity-tokens", "2"])
     assert result.exit_code == 2
-    assert "entities[0].prompt: expected at most 2 T5 tokens" in result.output
+    assert "entities[0].prompt: expected at most 2 text tokens" in result.output

@@ -98,7 +98,7 @@ def test_schedules() -> None:
               "base_image_seq_len": 256, "max_image_seq_len": 4096}
     flux_sigmas, _ = flux_schedule(50, 4096, config)
     assert flux_sigmas[0] == 1.0 and flux_sigmas[-1] == 0
-    # at 1024^2 (4096 tokens) the two schedules stay close (measured max gap 0.052), as DESIGN §3 says
+    # at 1024^2 (4096 tokens) the two schedules stay close (measured max gap 0.052)
     assert (flux_sigmas - sigmas).abs().max() < 0.06
 
 
@@ -108,3 +108,26 @@ def test_pack_unpack_roundtrip() -> None:
     assert tokens.shape == (1, 24, 64)
     assert torch.equal(unpack(tokens, 8, 12), latents)
     assert torch.equal(tokens[0, 1, :4], latents[0, 0, 0:2, 2:4].reshape(-1))
+
+
+@pytest.mark.parametrize("config", [
+    {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
+     "max_image_seq_len": 4096, "shift": 3.0},  # FLUX.1-dev
+    {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 0.9, "base_image_seq_len": 256,
+     "max_image_seq_len": 8192, "shift": 1.0, "shift_terminal": 0.02, "time_shift_type": "exponential"},  # Qwen-Image
+    {"use_dynamic_shifting": True, "time_shift_type": "linear", "base_shift": 0.5, "max_shift": 1.15},
+    {"use_dynamic_shifting": False, "shift": 3.0},
+])
+@pytest.mark.parametrize(("steps", "tokens"), [(2, 16), (28, 1024), (50, 4096), (40, 6000)])
+def test_the_model_schedule_is_diffusers_bit_for_bit(config: dict, steps: int, tokens: int) -> None:
+    """`flux_schedule` computes the scheduler's sigmas itself; they equal diffusers' FlowMatchEulerDiscreteScheduler
+    given the same sigmas and mu, as FluxPipeline and QwenImagePipeline call it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+    mu = calculate_shift(tokens, scheduler.config.base_image_seq_len, scheduler.config.max_image_seq_len,
+                         scheduler.config.base_shift, scheduler.config.max_shift)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+    sigmas, timesteps = flux_schedule(steps, tokens, dict(scheduler.config))
+    assert torch.equal(sigmas, scheduler.sigmas) and torch.equal(timesteps, scheduler.timesteps)

@@ -90,7 +90,7 @@ def test_paper_fusion_follows_algorithm_1_step_by_step(tiny_pipe: EligenPipeline
 
     monkeypatch.setattr(flux_family, "predict", recording)
     tokens = tiny_pipe.sample(plan.layout, plan.positive, plan.negative, 4, fuse_positive=plan.fusion)
-    sigmas, _ = sampler.get_schedule("flux", 3, 64, tiny_pipe.family.pipe.scheduler.config)  # 8x8 tokens
+    sigmas, _ = sampler.get_schedule("scheduler", 3, 64, tiny_pipe.family.pipe.scheduler.config)  # 8x8 tokens
 
     outside = ~plan.fusion.union
     assert outside.any() and not outside.all()

@@ -2,7 +2,7 @@
 
 Everything runs on small canvases with no model: the layout module and the regions module are pure
 Python, numpy and PIL. Token regions are checked against an independent torch implementation of the
-DESIGN §3 rule.
+token rule of docs/layout-format.md ("How regions become tokens").
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def test_model_is_a_local_folder_or_a_hub_id(tmp_path: Path) -> None:
             resolve_model(missing, tmp_path)
 
 
-# --- token regions (DESIGN §3) ---------------------------------------------------------------------
+# --- token regions (docs/layout-format.md) ----------------------------------------------------------
 
 
 def _reference_tokens(mask: np.ndarray, factor: int, mode: str = "nearest-exact") -> np.ndarray:

@@ -42,7 +42,7 @@ FLUX_DEV = {
     "axes_dims_rope": [16, 56, 56],
 }
 
-# The correspondence, written out independently of the module (DESIGN.md §3):
+# The correspondence, written out independently of the module:
 # (BFL name, reference name, diffusers modules in the source's row order).
 DOUBLE = [
     ("img_attn.qkv", "attn.a_to_qkv", ["attn.to_q", "attn.to_k", "attn.to_v"]),

@@ -10,7 +10,8 @@ from eligen.pipeline.regional_attention import allowed_attention, regional_atten
 
 
 def _expected(query: tuple[str, int], key: tuple[str, int], regions: torch.Tensor) -> bool:
-    """DESIGN §3 rule table, written per cell. A token is ('entity', i), ('global', 0) or ('image', j)."""
+    """The rule table of `regional_attention` (paper Eq. 4-5), written per cell. A token is ('entity', i),
+    ('global', 0) or ('image', j)."""
     (qk, qi), (kk, ki) = query, key
     if qk == "image" and kk == "image":
         return True

@@ -279,3 +279,19 @@ def test_buckets_of_several_shapes_train_in_batches(tiny_model: Path, tmp_path: 
     trainer.run()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 4 and all(entry["loss"] > 0 for entry in log)
+
+
+def test_qwen_image_reference_timesteps_match_diffsynth() -> None:
+    """`--timesteps reference` on a Qwen-Image model draws from the reference's Qwen-Image trainer's sigmas and weights
+    (its own schedule, not FLUX's shift 3)."""
+    from diffsynth.diffusion.flow_match import FlowMatchScheduler
+
+    from eligen.pipeline.families.defaults import QWEN_IMAGE
+
+    scheduler = FlowMatchScheduler("Qwen-Image")
+    scheduler.set_timesteps(TRAIN_TIMESTEPS, training=True)
+    sigmas, weights = reference_timesteps(QWEN_IMAGE)
+    assert torch.equal(sigmas, scheduler.sigmas)
+    assert torch.allclose(weights, scheduler.linear_timesteps_weights, rtol=0, atol=1e-6)
+    flux_sigmas, _ = reference_timesteps()
+    assert (sigmas - flux_sigmas).abs().max() > 0.05  # the two families' draws differ

@@ -28,7 +28,6 @@ from eligen.pipeline.model_info import ModelLoadError
 from eligen.pipeline.outputs import OutputError, png_bytes
 from eligen.pipeline.regions import PATCH, check_canvas, entity_masks, token_masks
 
-from ..render_outputs import generate_metadata, inpaint_metadata, resolved_edits, resolved_layout
 from .inputs import NO_FOLDER, SourceImage
 
 if TYPE_CHECKING:
@@ -166,20 +165,19 @@ class Engine:
                 self.results.popitem(last=False)
 
     def submit_generate(self, layout: Layout) -> Job:
-        masks, _ = self.check_layout(layout)
+        from eligen.pipeline.render import prepare_render
+
+        self.check_layout(layout)
         seeds = _seeds(layout)
 
         def run(job: Job) -> None:
-            positive, negative = self.pipe.prepare(layout, NO_FOLDER, "layout")
-            resolved = resolved_layout(self.pipe, layout, masks)
+            prepared = prepare_render(self.pipe, layout, base_dir=NO_FOLDER, source="layout")
             for index, seed in enumerate(seeds):
                 job.image_index, job.step = index, 0
-                tokens = self.pipe.sample(layout, positive, negative, seed, on_step=job.on_step)
-                metadata = generate_metadata(resolved, seed)
-                again = parse_layout(metadata["layout"], "result")
-                result = Result(secrets.token_hex(8), "generate", seed,
-                                png_bytes(self.pipe.decode(tokens, layout), metadata), dump_layout(again),
-                                f"studio-{seed}", layout.model_copy(update={"seed": seed}))
+                rendered = prepared.image(seed, job.on_step)
+                again = parse_layout(rendered.metadata["layout"], "result")
+                result = Result(secrets.token_hex(8), "generate", seed, png_bytes(rendered.image, rendered.metadata),
+                                dump_layout(again), f"studio-{seed}", layout.model_copy(update={"seed": seed}))
                 self._keep(result)
                 job.results.append(result.id)
 
@@ -201,22 +199,22 @@ class Engine:
         return image
 
     def submit_inpaint(self, edits: Edits, image: SourceImage) -> Job:
-        from eligen.pipeline.inpaint import inpaint, prepare
+        from eligen.pipeline import render
 
-        masks, canvas, _ = self.check_edits(edits, image)
+        self.check_edits(edits, image)
         seeds = _seeds(edits)
 
         def run(job: Job) -> None:
-            plan = prepare(self.pipe, canvas, image.image, NO_FOLDER, "edits")
-            resolved = resolved_edits(self.pipe, edits, masks)
+            picture = render.SourceImage(image.image, image.name, image.sha256)
+            prepared = render.prepare_render(self.pipe, edits, base_dir=NO_FOLDER, source="edits",
+                                             source_image=picture)
             for index, seed in enumerate(seeds):
                 job.image_index, job.step = index, 0
-                result_image = inpaint(self.pipe, plan, seed, job.on_step)
-                metadata = inpaint_metadata(edits, resolved, seed, image.name, image.sha256)
-                again = parse_edits({k: v for k, v in metadata["edits"].items() if k != "size"}, image.image.size,
-                                    "result")
+                rendered = prepared.image(seed, job.on_step)
+                again = parse_edits({k: v for k, v in rendered.metadata["edits"].items() if k != "size"},
+                                    image.image.size, "result")
                 stem = image.name.rsplit(".", 1)[0]
-                result = Result(secrets.token_hex(8), "inpaint", seed, png_bytes(result_image, metadata),
+                result = Result(secrets.token_hex(8), "inpaint", seed, png_bytes(rendered.image, rendered.metadata),
                                 dump_layout(again), f"{stem}-edited-{seed}")
                 self._keep(result)
                 job.results.append(result.id)

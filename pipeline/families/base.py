@@ -15,12 +15,17 @@ import torch
 from .defaults import FamilyDefaults
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from PIL import Image
 
     from ..conditioning import Conditioning
     from ..lora import LoraDelta
 
 Velocity = Callable[[torch.Tensor, torch.Tensor, "Conditioning"], torch.Tensor]  # (tokens, timestep 0..1000, cond)
+# (attention layer, image hidden states, text hidden states, rotary embedding) -> (q, k, v), each (B, N, H, D), of the
+# joint [text | image] sequence as the layer computes them (attention maps read them)
+AttentionQKV = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class ModelFamily(Protocol):
 
     defaults: FamilyDefaults
     pipe: Any  # the diffusers pipeline holding the components
+    # Optional parts: None where the family has none (`attention_maps` then says so)
+    attention_qkv: AttentionQKV | None
 
     @property
     def transformer(self) -> torch.nn.Module: ...
@@ -108,4 +115,9 @@ class ModelFamily(Protocol):
 
     def drop_text_encoders(self) -> None:
         """Free the text encoders (every prompt is encoded already)."""
+        ...
+
+    def load_ip_adapter(self, path: Path, image_encoder: str | None, base_dir: Path) -> Any:
+        """An IP-Adapter file with its image encoder, installed in the transformer (`references.ImagePrompt`);
+        only where `defaults.ip_adapter_formats` names formats (otherwise an `IPAdapterError`)."""
         ...

@@ -24,18 +24,23 @@ class FamilyDefaults:
     size: tuple[int, int] = (1024, 1024)
     negative_prompt: str = ""
     lora_rank: int = 64  # rank of a trained LoRA when none is asked for
-    # What a layout's `schedule: diffsynth` (the reference's schedule) is for this family: FLUX's reference uses a
-    # static shift of 3 (`shift3`); Qwen-Image's reference uses the same schedule as diffusers, from the model's
-    # scheduler config (`scheduler`, which is also what `schedule: flux` computes).
+    # The sampler's schedule (`sampler.Schedule`) a layout's `schedule: diffsynth` (the reference's schedule) means
+    # for this family: FLUX's reference uses a static shift of 3 (`shift3`); Qwen-Image's reference uses the same
+    # schedule as diffusers, from the model's scheduler config (`scheduler`, which `schedule: flux` also means).
     reference_schedule: Literal["shift3", "scheduler"] = "shift3"
+    # The training sigmas of the reference's trainer for this family (`train.loss.reference_timesteps`): FLUX's static
+    # shift 3, or Qwen-Image's own schedule (exponential shift, mu 0.8, ending at 0.02)
+    reference_training: Literal["shift3", "qwen-image"] = "shift3"
     attention_forms: tuple[str, ...] = ("dense", "flex", "split")  # how its regional mask can run
     # Module paths inside each block a trained LoRA adapts; None: every Linear of every block (the paper's choice)
     lora_targets: tuple[str, ...] | None = None
     lora_exports: tuple[str, ...] = ("kohya",)  # key styles `eligen train --export` writes for this family
+    ip_adapter_formats: tuple[str, ...] = ()  # IP-Adapter file formats the family loads (none: no `ip_adapter`)
 
 
 FLUX = FamilyDefaults(name="flux", pipeline_class="FluxPipeline", max_sequence_length=512, scale_factor=8,
-                      hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"))
+                      hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"),
+                      ip_adapter_formats=("instantx", "xlabs"))
 # Qwen-Image: 40 steps, cfg 4, 1024x1024 as the reference's EliGen-V2 example (its pipeline defaults to 30 steps at
 # 1328x1328; diffusers' QwenImagePipeline to 50 steps at 1024x1024 with true_cfg_scale 4 and the negative prompt " "
 # in its examples); prompts up to 1024 tokens (QwenImagePipeline's cap); rank 32 as the reference's EliGen recipe.
@@ -46,17 +51,28 @@ QWEN_IMAGE_LORA_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_pr
 QWEN_IMAGE = FamilyDefaults(name="qwen-image", pipeline_class="QwenImagePipeline", max_sequence_length=1024,
                             scale_factor=8, hub_ids=("Qwen/Qwen-Image",), steps=40, cfg=4.0, size=(1024, 1024),
                             negative_prompt=" ", lora_rank=32, reference_schedule="scheduler",
+                            reference_training="qwen-image",
                             attention_forms=("dense", "split"), lora_targets=QWEN_IMAGE_LORA_TARGETS,
                             lora_exports=("diffsynth",))
 FAMILIES = {family.name: family for family in (FLUX, QWEN_IMAGE)}
 
 
-def family_for_class(pipeline_class: str | None) -> FamilyDefaults:
-    """The family of a diffusers pipeline class name (a folder without model_index.json, or of another class,
-    is taken for FLUX: the loader then says what it could not load)."""
-    return next((f for f in FAMILIES.values() if f.pipeline_class == pipeline_class), FLUX)
+class UnknownFamilyError(ValueError):
+    """A model's pipeline class is none of the families eligen knows."""
 
 
-def family_for_hub_id(model: str) -> FamilyDefaults:
-    """The family of a known hub id; any other id is taken for FLUX (the project's first family)."""
-    return next((f for f in FAMILIES.values() if model in f.hub_ids), FLUX)
+def family_for_class(pipeline_class: str | None, model: str = "the model") -> FamilyDefaults:
+    """The family of a diffusers pipeline class name (`_class_name` in model_index.json); None (a folder without
+    one) is taken for FLUX, and the loader then says what it could not load. Any other class is an error."""
+    if pipeline_class is None:
+        return FLUX
+    found = next((f for f in FAMILIES.values() if f.pipeline_class == pipeline_class), None)
+    if found is None:
+        known = ", ".join(f"{f.pipeline_class} ({f.name})" for f in FAMILIES.values())
+        raise UnknownFamilyError(f"{model} is a {pipeline_class} model (model_index.json); eligen runs {known}")
+    return found
+
+
+def family_for_hub_id(model: str) -> FamilyDefaults | None:
+    """The family of a hub id in the table of known ones (no download needed), else None."""
+    return next((f for f in FAMILIES.values() if model in f.hub_ids), None)

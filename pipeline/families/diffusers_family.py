@@ -9,8 +9,11 @@ from typing import Any
 
 import torch
 
+from ..adapter_input import IPAdapterError
 from ..hub import fetch
 from ..model_info import ModelLoadError
+from .base import AttentionQKV
+from .defaults import FamilyDefaults
 
 
 def transformer_config(model: str, kind: str) -> dict[str, Any]:
@@ -29,8 +32,15 @@ def transformer_config(model: str, kind: str) -> dict[str, Any]:
 class DiffusersFamily:
     """A model family whose components sit in a diffusers pipeline (`pipe`)."""
 
+    defaults: FamilyDefaults
+    attention_qkv: AttentionQKV | None = None  # the family's joint q, k, v for attention maps; None: no maps
+
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
+
+    def load_ip_adapter(self, path: Path, image_encoder: str | None, base_dir: Path = Path(".")) -> Any:
+        """No IP-Adapters unless a family has them (`FamilyDefaults.ip_adapter_formats`)."""
+        raise IPAdapterError(f"IP-Adapters are not supported for {self.defaults.name} models")
 
     @property
     def transformer(self) -> torch.nn.Module:

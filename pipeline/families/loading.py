@@ -1,12 +1,17 @@
-"""Loading a model as its family: the folder (or hub id) tells which."""
+"""Loading a model as its family: the folder (or hub id) tells which; and the family parts that are read before a
+model is loaded."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from ..adapter_input import IPAdapterError
 from ..devices import Offload, Quantize
-from ..model_info import model_family
+from ..model_info import ModelLoadError, model_family
 from .base import ModelFamily
+from .defaults import FamilyDefaults
 
 
 def load_family(model: str, device: torch.device, dtype: torch.dtype, offload: Offload = "none",
@@ -22,4 +27,14 @@ def load_family(model: str, device: torch.device, dtype: torch.dtype, offload: O
         from .qwen_image.family import QwenImageFamily
 
         return QwenImageFamily.load(model, device, dtype, offload, quantize, explicit_device, transformer)
-    raise AssertionError(f"no loader for the family {family.name}")
+    raise ModelLoadError(f"{model}: eligen has no loader for the {family.name} family")
+
+
+def ip_adapter_format(family: FamilyDefaults, path: Path) -> str:
+    """The format of an IP-Adapter file for a model of `family`, from its key names (the tensors are not read);
+    an `IPAdapterError` when the family has no adapters or the file is of no format it loads."""
+    if not family.ip_adapter_formats:
+        raise IPAdapterError(f"IP-Adapters are not supported for {family.name} models")
+    from .flux.ip_adapter import adapter_format  # the one family with adapters
+
+    return adapter_format(path)

@@ -133,7 +133,8 @@ def layout_data(scene: Scene, seed: int = 0, regions: RegionKind = "box",
         if regions == "polygon":
             return {"polygon": shape_polygon(shape)}
         if regions == "mask":
-            assert masks is not None, "mask regions need the mask paths"
+            if masks is None:
+                raise ValueError("regions='mask' needs the mask paths (masks)")
             return {"mask": masks[i]}
         return {"box": list(shape.box)}
 

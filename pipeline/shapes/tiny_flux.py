@@ -9,15 +9,15 @@ The test suite uses it as a fixture and users can try the tool offline with it; 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from .tiny_folders import check_target, publish, quiet_transformers_progress
 
 __all__ = ["build_tiny_flux"]
 
@@ -239,20 +239,6 @@ def _build_components(max_sequence_length: int, guidance_embeds: bool) -> dict[s
     }
 
 
-@contextlib.contextmanager
-def _quiet_transformers_progress() -> Iterator[None]:
-    """Silence transformers' "Writing model shards" progress bar while saving, then restore it."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def _write_compat_files(folder: Path, clip_vocab: dict[str, int], clip_merges: list[tuple[str, str]]) -> None:
     """Add the files FLUX.1-dev's folder has that transformers 5 no longer writes by itself.
 
@@ -276,23 +262,6 @@ def _write_compat_files(folder: Path, clip_vocab: dict[str, int], clip_merges: l
     index = json.loads(index_path.read_text(encoding="utf-8"))
     index["tokenizer_2"] = ["transformers", "T5TokenizerFast"]
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move a finished folder to its name in one rename (the target checked once more just before)."""
-    _check_target(out)
-    if out.is_dir():
-        out.rmdir()  # empty (checked just above); rename needs the name free on every platform
-    tmp.rename(out)
-
-
-def _check_target(out_dir: Path) -> None:
-    """Raise FileExistsError unless out_dir is absent or an empty directory."""
-    if out_dir.is_dir():
-        if any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} exists and is not empty; refusing to overwrite it")
-    elif out_dir.exists() or out_dir.is_symlink():
-        raise FileExistsError(f"{out_dir} exists and is not a directory")
 
 
 def build_tiny_flux(
@@ -324,7 +293,7 @@ def build_tiny_flux(
     if not 1 <= max_sequence_length <= 512:
         raise ValueError(f"max_sequence_length must be in 1..512, got {max_sequence_length}")
     out = Path(out_dir).expanduser().absolute()
-    _check_target(out)
+    check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     from diffusers import FluxPipeline
@@ -335,12 +304,12 @@ def build_tiny_flux(
             torch.manual_seed(seed)
             components = _build_components(max_sequence_length, guidance_embeds)
         pipe = FluxPipeline(**components)
-        with _quiet_transformers_progress():
+        with quiet_transformers_progress():
             pipe.save_pretrained(tmp, safe_serialization=True)
         _write_compat_files(tmp, *_clip_vocab_and_merges())
         meta = {"max_sequence_length": max_sequence_length, "note": "random weights: images are noise"}
         (tmp / "eligen.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _publish(tmp, out)
+        publish(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

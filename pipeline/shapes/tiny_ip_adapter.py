@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny_flux import _check_target, _publish, _quiet_transformers_progress
+from .tiny_folders import check_target, publish, quiet_transformers_progress
 
 INSTANTX_TOKENS = 128  # as InstantX/FLUX.1-dev-IP-Adapter
 XLABS_TOKENS = 4  # as XLabs-AI/flux-ip-adapter
@@ -79,7 +79,7 @@ def build_tiny_ip_adapters(out_dir: str | Path, model_folder: str | Path, *, see
     from safetensors.torch import save_file
 
     out = Path(out_dir).expanduser().absolute()
-    _check_target(out)
+    check_target(out)
     config = json.loads((Path(model_folder) / "transformer" / "config.json").read_text(encoding="utf-8"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
@@ -92,10 +92,10 @@ def build_tiny_ip_adapters(out_dir: str | Path, model_folder: str | Path, *, see
         (tmp / "xlabs").mkdir()
         torch.save(instantx, tmp / "instantx" / "ip-adapter.bin")
         save_file(xlabs, str(tmp / "xlabs" / "ip_adapter.safetensors"))
-        with _quiet_transformers_progress():
+        with quiet_transformers_progress():
             siglip.save_pretrained(tmp / "instantx" / "image_encoder")
             clip.save_pretrained(tmp / "xlabs" / "image_encoder")
-        _publish(tmp, out)
+        publish(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

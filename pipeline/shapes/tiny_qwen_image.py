@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny_flux import _check_target, _publish, _quiet_transformers_progress
+from .tiny_folders import check_target, publish, quiet_transformers_progress
 
 __all__ = ["build_tiny_qwen_image"]
 
@@ -183,15 +183,15 @@ def build_tiny_qwen_image(out_dir: str | Path, *, seed: int = 0) -> Path:
         FileExistsError: If `out_dir` exists and is not an empty directory.
     """
     out = Path(out_dir).expanduser().absolute()
-    _check_target(out)
+    check_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex}"
     try:
-        with torch.random.fork_rng(devices=[]), _quiet_transformers_progress():
+        with torch.random.fork_rng(devices=[]), quiet_transformers_progress():
             torch.manual_seed(seed)
             tmp.mkdir()
             _save(tmp)
-        _publish(tmp, out)
+        publish(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

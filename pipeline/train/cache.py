@@ -82,8 +82,9 @@ def build_cache(
     work += [("latents", s) for s in samples[rank::world_size]]
     for done, (kind, item) in enumerate(work, start=1):
         if kind == "text" and not cache.text_path(item).is_file():
-            t5, pooled = pipe.prompt_encoder(max_sequence_length)(item)  # a fresh encoder: no memory growth
-            _save(cache.text_path(item), {"t5": t5} if pooled is None else {"t5": t5, "pooled": pooled})
+            embeds, pooled = pipe.prompt_encoder(max_sequence_length)(item)  # a fresh encoder: no memory growth
+            # "t5": the key every cache was written with (the embeddings of any family's text encoder)
+            _save(cache.text_path(item), {"t5": embeds} if pooled is None else {"t5": embeds, "pooled": pooled})
         elif kind == "latents" and not cache.latent_path(item).is_file():
             _save(cache.latent_path(item), {"latents": pipe.encode_image(load_image(item))})
         if on_item is not None:

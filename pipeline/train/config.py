@@ -50,8 +50,10 @@ class TrainConfig(BaseModel):
                                      "bucket share batches.")
     max_sequence_length: int | None = Field(None, ge=1, le=1024, description="Text tokens per prompt group "
                                             "[default: the model's, 512 for FLUX.1-dev, 1024 for Qwen-Image].")
-    timesteps: TimestepSampling = Field("reference", description="reference: uniform over the reference's 1000 "
-                                        "shift-3 sigmas with its Gaussian loss weight; logit-normal: weight 1.")
+    timesteps: TimestepSampling = Field("reference", description="reference: uniform over the reference "
+                                        "trainer's 1000 sigmas for the model's family (FLUX: shift 3; Qwen-Image: "
+                                        "exponential shift mu 0.8 to 0.02) with its Gaussian loss weight; "
+                                        "logit-normal: weight 1.")
     entity_dropout: Fraction = Field(0.0, description="Fraction of samples trained without their entities (plain "
                                      "FLUX, no mask).")
     cache: bool = Field(False, description="Precompute text embeddings and VAE latents once (then the text encoders "

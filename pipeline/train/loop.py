@@ -36,6 +36,7 @@ from ..families.base import PromptEncoder
 from ..families.loading import load_family
 from ..generate import EligenPipeline
 from ..outputs import save_png
+from ..render import Render
 from ..sampler import get_noise, pack
 from .cache import TrainCache, build_cache
 from .config import TrainConfig
@@ -58,7 +59,7 @@ from .state import (
     staging_dir,
     write_state,
 )
-from .validation import ValidationCase, prepare_cases, read_validation, render_grid
+from .validation import prepare_cases, read_validation, render_grid
 
 TRAINING_GUIDANCE = 1.0  # FLUX embedded guidance during training, as the reference trains
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -276,7 +277,7 @@ class Trainer:
         load_scheduler(folder, self.scheduler)
         self.position, self.resumed_from = position, folder
 
-    def _prepare_validation(self) -> list[ValidationCase]:
+    def _prepare_validation(self) -> list[Render]:
         if not self.main or not self.validation_source:
             return []
         return prepare_cases(self.pipe, self.validation_source, self.max_sequence_length)
@@ -312,7 +313,7 @@ class Trainer:
         for index in batch["index"]:
             draws = torch.Generator().manual_seed(sample_seed(config.seed, epoch, index, "draws"))
             drop.append(torch.rand((), generator=draws).item() < config.entity_dropout)
-            t_i, w_i = draw_timestep(config.timesteps, draws)
+            t_i, w_i = draw_timestep(config.timesteps, draws, self.pipe.family.defaults)
             t.append(t_i)
             weight.append(w_i)
             seed = sample_seed(config.seed, epoch, index, "noise")
@@ -323,8 +324,8 @@ class Trainer:
     def _conditioning(self, batch: dict[str, list[Any]], drop: torch.Tensor) -> Conditioning:
         device = self.accelerator.device
         if "embeddings" in batch:
-            table = {p: (t5.to(device), None if pooled is None else pooled.to(device))  # Qwen-Image: no pooled
-                     for embeddings in batch["embeddings"] for p, (t5, pooled) in embeddings.items()}
+            table = {p: (embeds.to(device), None if pooled is None else pooled.to(device))  # Qwen-Image: no pooled
+                     for embeddings in batch["embeddings"] for p, (embeds, pooled) in embeddings.items()}
             encode: PromptEncoder | PromptTable = PromptTable(table, self.pipe.family.text_ids)
         else:
             encode = self.pipe.prompt_encoder(self.max_sequence_length)  # per batch: memory stays flat
@@ -360,14 +361,14 @@ class Trainer:
             prune(self.out, self.config.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
-    def _validate(self, cases: list[ValidationCase], step: int) -> None:
+    def _validate(self, cases: list[Render], step: int) -> None:
         if self.main and cases:
             path = self.out / "validation" / f"step-{step:06d}.png"
             save_png(render_grid(self.pipe, cases), path)
             self.report.note(f"wrote {path}")
         self.accelerator.wait_for_everyone()
 
-    def _finish(self, cases: list[ValidationCase], step: int) -> list[Path]:
+    def _finish(self, cases: list[Render], step: int) -> list[Path]:
         outputs: list[Path] = []
         if self.main:
             dtype = SAVE_DTYPES[self.config.save_dtype]

@@ -1,37 +1,25 @@
-"""Validation during training: layouts rendered with the weights being trained, drawn as one grid with each
-layout's regions over its image (`preview.draw_preview`)."""
+"""Validation during training: layouts rendered with the weights being trained (through `render`, with the model's
+defaults as `eligen generate` applies them), drawn as one grid with each layout's regions over its image
+(`preview.draw_preview`)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
 
-from ..conditioning import Conditioning
 from ..dataset import Sample, bucket_masks
 from ..layout import Entity, Layout, load_layout
 from ..preview import draw_preview
-from ..regions import PATCH, check_canvas, entity_masks, mask_data_url, token_masks
+from ..regions import PATCH, entity_masks, mask_data_url
+from ..render import Render, prepare_render
 
 if TYPE_CHECKING:
     from ..generate import EligenPipeline
 
 VALIDATION_SEED = 0  # for layouts without a seed
-
-
-@dataclass(frozen=True)
-class ValidationCase:
-    """One validation layout with its regions and prompts encoded once (before any text encoder is freed)."""
-
-    layout: Layout
-    masks: list[np.ndarray]
-    tokens: np.ndarray
-    positive: Conditioning
-    negative: Conditioning | None
 
 
 def layout_files(path: Path) -> list[Path]:
@@ -50,16 +38,11 @@ def holdout_layout(sample: Sample, base_dir: Path) -> Layout:
 
 
 def prepare_cases(pipe: EligenPipeline, layouts: list[tuple[Layout, Path, str]],
-                  max_sequence_length: int) -> list[ValidationCase]:
-    """Validate each (layout, base folder, source) for this model and encode its prompts."""
-    cases = []
-    for layout, base_dir, source in layouts:
-        layout = layout.model_copy(update={"loras": [], "max_sequence_length": max_sequence_length})
-        check_canvas(layout, pipe.scale_factor, source)
-        masks = entity_masks(layout, base_dir, source)
-        tokens = token_masks(masks, pipe.scale_factor, layout, source)
-        cases.append(ValidationCase(layout, masks, tokens, *pipe.conditionings(layout, tokens)))
-    return cases
+                  max_sequence_length: int) -> list[Render]:
+    """Each (layout, base folder, source) validated for this model, its prompts encoded once (before any text
+    encoder is freed); no LoRA but the one being trained."""
+    return [prepare_render(pipe, layout.model_copy(update={"loras": [], "max_sequence_length": max_sequence_length}),
+                           base_dir=base_dir, source=source) for layout, base_dir, source in layouts]
 
 
 def read_validation(path: Path | None, held: list[Sample], base_dir: Path) -> list[tuple[Layout, Path, str]]:
@@ -68,13 +51,12 @@ def read_validation(path: Path | None, held: list[Sample], base_dir: Path) -> li
     return files + [(holdout_layout(s, base_dir), base_dir, s.source) for s in held]
 
 
-def render_grid(pipe: EligenPipeline, cases: list[ValidationCase]) -> Image.Image:
+def render_grid(pipe: EligenPipeline, cases: list[Render]) -> Image.Image:
     """Each case rendered (its first seed, else 0) with its regions drawn over it, in a grid of up to 4 columns."""
     tiles = []
     for case in cases:
-        seed = (case.layout.seeds or [VALIDATION_SEED])[0]
-        image = pipe.decode(pipe.sample(case.layout, case.positive, case.negative, seed), case.layout)
-        tiles.append(draw_preview(case.layout, case.masks, case.tokens, pipe.scale_factor * PATCH, background=image))
+        image = case.image((case.layout.seeds or [VALIDATION_SEED])[0]).image
+        tiles.append(draw_preview(case.layout, case.masks, case.regions, pipe.scale_factor * PATCH, background=image))
     columns = min(4, len(tiles))
     cell_w, cell_h = max(t.width for t in tiles), max(t.height for t in tiles)
     grid = Image.new("RGB", (columns * cell_w, math.ceil(len(tiles) / columns) * cell_h), (255, 255, 255))

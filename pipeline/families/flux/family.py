@@ -15,6 +15,7 @@ from ...sampler import pack, unpack
 from ..base import Velocity
 from ..defaults import FLUX
 from ..diffusers_family import DiffusersFamily
+from .attention import joint_qkv
 from .encode import PromptEncoder, flux_text_ids
 from .load import load_flux
 from .lora import load_lora
@@ -28,6 +29,7 @@ class FluxFamily(DiffusersFamily):
     """A loaded FLUX.1 model (FLUX.1-dev, schnell, tiny test models): what EliGen needs from it."""
 
     defaults = FLUX
+    attention_qkv = staticmethod(joint_qkv)
 
     pipe: FluxPipeline
 

@@ -22,18 +22,15 @@ The deltas are applied by the shared ``pipeline/lora.py``.
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors import safe_open
 
 from ...lora import MAX_LISTED, LoraDelta, LoraError
+from ...lora_files import DOWN_FACTORS, LORA_KEY, PEFT_PREFIXES, peft_alphas, read_lora_file
 from .names import (
     DOUBLE_BLOCK_LINEARS,
     GLOBAL_LINEARS,
@@ -45,8 +42,6 @@ from .names import (
 LoraStyle = Literal["kohya", "native", "peft"]
 
 # One LoRA tensor: "<module>.lora_down.weight", "<module>.lora_A[.default].weight", "<module>.alpha", ...
-_KEY = re.compile(r"^(?P<module>.+?)\.(?:(?P<factor>lora_down|lora_up|lora_A|lora_B)(?:\.default)?\.weight|alpha)$")
-_DOWN = {"lora_down", "lora_A"}
 
 # Key prefixes that tell the style. x_embedder / context_embedder have the same name in the reference and in
 # diffusers and do not vote.
@@ -86,7 +81,6 @@ _STYLE_PREFIXES: tuple[tuple[LoraStyle, tuple[str, ...]], ...] = (
     ),
 )
 _NEUTRAL_PREFIXES = ("x_embedder.", "context_embedder.")
-_PEFT_STRIP = ("transformer.", "base_model.model.")
 
 @dataclass(frozen=True)
 class _Source:
@@ -228,7 +222,7 @@ def _source_name(style: LoraStyle, module: str) -> str:
     if style == "kohya" and module.startswith("diffusion_model."):
         return "lora_unet_" + module.removeprefix("diffusion_model.").replace(".", "_")
     if style == "peft":
-        for prefix in _PEFT_STRIP:
+        for prefix in PEFT_PREFIXES:
             if module.startswith(prefix):
                 return module.removeprefix(prefix)
     return module
@@ -267,12 +261,12 @@ def lora_deltas(
             if not skip_text_encoder:
                 unmatched.append(key)
             continue
-        match = _KEY.match(key)
+        match = LORA_KEY.match(key)
         name = _source_name(style, match["module"]) if match else None
         if match is None or name not in table:
             unmatched.append(key)
             continue
-        role = "alpha" if match["factor"] is None else "down" if match["factor"] in _DOWN else "up"
+        role = "alpha" if match["factor"] is None else "down" if match["factor"] in DOWN_FACTORS else "up"
         group = groups.setdefault(name, {})
         if role in group:  # e.g. both lora_A.weight and lora_A.default.weight
             unmatched.append(key)
@@ -329,44 +323,8 @@ def lora_deltas(
     return deltas
 
 
-def _peft_alphas_from_metadata(
-    state_dict: dict[str, torch.Tensor], metadata: Mapping[str, str] | None
-) -> dict[str, torch.Tensor]:
-    """Alpha keys for a peft-style file whose alphas live in diffusers' ``lora_adapter_metadata`` header.
-
-    diffusers writes the adapter's LoraConfig as JSON (keys prefixed ``transformer.`` when saved from a
-    pipeline) and does not store alphas as tensors; without them the scale would silently be 1.
-    """
-    raw = (metadata or {}).get("lora_adapter_metadata")
-    if not raw:
-        return {}
-    config = json.loads(raw)
-    if any(k.startswith("transformer.") for k in config):
-        config = {k.removeprefix("transformer."): v for k, v in config.items() if k.startswith("transformer.")}
-    if config.get("use_dora"):
-        raise LoraError("DoRA adapters are not supported")
-    if config.get("lora_alpha") is None:
-        return {}
-    pattern: Mapping[str, float] = config.get("alpha_pattern") or {}
-    alphas: dict[str, torch.Tensor] = {}
-    for key, tensor in state_dict.items():
-        match = _KEY.match(key)
-        if match is None or match["factor"] not in _DOWN or f"{match['module']}.alpha" in state_dict:
-            continue
-        module = _source_name("peft", match["module"])
-        alpha = float(config["lora_alpha"])
-        for name, value in pattern.items():  # peft matches pattern keys against the end of the module name
-            if re.fullmatch(rf"(.*\.)?(?:{name})", module):
-                alpha = float(value)
-                break
-        if config.get("use_rslora"):  # scale alpha / sqrt(r), written as an equivalent alpha over r
-            alpha *= math.sqrt(tensor.shape[0])
-        alphas[f"{match['module']}.alpha"] = torch.tensor(alpha)
-    return alphas
-
-
 def load_lora_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a LoRA ``.safetensors`` file (safe loading only: pickle checkpoints are refused).
+    """Read a FLUX LoRA ``.safetensors`` file (`lora_files.read_lora_file`: safe loading only).
 
     For a diffusers/peft-style file whose alphas are stored only in the ``lora_adapter_metadata`` header,
     the returned dict gains one ``<module>.alpha`` tensor per LoRA layer, so that :func:`lora_deltas` scales
@@ -375,31 +333,13 @@ def load_lora_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         LoraError: the file is missing, is not a safetensors file, or holds no tensors.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LoraError("no such LoRA file", source=path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata()
-            state_dict = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as error:  # safetensors raises its own error types for malformed headers
-        hint = (
-            "; pickle checkpoints (.ckpt/.pt/.pth/.bin) are not loaded for safety, convert the file to safetensors"
-            if path.suffix.lower() in {".ckpt", ".pt", ".pth", ".bin", ".pkl"}
-            else ""
-        )
-        raise LoraError(f"not a readable safetensors file ({error}){hint}", source=path) from error
-    if not state_dict:
-        raise LoraError("the file holds no tensors", source=path)
+    state_dict, metadata = read_lora_file(path)
     try:
         style = detect_style(state_dict.keys())
     except LoraError:
         style = None  # lora_deltas reports it, naming the keys
     if style == "peft":
-        try:
-            state_dict.update(_peft_alphas_from_metadata(state_dict, metadata))
-        except LoraError as error:
-            raise LoraError(str(error), source=path) from error
+        state_dict.update(peft_alphas(state_dict, metadata, path))
     return state_dict
 
 

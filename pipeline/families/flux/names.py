@@ -1,4 +1,5 @@
-"""The layers of a FLUX transformer under the three naming conventions in use (DESIGN §3).
+"""The layers of a FLUX transformer under the three naming conventions in use (LoRA and
+checkpoint files come in all three; docs/models.md).
 
 * BFL: black-forest-labs' original checkpoints (`double_blocks.0.img_attn.qkv`); kohya LoRA files use the
   same names with `_` for `.` (`lora_unet_double_blocks_0_img_attn_qkv`).

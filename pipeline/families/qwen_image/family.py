@@ -80,6 +80,8 @@ class QwenImageFamily(DiffusersFamily):
         vae = self.pipe.vae
         latents = unpack(tokens, latent_height, latent_width)[:, :, None].to(vae.dtype)
         mean, std = self._latent_statistics(latents)
+        # `x * std` written as QwenImagePipeline computes it (divided by its `latents_std = 1 / std`): the two round
+        # differently in the last bit, and this form decodes to diffusers' pixels exactly
         image = vae.decode(latents / (1.0 / std) + mean, return_dict=False)[0][:, :, 0]
         return self.pipe.image_processor.postprocess(image, output_type="pil")[0]
 

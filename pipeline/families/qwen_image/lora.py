@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ...lora import LoraDelta, LoraError
-from ..flux.lora import load_lora_state_dict  # the safetensors reader (with diffusers' adapter metadata) is shared
+from ...lora_files import peft_alphas, read_lora_file
 
 _KEY = re.compile(r"^(?:transformer\.|diffusion_model\.)?(?P<module>.+?)\."
                   r"(?:(?P<factor>lora_A|lora_B|lora_down|lora_up)(?:\.default)?\.weight|alpha)$")
@@ -62,5 +62,8 @@ def linear_shapes(transformer: torch.nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def load_lora(path: str | Path, transformer: torch.nn.Module) -> list[LoraDelta]:
-    """Read a LoRA file as deltas on this transformer (errors name the file)."""
-    return lora_deltas(load_lora_state_dict(path), linear_shapes(transformer), source=path)
+    """Read a LoRA file as deltas on this transformer (errors name the file); the alphas a diffusers-saved file
+    keeps in its header apply."""
+    state_dict, metadata = read_lora_file(path)
+    state_dict.update(peft_alphas(state_dict, metadata, path))
+    return lora_deltas(state_dict, linear_shapes(transformer), source=path)
