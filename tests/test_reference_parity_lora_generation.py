@@ -84,7 +84,8 @@ ENTITY_PROMPTS = ["a red cup", "an old book", "a blue hat"]
 BOX = (17, 10, 106, 97)  # [x1, y1, x2, y2): pixels 17..105 x 10..96
 POLYGON = [(98, 6), (178, 86), (178, 121), (129, 121), (129, 58), (78, 58), (78, 6)]  # not convex
 
-# Reference block layer -> kohya/BFL stem, written out independently of pipeline/lora.py (DESIGN.md §3).
+# Reference block layer -> kohya/BFL stem, written out independently of pipeline/lora.py, so that the test
+# does not borrow the mapping it checks.
 KOHYA_STEMS = {
     "blocks": {
         "norm1_a.linear": "img_mod_lin", "norm1_b.linear": "txt_mod_lin",
