@@ -1,0 +1,204 @@
+"""eligen's ComfyUI nodes against the real ComfyUI (its source at COMFYUI_PATH; CI sets it, docs/comfyui.md).
+
+ComfyUI's own FLUX.1 and Qwen-Image model classes hold the weights of eligen's tiny folders (`comfyui_models`);
+the nodes' conditioning goes through ComfyUI's model patcher, conditioning processing, CFG and samplers, and is
+compared with eligen's own velocity and `eligen generate` on the same layout.
+
+The prompts are encoded by eligen's encoder of the tiny folder, handed to the nodes through a stand-in for
+ComfyUI's CLIP object (`EncoderAsClip`): ComfyUI's text encoders have fixed full-size configs, so tiny ones cannot
+be built from its classes. What the nodes do with a CLIP's output is what is tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+COMFYUI = os.environ.get("COMFYUI_PATH")
+if not COMFYUI:
+    pytest.skip("ComfyUI tests not run: set COMFYUI_PATH to a ComfyUI checkout (CI sets it)", allow_module_level=True)
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [COMFYUI, str(ROOT)]
+
+import comfy.cli_args  # noqa: E402
+
+comfy.cli_args.args.cpu = True  # before ComfyUI picks its device: these tests run on the CPU
+
+import comfy.samplers  # noqa: E402
+from comfyui_models import comfy_flux, comfy_qwen_image  # noqa: E402
+
+from eligen.pipeline.layout import parse_layout  # noqa: E402
+from eligen.pipeline.regions import mask_data_url  # noqa: E402
+from eligen.pipeline.sampler import get_noise, get_schedule, pack, unpack  # noqa: E402
+from eligen_comfyui.nodes import EliGenApply, EliGenEntity, LoadEliGenLayout  # noqa: E402
+
+WIDTH, HEIGHT = 128, 96
+SIGMA = 0.75
+CFG = 3.0
+GUIDANCE = 3.5
+TOLERANCE = 2e-5  # max |velocity difference| (see the parity tests)
+
+
+def ellipse(width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    return ((xs - 88) / 30) ** 2 + ((ys - 60) / 26) ** 2 <= 1
+
+
+# (layout entity in px, the same region as EliGen Entity inputs)
+ENTITIES = [
+    ({"prompt": "a red cup", "box": [0, 0, 64, 96]}, {"box": (0, 0, 64, 96), "units": "px"}),
+    ({"prompt": "an old book on the table", "box": [48, 16, 128, 80]},
+     {"box": (0.375, 1 / 6, 1.0, 80 / 96), "units": "fraction"}),
+    ({"prompt": "a blue hat", "mask": mask_data_url(ellipse())}, {"mask": torch.from_numpy(ellipse()).float()[None]}),
+    ({"prompt": "a green plant", "box": [16, 48, 48, 96]}, {"box": (16, 48, 48, 96), "units": "px"}),
+]
+
+
+class EncoderAsClip:
+    """Stands in for ComfyUI's CLIP object (`tokenize`, `encode_from_tokens_scheduled`) with eligen's encoder."""
+
+    def __init__(self, encode) -> None:
+        self.encode = encode
+
+    def tokenize(self, text: str) -> str:
+        return text
+
+    def encode_from_tokens_scheduled(self, text: str) -> list[list]:
+        embeds, pooled = self.encode(text)
+        return [[embeds, {} if pooled is None else {"pooled_output": pooled}]]
+
+
+def layout(k: int, regions_on_negative: bool = False):
+    return parse_layout({"size": [WIDTH, HEIGHT], "prompt": "a photo of a table", "negative_prompt": "dark, blurry",
+                         "cfg": CFG, "guidance": GUIDANCE, "steps": 4, "regions_on_negative": regions_on_negative,
+                         "entities": [e for e, _ in ENTITIES[:k]]})
+
+
+def node_entities(clip: EncoderAsClip, k: int) -> tuple:
+    entities = ()
+    for spec, region in ENTITIES[:k]:
+        x1, y1, x2, y2 = region.get("box", (0, 0, 1, 1))
+        (entities,) = EliGenEntity().add(clip, spec["prompt"], x1, y1, x2, y2, region.get("units", "fraction"),
+                                         region.get("mask"), entities)
+    return entities
+
+
+def comfy_velocity(patcher, positive: list, negative: list, x: torch.Tensor) -> torch.Tensor:
+    """The CFG velocity of one denoiser call through ComfyUI's guider (conds, batching, patches) at SIGMA."""
+    guider = comfy.samplers.CFGGuider(patcher)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(CFG)
+    denoised = []
+
+    def one_call(model, noise, sigmas, extra_args=None, callback=None, disable=None):
+        denoised.append(model(x, sigmas[0] * x.new_ones(x.shape[0]), **extra_args))
+        return noise
+
+    guider.sample(torch.zeros_like(x), torch.zeros_like(x), comfy.samplers.KSAMPLER(one_call),
+                  torch.tensor([SIGMA, 0.0]), disable_pbar=True, seed=0)
+    return (x - denoised[0]) / SIGMA  # ComfyUI's flow models predict x0 = x - sigma * v
+
+
+def eligen_velocity(pipe, positive, negative, x: torch.Tensor, guidance: float | None) -> torch.Tensor:
+    latent_h, latent_w = x.shape[-2:]
+    velocity = pipe.family.velocity(pipe.transformer, latent_h, latent_w, guidance)
+    tokens, t = pack(x), torch.tensor(SIGMA * 1000)
+    with torch.inference_mode():
+        v_pos, v_neg = velocity(tokens, t, positive), velocity(tokens, t, negative)
+    return unpack(v_neg + CFG * (v_pos - v_neg), latent_h, latent_w)
+
+
+@pytest.fixture(scope="module")
+def flux(tiny_model: Path):
+    return comfy_flux(tiny_model)
+
+
+@pytest.mark.parametrize(("k", "regions_on_negative"), [(2, False), (3, True), (4, False), (4, True)])
+def test_flux_denoiser_call_equals_eligen_velocity(tiny_pipe, flux, one_thread, k: int,
+                                                   regions_on_negative: bool) -> None:
+    lay = layout(k, regions_on_negative)
+    positive, negative = tiny_pipe.conditionings(lay, tiny_pipe.token_regions(lay, Path(".")))
+    x = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(k))
+    expected = eligen_velocity(tiny_pipe, positive, negative, x, GUIDANCE)
+
+    clip = EncoderAsClip(tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(lay)))
+    glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
+    neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
+    model, pos_c, neg_c = EliGenApply().apply(flux, glob, neg, node_entities(clip, k), WIDTH, HEIGHT,
+                                              regions_on_negative)
+    got = comfy_velocity(model, pos_c, neg_c, x)
+    plain = comfy_velocity(flux, pos_c, neg_c, x)  # the same conditioning on the unpatched model
+
+    err = (got - expected).abs().max().item()
+    print(f"FLUX k={k} regions_on_negative={regions_on_negative}: max |v| {expected.abs().max():.3f}, "
+          f"max err {err:.2e}, unpatched off by {(plain - expected).abs().max():.2e}")
+    # Two float32 implementations of the same model (ComfyUI's fused qkv and real-form rotary, diffusers' split
+    # projections) differ by rounding only: about 2e-6 measured on |v| about 2.5 (1e-6 relative, a few ulps through
+    # four blocks and CFG's factor 3). TOLERANCE leaves 10x margin; a wrong mask or text is off by more than 0.1.
+    assert err < TOLERANCE
+    assert (plain - expected).abs().max() > 100 * TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def qwen(tiny_qwen_model: Path):
+    return comfy_qwen_image(tiny_qwen_model)
+
+
+@pytest.mark.parametrize(("k", "regions_on_negative"), [(2, False), (3, True), (4, False)])
+def test_qwen_image_denoiser_call_equals_eligen_velocity(tiny_qwen_pipe, qwen, one_thread, k: int,
+                                                         regions_on_negative: bool) -> None:
+    pipe = tiny_qwen_pipe
+    lay = layout(k, regions_on_negative)
+    positive, negative = pipe.conditionings(lay, pipe.token_regions(lay, Path(".")))
+    x = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(k))
+    expected = eligen_velocity(pipe, positive, negative, x, None)
+
+    clip = EncoderAsClip(pipe.prompt_encoder(pipe.max_sequence_length(lay)))
+    glob = clip.encode_from_tokens_scheduled(lay.prompt)
+    neg = clip.encode_from_tokens_scheduled(lay.negative_prompt)
+    model, pos_c, neg_c = EliGenApply().apply(qwen, glob, neg, node_entities(clip, k), WIDTH, HEIGHT,
+                                              regions_on_negative)
+    x5 = x[:, :, None]  # ComfyUI's Qwen-Image latents carry a frame axis
+    got = comfy_velocity(model, pos_c, neg_c, x5)[:, :, 0]
+    plain = comfy_velocity(qwen, pos_c, neg_c, x5)[:, :, 0]
+
+    err = (got - expected).abs().max().item()
+    print(f"Qwen-Image k={k} regions_on_negative={regions_on_negative}: max |v| {expected.abs().max():.3f}, "
+          f"max err {err:.2e}, unpatched off by {(plain - expected).abs().max():.2e}")
+    assert err < TOLERANCE
+    assert (plain - expected).abs().max() > 100 * TOLERANCE
+
+
+def test_flux_sampling_in_comfyui_equals_eligen_generate(tiny_pipe, flux, one_thread) -> None:
+    """ComfyUI's own sampler loop (its euler sampler, CFG guider) with the nodes' conditioning on the tiny FLUX, and
+    eligen's sampling of the same layout: the same noise and the same sigmas give the same latents."""
+    lay, seed = layout(3), 7
+    positive, negative = tiny_pipe.conditionings(lay, tiny_pipe.token_regions(lay, Path(".")))
+    expected = unpack(tiny_pipe.sample(lay, positive, negative, seed), HEIGHT // 8, WIDTH // 8)
+
+    clip = EncoderAsClip(tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(lay)))
+    glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
+    neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
+    model, pos_c, neg_c = EliGenApply().apply(flux, glob, neg, node_entities(clip, 3), WIDTH, HEIGHT, False)
+    noise = get_noise(seed, 16, HEIGHT // 8, WIDTH // 8, torch.float32)
+    sigmas, _ = get_schedule(tiny_pipe.schedule(lay), lay.steps, (HEIGHT // 16) * (WIDTH // 16),
+                             tiny_pipe.family.scheduler_config)
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(pos_c, neg_c)
+    guider.set_cfg(CFG)
+    samples = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), sigmas,
+                            disable_pbar=True, seed=seed)
+    got = model.model.process_latent_in(samples)  # back from ComfyUI's VAE scale to the model's latents
+
+    err = (got - expected).abs().max().item()
+    print(f"FLUX sampling, {lay.steps} steps: max |x| {expected.abs().max():.3f}, max err {err:.2e}, "
+          f"sigmas {[round(s, 4) for s in sigmas.tolist()]}")
+    # each step adds a velocity difference of at most TOLERANCE times its sigma step (sum: sigma_0 = 1), plus the
+    # rounding of ComfyUI's velocity recovery x - denoised / sigma
+    assert err < 2 * TOLERANCE
