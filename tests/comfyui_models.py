@@ -39,8 +39,8 @@ def comfy_flux(model: Path) -> comfy.model_patcher.ModelPatcher:
     converted = comfy.model_detection.convert_diffusers_mmdit(weights, "")
     axes = list(config["axes_dims_rope"])
     channels = config["in_channels"] // 4  # FLUX packs 2x2 latent pixels
-    unet = {"image_model": "flux", "in_channels": channels, "out_channels": channels, "patch_size": 2, "vec_in_dim": config["pooled_projection_dim"],
-            "context_in_dim": config["joint_attention_dim"],
+    unet = {"image_model": "flux", "in_channels": channels, "out_channels": channels, "patch_size": 2,
+            "vec_in_dim": config["pooled_projection_dim"], "context_in_dim": config["joint_attention_dim"],
             "hidden_size": config["num_attention_heads"] * config["attention_head_dim"], "mlp_ratio": 4.0,
             "num_heads": config["num_attention_heads"], "depth": config["num_layers"],
             "depth_single_blocks": config["num_single_layers"], "axes_dim": axes, "theta": 10000, "qkv_bias": True,

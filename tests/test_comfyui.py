@@ -202,3 +202,145 @@ def test_flux_sampling_in_comfyui_equals_eligen_generate(tiny_pipe, flux, one_th
     # each step adds a velocity difference of at most TOLERANCE times its sigma step (sum: sigma_0 = 1), plus the
     # rounding of ComfyUI's velocity recovery x - denoised / sigma
     assert err < 2 * TOLERANCE
+
+
+def test_comfyui_discovers_the_node_pack_in_custom_nodes(tmp_path: Path) -> None:
+    """The repository cloned into custom_nodes/ (here a link to it), loaded by ComfyUI's own custom-node loader."""
+    import nodes
+
+    (tmp_path / "eligen").symlink_to(ROOT, target_is_directory=True)
+    assert asyncio.run(nodes.load_custom_node(str(tmp_path / "eligen")))
+    assert {"EliGenEntity", "EliGenApply", "LoadEliGenLayout"} <= set(nodes.NODE_CLASS_MAPPINGS)
+    assert nodes.NODE_DISPLAY_NAME_MAPPINGS["EliGenApply"] == "EliGen Apply"
+    entity, apply, load = (nodes.NODE_CLASS_MAPPINGS[n] for n in ("EliGenEntity", "EliGenApply", "LoadEliGenLayout"))
+    assert entity.INPUT_TYPES()["required"]["clip"] == ("CLIP",)
+    assert entity.INPUT_TYPES()["optional"]["mask"][0] == "MASK"
+    assert entity.INPUT_TYPES()["optional"]["entities"] == ("ELIGEN_ENTITIES",)
+    assert entity.RETURN_TYPES == ("ELIGEN_ENTITIES",)
+    required = apply.INPUT_TYPES()["required"]
+    assert [required[k][0] for k in ("model", "positive", "negative", "entities", "width", "height",
+                                     "regions_on_negative")] == ["MODEL", "CONDITIONING", "CONDITIONING",
+                                                                 "ELIGEN_ENTITIES", "INT", "INT", "BOOLEAN"]
+    assert apply.RETURN_TYPES == ("MODEL", "CONDITIONING", "CONDITIONING")
+    assert load.RETURN_TYPES == ("ELIGEN_ENTITIES", "CONDITIONING", "CONDITIONING", "INT", "INT", "BOOLEAN")
+    for node in (entity, apply, load):
+        assert callable(getattr(node(), node.FUNCTION))
+
+
+def test_the_node_pack_runs_from_a_checkout_without_eligen_installed(tmp_path: Path) -> None:
+    """A clone in custom_nodes/ with no `pip install`: the nodes import the checkout's own eligen.pipeline."""
+    import subprocess
+
+    script = f"""
+import importlib.abc, sys
+class NoInstalledEligen(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "eligen":
+            raise ModuleNotFoundError("no module named eligen")
+sys.meta_path.insert(0, NoInstalledEligen())
+sys.path[:0] = [{COMFYUI!r}, {str(tmp_path)!r}]
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import eligen_clone
+import eligen.pipeline.regions
+assert eligen.pipeline.regions.__file__ == {str(ROOT / "pipeline" / "regions.py")!r}, eligen.pipeline.regions.__file__
+print(sorted(eligen_clone.NODE_CLASS_MAPPINGS))
+"""
+    (tmp_path / "eligen_clone").symlink_to(ROOT, target_is_directory=True)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "['EliGenApply', 'EliGenEntity', 'LoadEliGenLayout']" in run.stdout
+
+
+@pytest.fixture
+def clip(tiny_pipe) -> EncoderAsClip:
+    return EncoderAsClip(tiny_pipe.prompt_encoder(32))
+
+
+def test_bad_inputs_give_clear_node_errors(tiny_pipe, flux, clip) -> None:
+    glob = clip.encode_from_tokens_scheduled("a photo of a table")
+    box = (0, 0, 64, 96, "px")
+    with pytest.raises(ValueError, match="EliGen Entity 1: no CLIP is connected"):
+        EliGenEntity().add(None, "a red cup", *box)
+    with pytest.raises(ValueError, match="EliGen Entity 1: expected a prompt"):
+        EliGenEntity().add(clip, "  ", *box)
+
+    def apply(entities, model=flux, width=WIDTH, height=HEIGHT):
+        return EliGenApply().apply(model, glob, glob, entities, width, height, False)
+
+    (wrong_size,) = EliGenEntity().add(clip, "a blue hat", *box, mask=torch.ones(1, 64, 64))
+    with pytest.raises(ValueError, match=r"a blue hat.*expected a mask of the image's size 128x96, got 64x64"):
+        apply(wrong_size)
+    (empty,) = EliGenEntity().add(clip, "a blue hat", *box, mask=torch.zeros(1, HEIGHT, WIDTH))
+    with pytest.raises(ValueError, match="expected a non-empty region, it covers no pixel"):
+        apply(empty)
+    sliver = torch.zeros(1, HEIGHT, WIDTH)
+    sliver[:, :, 3] = 1  # one pixel wide, off every latent pixel's centre
+    (thin,) = EliGenEntity().add(clip, "a pole", *box, mask=sliver)
+    with pytest.raises(ValueError, match="covers no token of the 8x6 token grid"):
+        apply(thin)
+    (fraction_as_px,) = EliGenEntity().add(clip, "a red cup", 0, 0, 0.5, 1.0, "px")
+    with pytest.raises(ValueError, match="add `units: fraction`"):
+        apply(fraction_as_px)
+    (outside,) = EliGenEntity().add(clip, "a red cup", 0, 0, 1.5, 1.0, "fraction")
+    with pytest.raises(ValueError, match="expected coordinates inside the canvas"):
+        apply(outside)
+    (ok,) = EliGenEntity().add(clip, "a red cup", *box)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        apply(ok, width=120)
+    with pytest.raises(ValueError, match="at least one entity"):
+        apply(())
+
+    import comfy.ldm.modules.diffusionmodules.openaimodel as unet
+
+    class Sd15:  # a MODEL whose diffusion model is ComfyUI's SD1.x UNet (a family EliGen does not run on)
+        model = type("BaseModel", (), {"diffusion_model": unet.UNetModel.__new__(unet.UNetModel)})()
+
+    with pytest.raises(ValueError, match=r"EliGen Apply: the MODEL is a UNetModel; EliGen runs on FLUX\.1"):
+        apply(ok, model=Sd15())
+
+    wide = [[torch.zeros(1, 8, 64), {}]]  # another CLIP's width
+    with pytest.raises(ValueError, match="encoded \\[32, 64\\] wide"):
+        EliGenApply().apply(flux, wide, glob, ok, WIDTH, HEIGHT, False)
+
+
+def test_a_latent_of_another_size_is_a_clear_error_at_sampling(tiny_pipe, flux, clip) -> None:
+    glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled("a photo of a table")]
+    (entities,) = EliGenEntity().add(clip, "a red cup", 0, 0, 0.5, 1, "fraction")
+    model, pos_c, neg_c = EliGenApply().apply(flux, glob, glob, entities, WIDTH, HEIGHT, False)
+    with pytest.raises(ValueError, match="placed on a 128x96 image, the sampler runs a 96x96 latent"):
+        comfy_velocity(model, pos_c, neg_c, torch.zeros(1, 16, 12, 12))
+
+
+def test_load_eligen_layout_gives_the_layout_s_entities_prompts_and_size(tiny_pipe, flux, clip, tmp_path,
+                                                                        one_thread) -> None:
+    """A layout file through Load EliGen layout -> EliGen Apply runs like the same entities given one by one."""
+    import yaml
+    from PIL import Image
+
+    from eligen.pipeline.outputs import save_png
+
+    data = {"size": [WIDTH, HEIGHT], "prompt": "a photo of a table", "negative_prompt": "dark, blurry",
+            "regions_on_negative": True, "entities": [e for e, _ in ENTITIES[:3]]}
+    (tmp_path / "table.yaml").write_text(yaml.safe_dump(data))
+    save_png(Image.new("RGB", (WIDTH, HEIGHT)), tmp_path / "table.png", {"layout": data})
+    x = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(1))
+    by_hand = EliGenApply().apply(flux, clip.encode_from_tokens_scheduled(data["prompt"]),
+                                  clip.encode_from_tokens_scheduled(data["negative_prompt"]),
+                                  node_entities(clip, 3), WIDTH, HEIGHT, True)
+    expected = comfy_velocity(*by_hand, x)
+    for name in ("table.yaml", "table.png"):
+        entities, positive, negative, width, height, on_negative = LoadEliGenLayout().load(clip, str(tmp_path / name))
+        assert [e.prompt for e in entities] == [e["prompt"] for e, _ in ENTITIES[:3]]
+        assert (width, height, on_negative) == (WIDTH, HEIGHT, True)
+        got = comfy_velocity(*EliGenApply().apply(flux, positive, negative, entities, width, height, on_negative), x)
+        assert torch.equal(got, expected)
+
+    with pytest.raises(ValueError, match="expected an existing layout file"):
+        LoadEliGenLayout().load(clip, str(tmp_path / "missing.yaml"))
+    save_png(Image.new("RGB", (WIDTH, HEIGHT)), tmp_path / "plain.png")
+    with pytest.raises(ValueError, match=r"plain\.png: \(metadata\): expected a PNG written by `eligen generate`"):
+        LoadEliGenLayout().load(clip, str(tmp_path / "plain.png"))
+    (tmp_path / "auto.yaml").write_text(yaml.safe_dump({**data, "entity_tokens": "auto"}))
+    with pytest.raises(ValueError, match="entity_tokens: expected max in ComfyUI"):
+        LoadEliGenLayout().load(clip, str(tmp_path / "auto.yaml"))
