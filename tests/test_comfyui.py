@@ -24,7 +24,7 @@ COMFYUI = os.environ.get("COMFYUI_PATH")
 if not COMFYUI:
     pytest.skip("ComfyUI tests not run: set COMFYUI_PATH to a ComfyUI checkout (CI sets it)", allow_module_level=True)
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [COMFYUI, str(ROOT)]
+sys.path += [COMFYUI, str(ROOT)]  # after everything else: ComfyUI has top-level modules (utils, app, nodes)
 
 import comfy.cli_args  # noqa: E402
 
@@ -344,3 +344,99 @@ def test_load_eligen_layout_gives_the_layout_s_entities_prompts_and_size(tiny_pi
     (tmp_path / "auto.yaml").write_text(yaml.safe_dump({**data, "entity_tokens": "auto"}))
     with pytest.raises(ValueError, match="entity_tokens: expected max in ComfyUI"):
         LoadEliGenLayout().load(clip, str(tmp_path / "auto.yaml"))
+
+
+def native_flux_lora(comfy_model, rank: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random LoRA on every linear layer, with the reference's (DiffSynth's) key names, as the EliGen LoRA."""
+    from eligen.pipeline.families.flux.names import DOUBLE_BLOCK_LINEARS, GLOBAL_LINEARS, SINGLE_BLOCK_LINEARS
+
+    weights = comfy_model.model.diffusion_model.state_dict()
+    layers = [(f"double_blocks.{i}.{bfl}", f"blocks.{i}.{native}") for i in range(2)
+              for bfl, native, _ in DOUBLE_BLOCK_LINEARS]
+    layers += [(f"single_blocks.{j}.{bfl}", f"single_blocks.{j}.{native}") for j in range(2)
+               for bfl, native, _ in SINGLE_BLOCK_LINEARS]
+    layers += [(bfl, native) for bfl, native, _ in GLOBAL_LINEARS]
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for bfl, native in layers:
+        out_features, in_features = weights[f"{bfl}.weight"].shape
+        lora[f"{native}.lora_A.default.weight"] = torch.randn(rank, in_features, generator=generator) * 0.1
+        lora[f"{native}.lora_B.default.weight"] = torch.randn(out_features, rank, generator=generator) * 0.1
+    return lora
+
+
+def test_the_reference_s_flux_lora_loads_in_comfyui_after_eligen_lora_convert(tiny_pipe, flux, tmp_path,
+                                                                             one_thread) -> None:
+    """ComfyUI's LoRA loader skips the reference's key names; `eligen lora convert` writes names it maps, and the
+    LoRA then acts in ComfyUI exactly as in eligen (a denoiser call with entities, through ComfyUI's LoRA patch)."""
+    import comfy.lora
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    from eligen.main import app
+    from eligen.pipeline.lora import apply_loras, remove_loras
+
+    native = native_flux_lora(flux)
+    save_file(native, tmp_path / "native.safetensors")
+    key_map = comfy.lora.model_lora_keys_unet(flux.model, {})
+    assert comfy.lora.load_lora(native, key_map) == {}  # not one layer mapped: ComfyUI ignores the file
+
+    result = CliRunner().invoke(app, ["lora", "convert", str(tmp_path / "native.safetensors"),
+                                      "-o", str(tmp_path / "comfy.safetensors")])
+    assert result.exit_code == 0, result.output
+    converted = load_file(tmp_path / "comfy.safetensors")
+    patches = comfy.lora.load_lora(converted, key_map)
+    assert len(patches) == len(native) // 2  # every layer mapped
+    with_lora = flux.clone()
+    assert len(with_lora.add_patches(patches, 1.0)) == len(patches)
+
+    lay = layout(3, True)
+    positive, negative = tiny_pipe.conditionings(lay, tiny_pipe.token_regions(lay, Path(".")))
+    x = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(5))
+    before = eligen_velocity(tiny_pipe, positive, negative, x, GUIDANCE)
+    apply_loras(tiny_pipe.transformer, [(tiny_pipe.family.load_lora(tmp_path / "native.safetensors"), 1.0)])
+    try:
+        expected = eligen_velocity(tiny_pipe, positive, negative, x, GUIDANCE)
+    finally:
+        remove_loras(tiny_pipe.transformer)
+
+    clip = EncoderAsClip(tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(lay)))
+    glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
+    neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
+    got = comfy_velocity(*EliGenApply().apply(with_lora, glob, neg, node_entities(clip, 3), WIDTH, HEIGHT, True), x)
+    err = (got - expected).abs().max().item()
+    moved = (expected - before).abs().max()
+    print(f"FLUX with the converted LoRA: max err {err:.2e}, the LoRA moves v by {moved:.2e}")
+    assert err < TOLERANCE
+    assert moved > 100 * TOLERANCE
+
+
+def test_lora_convert_refuses_files_comfyui_reads_already_and_unknown_keys(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from eligen.main import app
+
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(2, 8),
+               "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(24, 2)},
+              tmp_path / "k.safetensors")
+    save_file({"blocks.0.attn.a_to_qkv.lora_A.weight": torch.zeros(2, 8),
+               "blocks.0.attn.a_to_qkv.lora_B.weight": torch.zeros(24, 2),
+               "blocks.0.attn.nonsense.lora_A.weight": torch.zeros(2, 8)}, tmp_path / "bad.safetensors")
+    runner = CliRunner()
+
+    def convert(name: str):
+        return runner.invoke(app, ["lora", "convert", str(tmp_path / name), "-o", str(tmp_path / "o.safetensors")])
+
+    kohya = convert("k.safetensors")
+    assert kohya.exit_code == 2 and "kohya names, which ComfyUI's LoRA loader reads as they are" in kohya.output
+    bad = convert("bad.safetensors")
+    assert bad.exit_code == 2 and "blocks.0.attn.nonsense.lora_A.weight" in bad.output
+    missing = convert("none.safetensors")
+    assert missing.exit_code == 2 and "no such LoRA file" in missing.output
+    assert not (tmp_path / "o.safetensors").exists()
+    (tmp_path / "o.safetensors").write_bytes(b"mine")
+    save_file({"blocks.0.attn.a_to_qkv.lora_A.weight": torch.zeros(2, 8),
+               "blocks.0.attn.a_to_qkv.lora_B.weight": torch.zeros(24, 2)}, tmp_path / "n.safetensors")
+    kept = convert("n.safetensors")
+    assert kept.exit_code == 1 and "exists" in kept.output and (tmp_path / "o.safetensors").read_bytes() == b"mine"
