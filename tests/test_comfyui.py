@@ -204,12 +204,20 @@ def test_flux_sampling_in_comfyui_equals_eligen_generate(tiny_pipe, flux, one_th
     assert err < 2 * TOLERANCE
 
 
-def test_comfyui_discovers_the_node_pack_in_custom_nodes(tmp_path: Path) -> None:
-    """The repository cloned into custom_nodes/ (here a link to it), loaded by ComfyUI's own custom-node loader."""
+@pytest.fixture(scope="module")
+def comfy_nodes(tmp_path_factory: pytest.TempPathFactory):
+    """ComfyUI's node table with the node pack loaded by ComfyUI's own custom-node loader, from a custom_nodes/
+    folder holding the repository (a link to it, as a clone would be)."""
     import nodes
 
-    (tmp_path / "eligen").symlink_to(ROOT, target_is_directory=True)
-    assert asyncio.run(nodes.load_custom_node(str(tmp_path / "eligen")))
+    custom_nodes = tmp_path_factory.mktemp("custom_nodes")
+    (custom_nodes / "eligen").symlink_to(ROOT, target_is_directory=True)
+    assert asyncio.run(nodes.load_custom_node(str(custom_nodes / "eligen")))
+    return nodes
+
+
+def test_comfyui_discovers_the_node_pack_in_custom_nodes(comfy_nodes) -> None:
+    nodes = comfy_nodes
     assert {"EliGenEntity", "EliGenApply", "LoadEliGenLayout"} <= set(nodes.NODE_CLASS_MAPPINGS)
     assert nodes.NODE_DISPLAY_NAME_MAPPINGS["EliGenApply"] == "EliGen Apply"
     entity, apply, load = (nodes.NODE_CLASS_MAPPINGS[n] for n in ("EliGenEntity", "EliGenApply", "LoadEliGenLayout"))
@@ -440,3 +448,27 @@ def test_lora_convert_refuses_files_comfyui_reads_already_and_unknown_keys(tmp_p
                "blocks.0.attn.a_to_qkv.lora_B.weight": torch.zeros(24, 2)}, tmp_path / "n.safetensors")
     kept = convert("n.safetensors")
     assert kept.exit_code == 1 and "exists" in kept.output and (tmp_path / "o.safetensors").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("workflow", ["eligen-flux.json", "eligen-qwen-image.json"])
+def test_example_workflows_pass_comfyui_s_prompt_validation(comfy_nodes, workflow: str, tmp_path: Path) -> None:
+    """The example workflows (API format) through ComfyUI's own validator: every node exists, every link joins an
+    output to an input of the same type, every value fits its input. The model files are empty placeholders with
+    the workflows' names (nothing is loaded or run)."""
+    import json
+
+    import execution
+    import folder_paths
+
+    graph = json.loads((ROOT / "example_workflows" / workflow).read_text())
+    names = {"unet_name": "diffusion_models", "clip_name": "text_encoders", "clip_name1": "text_encoders",
+             "clip_name2": "text_encoders", "vae_name": "vae", "lora_name": "loras"}
+    for node in graph.values():
+        for key, folder in names.items():
+            if key in node["inputs"]:
+                (tmp_path / folder).mkdir(exist_ok=True)
+                (tmp_path / folder / node["inputs"][key]).touch()
+                folder_paths.add_model_folder_path(folder, str(tmp_path / folder))
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("test", graph, None))
+    assert valid, (error, node_errors)
+    assert outputs == [max(graph, key=int)]  # the SaveImage node
