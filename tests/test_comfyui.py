@@ -220,6 +220,11 @@ def test_comfyui_discovers_the_node_pack_in_custom_nodes(comfy_nodes) -> None:
     nodes = comfy_nodes
     assert {"EliGenEntity", "EliGenApply", "LoadEliGenLayout"} <= set(nodes.NODE_CLASS_MAPPINGS)
     assert nodes.NODE_DISPLAY_NAME_MAPPINGS["EliGenApply"] == "EliGen Apply"
+    from comfy_config import config_parser  # the registry metadata, read as ComfyUI reads it
+
+    config = config_parser.extract_node_configuration(str(ROOT))
+    assert (config.project.name, config.tool_comfy.publisher_id) == ("eligen", "eligen")
+    assert config.tool_comfy.display_name.startswith("EliGen") and config.project.supported_comfyui_version
     entity, apply, load = (nodes.NODE_CLASS_MAPPINGS[n] for n in ("EliGenEntity", "EliGenApply", "LoadEliGenLayout"))
     assert entity.INPUT_TYPES()["required"]["clip"] == ("CLIP",)
     assert entity.INPUT_TYPES()["optional"]["mask"][0] == "MASK"
