@@ -18,6 +18,7 @@ Entries without `Regions` (a plain negative prompt) run exactly as without the p
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ COND_KEY = "eligen_regions"  # the model condition carrying an entry's Regions
 WRAPPER_KEY = "eligen_regional_attention"
 FAMILIES = {comfy.ldm.flux.model.Flux: "flux", comfy.ldm.qwen_image.model.QwenImageTransformer2DModel: "qwen_image"}
 
-_active: contextvars.ContextVar[Regions | None] = contextvars.ContextVar("eligen_regions", default=None)
+_active: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("eligen_regions", default=None)
 
 
 @dataclass(eq=False)  # compared by identity: ComfyUI batches two entries only when their conditions are equal
@@ -88,6 +89,21 @@ class Regions:
         return torch.cat([pe[:, positions], pe[:, n_text:]], dim=1)
 
 
+@dataclass
+class _Call:
+    """The regions of the diffusion-model call now running, and how many attentions took their mask."""
+
+    regions: Regions
+    attentions: int = 0
+
+
+def joint_attentions(diffusion_model: torch.nn.Module) -> int:
+    """Joint attentions per call: FLUX's double and single blocks, Qwen-Image's blocks."""
+    if family_of(diffusion_model) == "flux":
+        return len(diffusion_model.double_blocks) + len(diffusion_model.single_blocks)
+    return len(diffusion_model.transformer_blocks)
+
+
 def family_of(diffusion_model: torch.nn.Module) -> str:
     """'flux' or 'qwen_image' for ComfyUI's FLUX.1 and Qwen-Image diffusion models, else a clear error."""
     family = FAMILIES.get(type(diffusion_model))
@@ -98,22 +114,29 @@ def family_of(diffusion_model: torch.nn.Module) -> str:
 
 
 def _run_with_regions(executor: Callable[..., Any], x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                      *args: Any, **kwargs: Any) -> Any:
+                      *args: Any, attentions: int, **kwargs: Any) -> Any:
     regions = kwargs.pop(COND_KEY, None)
     if regions is None:
         return executor(x, timestep, context, *args, **kwargs)
     regions.check(x, context)
-    token = _active.set(regions)
+    call = _Call(regions)
+    token = _active.set(call)
     try:
-        return executor(x, timestep, context, *args, **kwargs)
+        out = executor(x, timestep, context, *args, **kwargs)
     finally:
         _active.reset(token)
+    if call.attentions != attentions:
+        raise RuntimeError(f"EliGen: {call.attentions} of the model's {attentions} joint attentions took the regional "
+                           "mask; this ComfyUI, or another patch on the model, runs attention past ComfyUI's "
+                           "attention override, so the regions cannot be applied")
+    return out
 
 
 def _regional_attention(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    regions = _active.get()
-    if regions is None:
+    call = _active.get()
+    if call is None:
         return func(*args, **kwargs)
+    regions = call.regions
     q = args[0]
     n = q.shape[2] if kwargs.get("skip_reshape") else q.shape[1]
     given = args[4] if len(args) > 4 else kwargs.get("mask")
@@ -122,30 +145,32 @@ def _regional_attention(func: Callable[..., Any], *args: Any, **kwargs: Any) -> 
                          f" where EliGen expects {regions.length} tokens and no other mask; reference latents, "
                          "IP-Adapters and other nodes that add tokens or masks cannot run with EliGen Apply")
     mask = regions.mask(q.dtype, q.device)
+    call.attentions += 1
     if len(args) > 4:
         return func(*args[:4], mask, *args[5:], **kwargs)
     return func(*args, **{**kwargs, "mask": mask})
 
 
 def _qwen_block(args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    regions = _active.get()
-    if regions is not None:
-        args = {**args, "pe": regions.text_rotary(args["pe"])}
+    call = _active.get()
+    if call is not None:
+        args = {**args, "pe": call.regions.text_rotary(args["pe"])}
     return extra["original_block"](args)
 
 
 def patched(model: Any) -> Any:
     """A clone of the ComfyUI MODEL (a ModelPatcher) that runs entries with `Regions` regionally."""
-    family = family_of(model.model.diffusion_model)
+    diffusion_model = model.model.diffusion_model
+    family = family_of(diffusion_model)
     patched_model = model.clone()
-    patched_model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                       _run_with_regions)
+    wrapper = functools.partial(_run_with_regions, attentions=joint_attentions(diffusion_model))
+    patched_model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, wrapper)
     options = patched_model.model_options.setdefault("transformer_options", {})
     current = options.get("optimized_attention_override")
     if current is not None and current is not _regional_attention:
         raise ValueError("EliGen Apply: another node already overrides this model's attention; EliGen needs it")
     options["optimized_attention_override"] = _regional_attention
     if family == "qwen_image":
-        for i in range(len(model.model.diffusion_model.transformer_blocks)):
+        for i in range(len(diffusion_model.transformer_blocks)):
             patched_model.set_model_patch_replace(_qwen_block, "dit", "double_block", i)
     return patched_model

@@ -325,6 +325,21 @@ def test_a_latent_of_another_size_is_a_clear_error_at_sampling(tiny_pipe, flux, 
         comfy_velocity(model, pos_c, neg_c, torch.zeros(1, 16, 12, 12))
 
 
+def test_attention_that_bypasses_comfyui_s_override_is_a_clear_error(flux, clip) -> None:
+    """A patch that runs a block without ComfyUI's transformer_options (so without its attention override) would
+    leave that block unmasked: the sampler call stops with a message instead."""
+    glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled("a photo of a table")]
+    (entities,) = EliGenEntity().add(clip, "a red cup", 0, 0, 0.5, 1, "fraction")
+    model, pos_c, neg_c = EliGenApply().apply(flux, glob, glob, entities, WIDTH, HEIGHT, False)
+
+    def without_options(args, extra):
+        return extra["original_block"]({**args, "transformer_options": {}})
+
+    model.set_model_patch_replace(without_options, "dit", "double_block", 0)
+    with pytest.raises(RuntimeError, match="3 of the model's 4 joint attentions took the regional mask"):
+        comfy_velocity(model, pos_c, neg_c, torch.zeros(1, 16, HEIGHT // 8, WIDTH // 8))
+
+
 def test_load_eligen_layout_gives_the_layout_s_entities_prompts_and_size(tiny_pipe, flux, clip, tmp_path,
                                                                         one_thread) -> None:
     """A layout file through Load EliGen layout -> EliGen Apply runs like the same entities given one by one."""
