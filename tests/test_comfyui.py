@@ -439,6 +439,52 @@ def test_the_reference_s_flux_lora_loads_in_comfyui_after_eligen_lora_convert(ti
     assert moved > 100 * TOLERANCE
 
 
+def test_a_qwen_image_eligen_lora_loads_in_comfyui_as_it_is(tiny_qwen_pipe, qwen, tmp_path, one_thread) -> None:
+    """The reference's Qwen-Image LoRAs name diffusers' modules (peft keys with `.default`), which ComfyUI's loader
+    maps for Qwen-Image: the same file acts in ComfyUI as in eligen (a denoiser call with entities)."""
+    import comfy.lora
+    from safetensors.torch import save_file
+
+    from eligen.pipeline.lora import apply_loras, remove_loras
+
+    pipe = tiny_qwen_pipe
+    targets = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj",
+               "attn.to_out.0", "attn.to_add_out", "img_mlp.net.2", "img_mod.1", "txt_mlp.net.2", "txt_mod.1")
+    weights = qwen.model.diffusion_model.state_dict()
+    generator = torch.Generator().manual_seed(3)
+    lora = {}
+    for i in range(len(qwen.model.diffusion_model.transformer_blocks)):
+        for target in targets:
+            out_features, in_features = weights[f"transformer_blocks.{i}.{target}.weight"].shape
+            key = f"transformer_blocks.{i}.{target}"
+            lora[f"{key}.lora_A.default.weight"] = torch.randn(4, in_features, generator=generator) * 0.1
+            lora[f"{key}.lora_B.default.weight"] = torch.randn(out_features, 4, generator=generator) * 0.1
+    save_file(lora, tmp_path / "qwen-lora.safetensors")
+    patches = comfy.lora.load_lora(lora, comfy.lora.model_lora_keys_unet(qwen.model, {}))
+    assert len(patches) == len(lora) // 2  # every layer mapped, no conversion
+    with_lora = qwen.clone()
+    with_lora.add_patches(patches, 1.0)
+
+    lay = layout(3)
+    positive, negative = pipe.conditionings(lay, pipe.token_regions(lay, Path(".")))
+    x = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(6))
+    before = eligen_velocity(pipe, positive, negative, x, None)
+    apply_loras(pipe.transformer, [(pipe.family.load_lora(tmp_path / "qwen-lora.safetensors"), 1.0)])
+    try:
+        expected = eligen_velocity(pipe, positive, negative, x, None)
+    finally:
+        remove_loras(pipe.transformer)
+    clip = EncoderAsClip(pipe.prompt_encoder(pipe.max_sequence_length(lay)))
+    model, pos_c, neg_c = EliGenApply().apply(with_lora, clip.encode_from_tokens_scheduled(lay.prompt),
+                                              clip.encode_from_tokens_scheduled(lay.negative_prompt),
+                                              node_entities(clip, 3), WIDTH, HEIGHT, False)
+    got = comfy_velocity(model, pos_c, neg_c, x[:, :, None])[:, :, 0]
+    err, moved = (got - expected).abs().max().item(), (expected - before).abs().max()
+    print(f"Qwen-Image with a LoRA: max err {err:.2e}, the LoRA moves v by {moved:.2e}")
+    assert err < TOLERANCE
+    assert moved > 100 * TOLERANCE
+
+
 def test_lora_convert_refuses_files_comfyui_reads_already_and_unknown_keys(tmp_path: Path) -> None:
     from safetensors.torch import save_file
     from typer.testing import CliRunner
