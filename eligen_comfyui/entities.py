@@ -50,7 +50,8 @@ def mask_region(mask: torch.Tensor, label: str) -> dict[str, Any]:
     return {"mask": DATA_URL_PREFIX + base64.b64encode(buffer.getvalue()).decode("ascii")}
 
 
-def _pixel_mask(entity: Entity, size: tuple[int, int]) -> np.ndarray:
+def pixel_mask(entity: Entity, size: tuple[int, int]) -> np.ndarray:
+    """The entity's region as a boolean (height, width) mask on a `size` = (width, height) canvas."""
     layout = parse_layout({"size": list(size), "units": entity.units, "prompt": entity.prompt,
                            "entities": [{"prompt": entity.prompt, **entity.region}]}, entity.label)
     return entity_masks(layout, Path("."), entity.label, same_size=True)[0]
@@ -66,7 +67,7 @@ def token_regions(entities: list[Entity], width: int, height: int) -> torch.Tens
         if not entities:
             raise LayoutError("EliGen Apply", "entities", "expected at least one entity")
         size = (width, height)
-        masks = [_pixel_mask(e, size) for e in entities]
+        masks = [pixel_mask(e, size) for e in entities]
         layout = parse_layout({"size": list(size), "prompt": "regions", "entities": [
             {"prompt": e.prompt, "mask": mask_data_url(m)} for e, m in zip(entities, masks, strict=True)]},
             "EliGen Apply")

@@ -8,6 +8,7 @@ import comfy.conds
 import torch
 
 from .entities import Entity, mask_region, token_regions
+from .inpaint import fused, union_mask
 from .layout_file import layout_entities
 from .patch import COND_KEY, Regions, family_of, patched
 
@@ -110,6 +111,35 @@ class EliGenApply:
         return patched(model), positive, negative
 
 
+class EliGenInpaint:
+    """Repaint the entities' regions of a source image and keep the rest (the paper's inpainting fusion)."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        side = {"default": 1024, "min": 16, "max": 16384, "step": 16}
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "source": ("LATENT", {"tooltip": "the source image encoded by the VAE, at width x height"}),
+                "entities": (ENTITIES,),
+                "width": ("INT", side), "height": ("INT", side),
+                "fuse": (["positive", "both"], {"tooltip": "positive: the paper (the negative branch unfused, so "
+                                                          "CFG pulls the background toward the source without "
+                                                          "pinning it); both: the background follows the source"}),
+            },
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+
+    def patch(self, model: Any, source: dict[str, torch.Tensor], entities: tuple[Entity, ...], width: int,
+              height: int, fuse: str) -> tuple[Any]:
+        family_of(model.model.diffusion_model)
+        return (fused(model, source["samples"], union_mask(list(entities), width, height), fuse == "both"),)
+
+
 class LoadEliGenLayout:
     """An eligen layout (YAML, or a PNG written by eligen) -> its entities and prompts, encoded with the CLIP."""
 
@@ -132,6 +162,7 @@ class LoadEliGenLayout:
                 layout.width, layout.height, layout.regions_on_negative)
 
 
-NODE_CLASS_MAPPINGS = {"EliGenEntity": EliGenEntity, "EliGenApply": EliGenApply, "LoadEliGenLayout": LoadEliGenLayout}
+NODE_CLASS_MAPPINGS = {"EliGenEntity": EliGenEntity, "EliGenApply": EliGenApply, "EliGenInpaint": EliGenInpaint,
+                       "LoadEliGenLayout": LoadEliGenLayout}
 NODE_DISPLAY_NAME_MAPPINGS = {"EliGenEntity": "EliGen Entity", "EliGenApply": "EliGen Apply",
-                              "LoadEliGenLayout": "Load EliGen layout"}
+                              "EliGenInpaint": "EliGen Inpaint", "LoadEliGenLayout": "Load EliGen layout"}

@@ -36,7 +36,7 @@ from comfyui_models import comfy_flux, comfy_qwen_image  # noqa: E402
 from eligen.pipeline.layout import parse_layout  # noqa: E402
 from eligen.pipeline.regions import mask_data_url  # noqa: E402
 from eligen.pipeline.sampler import get_noise, get_schedule, pack, unpack  # noqa: E402
-from eligen_comfyui.nodes import EliGenApply, EliGenEntity, LoadEliGenLayout  # noqa: E402
+from eligen_comfyui.nodes import EliGenApply, EliGenEntity, EliGenInpaint, LoadEliGenLayout  # noqa: E402
 
 WIDTH, HEIGHT = 128, 96
 SIGMA = 0.75
@@ -204,6 +204,48 @@ def test_flux_sampling_in_comfyui_equals_eligen_generate(tiny_pipe, flux, one_th
     assert err < 2 * TOLERANCE
 
 
+@pytest.mark.parametrize("fuse", ["positive", "both"])
+def test_flux_inpainting_in_comfyui_equals_eligen_s_fusion(tiny_pipe, flux, one_thread, fuse: str) -> None:
+    """EliGen Inpaint on ComfyUI's sampler loop and eligen's sampling with the paper's fusion (positive branch) or
+    both branches fused, on the same source latents, noise and sigmas: the same latents."""
+    from eligen.pipeline.inpaint import Fusion, packed_union, paper_union
+    from eligen.pipeline.regions import entity_masks
+
+    lay, seed = layout(2), 3
+    positive, negative = tiny_pipe.conditionings(lay, tiny_pipe.token_regions(lay, Path(".")))
+    z_init = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(9))
+    union = packed_union(paper_union(entity_masks(lay, Path(".")), 8), 16, torch.device("cpu"))
+    fusion = Fusion(pack(z_init), union)
+    expected = unpack(tiny_pipe.sample(lay, positive, negative, seed, fuse_positive=fusion,
+                                       fuse_negative=fusion if fuse == "both" else None), HEIGHT // 8, WIDTH // 8)
+
+    clip = EncoderAsClip(tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(lay)))
+    glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
+    neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
+    entities = node_entities(clip, 2)
+    model, pos_c, neg_c = EliGenApply().apply(flux, glob, neg, entities, WIDTH, HEIGHT, False)
+    source = {"samples": flux.model.process_latent_out(z_init)}  # as VAE Encode gives it
+    (model,) = EliGenInpaint().patch(model, source, entities, WIDTH, HEIGHT, fuse)
+    noise = get_noise(seed, 16, HEIGHT // 8, WIDTH // 8, torch.float32)
+    sigmas, _ = get_schedule(tiny_pipe.schedule(lay), lay.steps, (HEIGHT // 16) * (WIDTH // 16),
+                             tiny_pipe.family.scheduler_config)
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(pos_c, neg_c)
+    guider.set_cfg(CFG)
+    got = model.model.process_latent_in(guider.sample(noise, torch.zeros_like(noise),
+                                                      comfy.samplers.sampler_object("euler"), sigmas,
+                                                      disable_pbar=True, seed=seed))
+    err = (got - expected).abs().max().item()
+    outside = ~unpack(union.float(), HEIGHT // 8, WIDTH // 8).bool()
+    print(f"FLUX inpainting ({fuse}): max err {err:.2e}; outside the regions the result is "
+          f"{(got - z_init)[outside].abs().max():.2e} from the source")
+    assert err < 2 * TOLERANCE
+    if fuse == "both":  # both branches follow the source outside the regions: the last step lands on it
+        assert (got - z_init)[outside].abs().max() < 1e-5
+    with pytest.raises(ValueError, match="the source latent is 64x64, the entities were placed on 128x96"):
+        EliGenInpaint().patch(flux, {"samples": torch.zeros(1, 16, 8, 8)}, entities, WIDTH, HEIGHT, fuse)
+
+
 @pytest.fixture(scope="module")
 def comfy_nodes(tmp_path_factory: pytest.TempPathFactory):
     """ComfyUI's node table with the node pack loaded by ComfyUI's own custom-node loader, from a custom_nodes/
@@ -218,7 +260,7 @@ def comfy_nodes(tmp_path_factory: pytest.TempPathFactory):
 
 def test_comfyui_discovers_the_node_pack_in_custom_nodes(comfy_nodes) -> None:
     nodes = comfy_nodes
-    assert {"EliGenEntity", "EliGenApply", "LoadEliGenLayout"} <= set(nodes.NODE_CLASS_MAPPINGS)
+    assert {"EliGenEntity", "EliGenApply", "EliGenInpaint", "LoadEliGenLayout"} <= set(nodes.NODE_CLASS_MAPPINGS)
     assert nodes.NODE_DISPLAY_NAME_MAPPINGS["EliGenApply"] == "EliGen Apply"
     from comfy_config import config_parser  # the registry metadata, read as ComfyUI reads it
 
@@ -236,6 +278,10 @@ def test_comfyui_discovers_the_node_pack_in_custom_nodes(comfy_nodes) -> None:
                                                                  "ELIGEN_ENTITIES", "INT", "INT", "BOOLEAN"]
     assert apply.RETURN_TYPES == ("MODEL", "CONDITIONING", "CONDITIONING")
     assert load.RETURN_TYPES == ("ELIGEN_ENTITIES", "CONDITIONING", "CONDITIONING", "INT", "INT", "BOOLEAN")
+    inpaint = nodes.NODE_CLASS_MAPPINGS["EliGenInpaint"]
+    assert [v[0] for v in inpaint.INPUT_TYPES()["required"].values()] == [
+        "MODEL", "LATENT", "ELIGEN_ENTITIES", "INT", "INT", ["positive", "both"]]
+    assert inpaint.RETURN_TYPES == ("MODEL",)
     for node in (entity, apply, load):
         assert callable(getattr(node(), node.FUNCTION))
 
@@ -262,7 +308,7 @@ print(sorted(eligen_clone.NODE_CLASS_MAPPINGS))
     (tmp_path / "eligen_clone").symlink_to(ROOT, target_is_directory=True)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "['EliGenApply', 'EliGenEntity', 'LoadEliGenLayout']" in run.stdout
+    assert "['EliGenApply', 'EliGenEntity', 'EliGenInpaint', 'LoadEliGenLayout']" in run.stdout
 
 
 @pytest.fixture
