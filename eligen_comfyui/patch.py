@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import comfy.ldm.flux.model
+import comfy.ldm.modules.attention
 import comfy.ldm.qwen_image.model
 import comfy.patcher_extension
 import torch
@@ -146,6 +147,8 @@ def _regional_attention(func: Callable[..., Any], *args: Any, **kwargs: Any) -> 
                          "IP-Adapters and other nodes that add tokens or masks cannot run with EliGen Apply")
     mask = regions.mask(q.dtype, q.device)
     call.attentions += 1
+    if func is getattr(comfy.ldm.modules.attention, "attention_sage", None):
+        func = comfy.ldm.modules.attention.attention_pytorch  # SageAttention's masks are not relied on
     if len(args) > 4:
         return func(*args[:4], mask, *args[5:], **kwargs)
     return func(*args, **{**kwargs, "mask": mask})
