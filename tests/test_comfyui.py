@@ -30,6 +30,7 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True  # before ComfyUI picks its device: these tests run on the CPU
 
+import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 from comfyui_models import comfy_flux, comfy_qwen_image  # noqa: E402
 
@@ -176,8 +177,8 @@ def test_qwen_image_denoiser_call_equals_eligen_velocity(tiny_qwen_pipe, qwen, o
 
 
 def test_flux_sampling_in_comfyui_equals_eligen_generate(tiny_pipe, flux, one_thread) -> None:
-    """ComfyUI's own sampler loop (its euler sampler, CFG guider) with the nodes' conditioning on the tiny FLUX, and
-    eligen's sampling of the same layout: the same noise and the same sigmas give the same latents."""
+    """ComfyUI's own sampler loop (KSampler's path: its euler sampler, CFG guider) with the nodes' conditioning on
+    the tiny FLUX, and eligen's sampling of the same layout: the same noise and sigmas give the same latents."""
     lay, seed = layout(3), 7
     positive, negative = tiny_pipe.conditionings(lay, tiny_pipe.token_regions(lay, Path(".")))
     expected = unpack(tiny_pipe.sample(lay, positive, negative, seed), HEIGHT // 8, WIDTH // 8)
@@ -189,11 +190,9 @@ def test_flux_sampling_in_comfyui_equals_eligen_generate(tiny_pipe, flux, one_th
     noise = get_noise(seed, 16, HEIGHT // 8, WIDTH // 8, torch.float32)
     sigmas, _ = get_schedule(tiny_pipe.schedule(lay), lay.steps, (HEIGHT // 16) * (WIDTH // 16),
                              tiny_pipe.family.scheduler_config)
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(pos_c, neg_c)
-    guider.set_cfg(CFG)
-    samples = guider.sample(noise, torch.zeros_like(noise), comfy.samplers.sampler_object("euler"), sigmas,
-                            disable_pbar=True, seed=seed)
+    # comfy.sample.sample is KSampler's own path (common_ksampler), here with eligen's sigmas
+    samples = comfy.sample.sample(model, noise, lay.steps, CFG, "euler", "simple", pos_c, neg_c,
+                                  torch.zeros_like(noise), sigmas=sigmas, disable_pbar=True, seed=seed)
     got = model.model.process_latent_in(samples)  # back from ComfyUI's VAE scale to the model's latents
 
     err = (got - expected).abs().max().item()
