@@ -90,11 +90,12 @@ def node_entities(clip: EncoderAsClip, k: int) -> tuple:
     return entities
 
 
-def comfy_velocity(patcher, positive: list, negative: list, x: torch.Tensor) -> torch.Tensor:
-    """The CFG velocity of one denoiser call through ComfyUI's guider (conds, batching, patches) at SIGMA."""
+def comfy_velocity(patcher, positive: list, negative: list, x: torch.Tensor, cfg: float = CFG) -> torch.Tensor:
+    """The CFG velocity of one denoiser call through ComfyUI's guider (conds, batching, patches) at SIGMA (at cfg 1
+    ComfyUI runs no negative branch)."""
     guider = comfy.samplers.CFGGuider(patcher)
     guider.set_conds(positive, negative)
-    guider.set_cfg(CFG)
+    guider.set_cfg(cfg)
     denoised = []
 
     def one_call(model, noise, sigmas, extra_args=None, callback=None, disable=None):
@@ -106,13 +107,17 @@ def comfy_velocity(patcher, positive: list, negative: list, x: torch.Tensor) -> 
     return (x - denoised[0]) / SIGMA  # ComfyUI's flow models predict x0 = x - sigma * v
 
 
-def eligen_velocity(pipe, positive, negative, x: torch.Tensor, guidance: float | None) -> torch.Tensor:
+def eligen_velocity(pipe, positive, negative, x: torch.Tensor, guidance: float | None,
+                    cfg: float = CFG) -> torch.Tensor:
     latent_h, latent_w = x.shape[-2:]
     velocity = pipe.family.velocity(pipe.transformer, latent_h, latent_w, guidance)
     tokens, t = pack(x), torch.tensor(SIGMA * 1000)
     with torch.inference_mode():
-        v_pos, v_neg = velocity(tokens, t, positive), velocity(tokens, t, negative)
-    return unpack(v_neg + CFG * (v_pos - v_neg), latent_h, latent_w)
+        v = velocity(tokens, t, positive)
+        if cfg != 1.0:
+            v_neg = velocity(tokens, t, negative)
+            v = v_neg + cfg * (v - v_neg)
+    return unpack(v, latent_h, latent_w)
 
 
 @pytest.fixture(scope="module")
@@ -120,24 +125,26 @@ def flux(tiny_model: Path):
     return comfy_flux(tiny_model)
 
 
-@pytest.mark.parametrize(("k", "regions_on_negative"), [(2, False), (3, True), (4, False), (4, True)])
-def test_flux_denoiser_call_equals_eligen_velocity(tiny_pipe, flux, one_thread, k: int,
-                                                   regions_on_negative: bool) -> None:
+@pytest.mark.parametrize(("k", "regions_on_negative", "cfg"),
+                         [(2, False, CFG), (3, True, CFG), (4, False, CFG), (4, True, CFG), (3, False, 1.0)])
+def test_flux_denoiser_call_equals_eligen_velocity(tiny_pipe, flux, one_thread, k: int, regions_on_negative: bool,
+                                                   cfg: float) -> None:
+    """One denoiser call with the negative branch (plain, or with regions) and without it (cfg 1)."""
     lay = layout(k, regions_on_negative)
     positive, negative = tiny_pipe.conditionings(lay, tiny_pipe.token_regions(lay, Path(".")))
     x = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(k))
-    expected = eligen_velocity(tiny_pipe, positive, negative, x, GUIDANCE)
+    expected = eligen_velocity(tiny_pipe, positive, negative, x, GUIDANCE, cfg)
 
     clip = EncoderAsClip(tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(lay)))
     glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
     neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
     model, pos_c, neg_c = EliGenApply().apply(flux, glob, neg, node_entities(clip, k), WIDTH, HEIGHT,
                                               regions_on_negative)
-    got = comfy_velocity(model, pos_c, neg_c, x)
-    plain = comfy_velocity(flux, pos_c, neg_c, x)  # the same conditioning on the unpatched model
+    got = comfy_velocity(model, pos_c, neg_c, x, cfg)
+    plain = comfy_velocity(flux, pos_c, neg_c, x, cfg)  # the same conditioning on the unpatched model
 
     err = (got - expected).abs().max().item()
-    print(f"FLUX k={k} regions_on_negative={regions_on_negative}: max |v| {expected.abs().max():.3f}, "
+    print(f"FLUX k={k} regions_on_negative={regions_on_negative} cfg={cfg}: max |v| {expected.abs().max():.3f}, "
           f"max err {err:.2e}, unpatched off by {(plain - expected).abs().max():.2e}")
     # Two float32 implementations of the same model (ComfyUI's fused qkv and real-form rotary, diffusers' split
     # projections) differ by rounding only: about 2e-6 measured on |v| about 2.5 (1e-6 relative, a few ulps through
@@ -151,14 +158,15 @@ def qwen(tiny_qwen_model: Path):
     return comfy_qwen_image(tiny_qwen_model)
 
 
-@pytest.mark.parametrize(("k", "regions_on_negative"), [(2, False), (3, True), (4, False)])
+@pytest.mark.parametrize(("k", "regions_on_negative", "cfg"),
+                         [(2, False, CFG), (3, True, CFG), (4, False, CFG), (4, False, 1.0)])
 def test_qwen_image_denoiser_call_equals_eligen_velocity(tiny_qwen_pipe, qwen, one_thread, k: int,
-                                                         regions_on_negative: bool) -> None:
+                                                         regions_on_negative: bool, cfg: float) -> None:
     pipe = tiny_qwen_pipe
     lay = layout(k, regions_on_negative)
     positive, negative = pipe.conditionings(lay, pipe.token_regions(lay, Path(".")))
     x = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(k))
-    expected = eligen_velocity(pipe, positive, negative, x, None)
+    expected = eligen_velocity(pipe, positive, negative, x, None, cfg)
 
     clip = EncoderAsClip(pipe.prompt_encoder(pipe.max_sequence_length(lay)))
     glob = clip.encode_from_tokens_scheduled(lay.prompt)
@@ -166,11 +174,11 @@ def test_qwen_image_denoiser_call_equals_eligen_velocity(tiny_qwen_pipe, qwen, o
     model, pos_c, neg_c = EliGenApply().apply(qwen, glob, neg, node_entities(clip, k), WIDTH, HEIGHT,
                                               regions_on_negative)
     x5 = x[:, :, None]  # ComfyUI's Qwen-Image latents carry a frame axis
-    got = comfy_velocity(model, pos_c, neg_c, x5)[:, :, 0]
-    plain = comfy_velocity(qwen, pos_c, neg_c, x5)[:, :, 0]
+    got = comfy_velocity(model, pos_c, neg_c, x5, cfg)[:, :, 0]
+    plain = comfy_velocity(qwen, pos_c, neg_c, x5, cfg)[:, :, 0]
 
     err = (got - expected).abs().max().item()
-    print(f"Qwen-Image k={k} regions_on_negative={regions_on_negative}: max |v| {expected.abs().max():.3f}, "
+    print(f"Qwen-Image k={k} regions_on_negative={regions_on_negative} cfg={cfg}: max |v| {expected.abs().max():.3f}, "
           f"max err {err:.2e}, unpatched off by {(plain - expected).abs().max():.2e}")
     assert err < TOLERANCE
     assert (plain - expected).abs().max() > 100 * TOLERANCE
