@@ -60,8 +60,8 @@ class EliGenEntity:
         return ((*entities, Entity(prompt, conditioning[0][0], region, units)),)
 
 
-def _with_regions(conditioning: list[list[Any]], entities: tuple[Entity, ...], regions: torch.Tensor, family: str,
-                  width: int, height: int, negative: bool) -> list[list[Any]]:
+def _with_regions(conditioning: list[list[Any]], entities: tuple[Entity, ...], regions: torch.Tensor, width: int,
+                  height: int, negative: bool) -> list[list[Any]]:
     """Each entry's text preceded by the entity groups (for a regional negative: its own text once per entity)."""
     out = []
     for embedding, options in conditioning:
@@ -73,7 +73,7 @@ def _with_regions(conditioning: list[list[Any]], entities: tuple[Entity, ...], r
         groups = [g.to(embedding) for g in groups] + [embedding]
         lengths = tuple(g.shape[1] for g in groups)
         model_conds = {**options.get("model_conds", {}),
-                       COND_KEY: comfy.conds.CONDConstant(Regions(family, regions, lengths, width, height))}
+                       COND_KEY: comfy.conds.CONDConstant(Regions(regions, lengths, width, height))}
         out.append([torch.cat(groups, dim=1), {**options, "model_conds": model_conds}])
     return out
 
@@ -103,11 +103,11 @@ class EliGenApply:
 
     def apply(self, model: Any, positive: list[list[Any]], negative: list[list[Any]], entities: tuple[Entity, ...],
               width: int, height: int, regions_on_negative: bool) -> tuple[Any, list[list[Any]], list[list[Any]]]:
-        family = family_of(model.model.diffusion_model)
+        family_of(model.model.diffusion_model)  # a clear error before any work for a model EliGen does not run on
         regions = token_regions(list(entities), width, height)
-        positive = _with_regions(positive, entities, regions, family, width, height, negative=False)
+        positive = _with_regions(positive, entities, regions, width, height, negative=False)
         if regions_on_negative:
-            negative = _with_regions(negative, entities, regions, family, width, height, negative=True)
+            negative = _with_regions(negative, entities, regions, width, height, negative=True)
         return patched(model), positive, negative
 
 

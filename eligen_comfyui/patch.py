@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,13 +40,13 @@ WRAPPER_KEY = "eligen_regional_attention"
 FAMILIES = {comfy.ldm.flux.model.Flux: "flux", comfy.ldm.qwen_image.model.QwenImageTransformer2DModel: "qwen_image"}
 
 _active: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("eligen_regions", default=None)
+_holding_masks: weakref.WeakSet[Regions] = weakref.WeakSet()  # freed when a sampling ends
 
 
 @dataclass(eq=False)  # compared by identity: ComfyUI batches two entries only when their conditions are equal
 class Regions:
     """One conditioning entry's prompt groups and token regions, for a latent of one size."""
 
-    family: str
     token_regions: torch.Tensor  # (k, n_image) bool
     group_lengths: tuple[int, ...]  # k entity groups, then the global prompt
     width: int  # the image size the regions were made for, in pixels
@@ -77,6 +78,7 @@ class Regions:
         key = (dtype, device)
         if key not in self._masks:
             self._masks[key] = regional_attention_mask(self.token_regions, self.group_lengths, dtype, device)
+            _holding_masks.add(self)
         return self._masks[key]
 
     def text_rotary(self, pe: torch.Tensor) -> torch.Tensor:
@@ -133,6 +135,16 @@ def _run_with_regions(executor: Callable[..., Any], x: torch.Tensor, timestep: t
     return out
 
 
+def _free_masks_after(executor: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Around a whole sampling: the masks are built once for it and not kept (the conditioning outlives it)."""
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        for regions in list(_holding_masks):
+            regions._masks.clear()
+        _holding_masks.clear()
+
+
 def _regional_attention(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     call = _active.get()
     if call is None:
@@ -168,6 +180,7 @@ def patched(model: Any) -> Any:
     patched_model = model.clone()
     wrapper = functools.partial(_run_with_regions, attentions=joint_attentions(diffusion_model))
     patched_model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, wrapper)
+    patched_model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _free_masks_after)
     options = patched_model.model_options.setdefault("transformer_options", {})
     current = options.get("optimized_attention_override")
     if current is not None and current is not _regional_attention:

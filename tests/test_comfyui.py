@@ -142,6 +142,8 @@ def test_flux_denoiser_call_equals_eligen_velocity(tiny_pipe, flux, one_thread, 
                                               regions_on_negative)
     got = comfy_velocity(model, pos_c, neg_c, x, cfg)
     plain = comfy_velocity(flux, pos_c, neg_c, x, cfg)  # the same conditioning on the unpatched model
+    regions = pos_c[0][1]["model_conds"]["eligen_regions"].cond
+    assert regions.token_regions.shape == (k, (HEIGHT // 16) * (WIDTH // 16)) and not regions._masks  # freed
 
     err = (got - expected).abs().max().item()
     print(f"FLUX k={k} regions_on_negative={regions_on_negative} cfg={cfg}: max |v| {expected.abs().max():.3f}, "
