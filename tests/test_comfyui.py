@@ -581,7 +581,7 @@ def test_example_workflows_pass_comfyui_s_prompt_validation(comfy_nodes, workflo
     import execution
     import folder_paths
 
-    graph = json.loads((ROOT / "example_workflows" / workflow).read_text())
+    graph = json.loads((ROOT / "comfyui-workflows" / workflow).read_text())
     names = {"unet_name": "diffusion_models", "clip_name": "text_encoders", "clip_name1": "text_encoders",
              "clip_name2": "text_encoders", "vae_name": "vae", "lora_name": "loras"}
     for node in graph.values():
