@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import comfy.conds
+import comfy.hooks
 import torch
 
 from .entities import Entity, mask_region, token_regions
 from .inpaint import fused, union_mask
 from .layout_file import layout_entities
-from .patch import COND_KEY, Regions, family_of, patched
+from .patch import COND_KEY, Regions, family_of, regions_hooks
 
 ENTITIES = "ELIGEN_ENTITIES"
 CATEGORY = "conditioning/eligen"
@@ -61,8 +62,9 @@ class EliGenEntity:
 
 
 def _with_regions(conditioning: list[list[Any]], entities: tuple[Entity, ...], regions: torch.Tensor, width: int,
-                  height: int, negative: bool) -> list[list[Any]]:
-    """Each entry's text preceded by the entity groups (for a regional negative: its own text once per entity)."""
+                  height: int, negative: bool, hooks: comfy.hooks.HookGroup) -> list[list[Any]]:
+    """Each entry's text preceded by the entity groups (for a regional negative: its own text once per entity),
+    with its Regions and the patch's hook."""
     out = []
     for embedding, options in conditioning:
         groups = [embedding] * len(entities) if negative else [e.embedding for e in entities]
@@ -75,18 +77,18 @@ def _with_regions(conditioning: list[list[Any]], entities: tuple[Entity, ...], r
         model_conds = {**options.get("model_conds", {}),
                        COND_KEY: comfy.conds.CONDConstant(Regions(regions, lengths, width, height))}
         out.append([torch.cat(groups, dim=1), {**options, "model_conds": model_conds}])
-    return out
+    return comfy.hooks.set_hooks_for_conditioning(out, hooks)
 
 
 class EliGenApply:
-    """Global conditioning + entities -> a patched MODEL and conditioning that run EliGen's regional attention."""
+    """Global conditioning + entities -> conditioning that ComfyUI's samplers run with EliGen's regional attention."""
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         side = {"default": 1024, "min": 16, "max": 16384, "step": 16}
         return {
             "required": {
-                "model": ("MODEL",),
+                "model": ("MODEL", {"tooltip": "the FLUX.1 or Qwen-Image model the conditioning is for"}),
                 "positive": ("CONDITIONING",),
                 "negative": ("CONDITIONING",),
                 "entities": (ENTITIES,),
@@ -96,19 +98,19 @@ class EliGenApply:
             },
         }
 
-    RETURN_TYPES = ("MODEL", "CONDITIONING", "CONDITIONING")
-    RETURN_NAMES = ("model", "positive", "negative")
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("positive", "negative")
     FUNCTION = "apply"
     CATEGORY = CATEGORY
 
     def apply(self, model: Any, positive: list[list[Any]], negative: list[list[Any]], entities: tuple[Entity, ...],
-              width: int, height: int, regions_on_negative: bool) -> tuple[Any, list[list[Any]], list[list[Any]]]:
-        family_of(model.model.diffusion_model)  # a clear error before any work for a model EliGen does not run on
+              width: int, height: int, regions_on_negative: bool) -> tuple[list[list[Any]], list[list[Any]]]:
+        hooks = regions_hooks(model.model.diffusion_model)  # a clear error first for a model EliGen does not run on
         regions = token_regions(list(entities), width, height)
-        positive = _with_regions(positive, entities, regions, width, height, negative=False)
+        positive = _with_regions(positive, entities, regions, width, height, False, hooks)
         if regions_on_negative:
-            negative = _with_regions(negative, entities, regions, width, height, negative=True)
-        return patched(model), positive, negative
+            negative = _with_regions(negative, entities, regions, width, height, True, hooks)
+        return positive, negative
 
 
 class EliGenInpaint:

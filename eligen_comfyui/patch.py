@@ -1,8 +1,9 @@
 """The model patch that runs EliGen's regional attention inside ComfyUI's own FLUX.1 and Qwen-Image models.
 
 EliGen Apply gives each conditioning entry a `Regions` value (a model condition, so it reaches the diffusion model
-with the entry it belongs to, and ComfyUI never batches two entries with different regions together). The patch
-on the MODEL has three parts, all through ComfyUI's public patching interfaces:
+with the entry it belongs to, and ComfyUI never batches two entries with different regions together) and a hook
+that brings the patch to whichever MODEL samples the conditioning. The patch has three parts, all through
+ComfyUI's public patching interfaces:
 
 * a DIFFUSION_MODEL wrapper that takes the entry's `Regions`, checks it against the latent and the text it runs
   with, and makes it the active one for that call;
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import comfy.hooks
 import comfy.ldm.flux.model
 import comfy.ldm.modules.attention
 import comfy.ldm.qwen_image.model
@@ -173,20 +175,21 @@ def _qwen_block(args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return extra["original_block"](args)
 
 
-def patched(model: Any) -> Any:
-    """A clone of the ComfyUI MODEL (a ModelPatcher) that runs entries with `Regions` regionally."""
-    diffusion_model = model.model.diffusion_model
-    family = family_of(diffusion_model)
-    patched_model = model.clone()
-    wrapper = functools.partial(_run_with_regions, attentions=joint_attentions(diffusion_model))
-    patched_model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, wrapper)
-    patched_model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _free_masks_after)
-    options = patched_model.model_options.setdefault("transformer_options", {})
-    current = options.get("optimized_attention_override")
-    if current is not None and current is not _regional_attention:
-        raise ValueError("EliGen Apply: another node already overrides this model's attention; EliGen needs it")
-    options["optimized_attention_override"] = _regional_attention
-    if family == "qwen_image":
-        for i in range(len(diffusion_model.transformer_blocks)):
-            patched_model.set_model_patch_replace(_qwen_block, "dit", "double_block", i)
-    return patched_model
+def regions_hooks(diffusion_model: torch.nn.Module) -> comfy.hooks.HookGroup:
+    """The patch as a conditioning hook (ComfyUI's TransformerOptionsHook): it comes with the conditioning to
+    whichever MODEL samples it, so no model output has to be wired to the sampler."""
+    wrappers = comfy.patcher_extension.WrappersMP
+    options: dict[str, Any] = {
+        "wrappers": {
+            wrappers.DIFFUSION_MODEL: {WRAPPER_KEY: [
+                functools.partial(_run_with_regions, attentions=joint_attentions(diffusion_model))]},
+            wrappers.OUTER_SAMPLE: {WRAPPER_KEY: [_free_masks_after]},
+        },
+        "optimized_attention_override": _regional_attention,
+    }
+    if family_of(diffusion_model) == "qwen_image":
+        blocks = range(len(diffusion_model.transformer_blocks))
+        options["patches_replace"] = {"dit": {("double_block", i): _qwen_block for i in blocks}}
+    group = comfy.hooks.HookGroup()
+    group.add(comfy.hooks.TransformerOptionsHook(options, comfy.hooks.EnumHookScope.AllConditioning))
+    return group

@@ -107,6 +107,11 @@ def comfy_velocity(patcher, positive: list, negative: list, x: torch.Tensor, cfg
     return (x - denoised[0]) / SIGMA  # ComfyUI's flow models predict x0 = x - sigma * v
 
 
+def without_hooks(conditioning: list) -> list:
+    """The conditioning without the hook EliGen Apply attaches: the regions are then not applied (a control)."""
+    return [[c[0], {k: v for k, v in c[1].items() if k != "hooks"}] for c in conditioning]
+
+
 def eligen_velocity(pipe, positive, negative, x: torch.Tensor, guidance: float | None,
                     cfg: float = CFG) -> torch.Tensor:
     latent_h, latent_w = x.shape[-2:]
@@ -138,10 +143,9 @@ def test_flux_denoiser_call_equals_eligen_velocity(tiny_pipe, flux, one_thread, 
     clip = EncoderAsClip(tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(lay)))
     glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
     neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
-    model, pos_c, neg_c = EliGenApply().apply(flux, glob, neg, node_entities(clip, k), WIDTH, HEIGHT,
-                                              regions_on_negative)
-    got = comfy_velocity(model, pos_c, neg_c, x, cfg)
-    plain = comfy_velocity(flux, pos_c, neg_c, x, cfg)  # the same conditioning on the unpatched model
+    pos_c, neg_c = EliGenApply().apply(flux, glob, neg, node_entities(clip, k), WIDTH, HEIGHT, regions_on_negative)
+    got = comfy_velocity(flux, pos_c, neg_c, x, cfg)  # the MODEL as the loader gave it: the hook brings the patch
+    plain = comfy_velocity(flux, without_hooks(pos_c), without_hooks(neg_c), x, cfg)  # the same text, no regions
     regions = pos_c[0][1]["model_conds"]["eligen_regions"].cond
     assert regions.token_regions.shape == (k, (HEIGHT // 16) * (WIDTH // 16)) and not regions._masks  # freed
 
@@ -173,11 +177,10 @@ def test_qwen_image_denoiser_call_equals_eligen_velocity(tiny_qwen_pipe, qwen, o
     clip = EncoderAsClip(pipe.prompt_encoder(pipe.max_sequence_length(lay)))
     glob = clip.encode_from_tokens_scheduled(lay.prompt)
     neg = clip.encode_from_tokens_scheduled(lay.negative_prompt)
-    model, pos_c, neg_c = EliGenApply().apply(qwen, glob, neg, node_entities(clip, k), WIDTH, HEIGHT,
-                                              regions_on_negative)
+    pos_c, neg_c = EliGenApply().apply(qwen, glob, neg, node_entities(clip, k), WIDTH, HEIGHT, regions_on_negative)
     x5 = x[:, :, None]  # ComfyUI's Qwen-Image latents carry a frame axis
-    got = comfy_velocity(model, pos_c, neg_c, x5, cfg)[:, :, 0]
-    plain = comfy_velocity(qwen, pos_c, neg_c, x5, cfg)[:, :, 0]
+    got = comfy_velocity(qwen, pos_c, neg_c, x5, cfg)[:, :, 0]
+    plain = comfy_velocity(qwen, without_hooks(pos_c), without_hooks(neg_c), x5, cfg)[:, :, 0]
 
     err = (got - expected).abs().max().item()
     print(f"Qwen-Image k={k} regions_on_negative={regions_on_negative} cfg={cfg}: max |v| {expected.abs().max():.3f}, "
@@ -196,14 +199,14 @@ def test_flux_sampling_in_comfyui_equals_eligen_generate(tiny_pipe, flux, one_th
     clip = EncoderAsClip(tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(lay)))
     glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
     neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
-    model, pos_c, neg_c = EliGenApply().apply(flux, glob, neg, node_entities(clip, 3), WIDTH, HEIGHT, False)
+    pos_c, neg_c = EliGenApply().apply(flux, glob, neg, node_entities(clip, 3), WIDTH, HEIGHT, False)
     noise = get_noise(seed, 16, HEIGHT // 8, WIDTH // 8, torch.float32)
     sigmas, _ = get_schedule(tiny_pipe.schedule(lay), lay.steps, (HEIGHT // 16) * (WIDTH // 16),
                              tiny_pipe.family.scheduler_config)
     # comfy.sample.sample is KSampler's own path (common_ksampler), here with eligen's sigmas
-    samples = comfy.sample.sample(model, noise, lay.steps, CFG, "euler", "simple", pos_c, neg_c,
+    samples = comfy.sample.sample(flux, noise, lay.steps, CFG, "euler", "simple", pos_c, neg_c,
                                   torch.zeros_like(noise), sigmas=sigmas, disable_pbar=True, seed=seed)
-    got = model.model.process_latent_in(samples)  # back from ComfyUI's VAE scale to the model's latents
+    got = flux.model.process_latent_in(samples)  # back from ComfyUI's VAE scale to the model's latents
 
     err = (got - expected).abs().max().item()
     print(f"FLUX sampling, {lay.steps} steps: max |x| {expected.abs().max():.3f}, max err {err:.2e}, "
@@ -232,9 +235,9 @@ def test_flux_inpainting_in_comfyui_equals_eligen_s_fusion(tiny_pipe, flux, one_
     glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
     neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
     entities = node_entities(clip, 2)
-    model, pos_c, neg_c = EliGenApply().apply(flux, glob, neg, entities, WIDTH, HEIGHT, False)
+    pos_c, neg_c = EliGenApply().apply(flux, glob, neg, entities, WIDTH, HEIGHT, False)
     source = {"samples": flux.model.process_latent_out(z_init)}  # as VAE Encode gives it
-    (model,) = EliGenInpaint().patch(model, source, entities, WIDTH, HEIGHT, fuse)
+    (model,) = EliGenInpaint().patch(flux, source, entities, WIDTH, HEIGHT, fuse)
     noise = get_noise(seed, 16, HEIGHT // 8, WIDTH // 8, torch.float32)
     sigmas, _ = get_schedule(tiny_pipe.schedule(lay), lay.steps, (HEIGHT // 16) * (WIDTH // 16),
                              tiny_pipe.family.scheduler_config)
@@ -285,7 +288,7 @@ def test_comfyui_discovers_the_node_pack_in_custom_nodes(comfy_nodes) -> None:
     assert [required[k][0] for k in ("model", "positive", "negative", "entities", "width", "height",
                                      "regions_on_negative")] == ["MODEL", "CONDITIONING", "CONDITIONING",
                                                                  "ELIGEN_ENTITIES", "INT", "INT", "BOOLEAN"]
-    assert apply.RETURN_TYPES == ("MODEL", "CONDITIONING", "CONDITIONING")
+    assert apply.RETURN_TYPES == ("CONDITIONING", "CONDITIONING")
     assert load.RETURN_TYPES == ("ELIGEN_ENTITIES", "CONDITIONING", "CONDITIONING", "INT", "INT", "BOOLEAN")
     inpaint = nodes.NODE_CLASS_MAPPINGS["EliGenInpaint"]
     assert [v[0] for v in inpaint.INPUT_TYPES()["required"].values()] == [
@@ -375,9 +378,9 @@ def test_bad_inputs_give_clear_node_errors(tiny_pipe, flux, clip) -> None:
 def test_a_latent_of_another_size_is_a_clear_error_at_sampling(tiny_pipe, flux, clip) -> None:
     glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled("a photo of a table")]
     (entities,) = EliGenEntity().add(clip, "a red cup", 0, 0, 0.5, 1, "fraction")
-    model, pos_c, neg_c = EliGenApply().apply(flux, glob, glob, entities, WIDTH, HEIGHT, False)
+    pos_c, neg_c = EliGenApply().apply(flux, glob, glob, entities, WIDTH, HEIGHT, False)
     with pytest.raises(ValueError, match="placed on a 128x96 image, the sampler runs a 96x96 latent"):
-        comfy_velocity(model, pos_c, neg_c, torch.zeros(1, 16, 12, 12))
+        comfy_velocity(flux, pos_c, neg_c, torch.zeros(1, 16, 12, 12))
 
 
 def test_attention_that_bypasses_comfyui_s_override_is_a_clear_error(flux, clip) -> None:
@@ -385,11 +388,12 @@ def test_attention_that_bypasses_comfyui_s_override_is_a_clear_error(flux, clip)
     leave that block unmasked: the sampler call stops with a message instead."""
     glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled("a photo of a table")]
     (entities,) = EliGenEntity().add(clip, "a red cup", 0, 0, 0.5, 1, "fraction")
-    model, pos_c, neg_c = EliGenApply().apply(flux, glob, glob, entities, WIDTH, HEIGHT, False)
+    pos_c, neg_c = EliGenApply().apply(flux, glob, glob, entities, WIDTH, HEIGHT, False)
 
     def without_options(args, extra):
         return extra["original_block"]({**args, "transformer_options": {}})
 
+    model = flux.clone()
     model.set_model_patch_replace(without_options, "dit", "double_block", 0)
     with pytest.raises(RuntimeError, match="3 of the model's 4 joint attentions took the regional mask"):
         comfy_velocity(model, pos_c, neg_c, torch.zeros(1, 16, HEIGHT // 8, WIDTH // 8))
@@ -411,12 +415,13 @@ def test_load_eligen_layout_gives_the_layout_s_entities_prompts_and_size(tiny_pi
     by_hand = EliGenApply().apply(flux, clip.encode_from_tokens_scheduled(data["prompt"]),
                                   clip.encode_from_tokens_scheduled(data["negative_prompt"]),
                                   node_entities(clip, 3), WIDTH, HEIGHT, True)
-    expected = comfy_velocity(*by_hand, x)
+    expected = comfy_velocity(flux, *by_hand, x)
     for name in ("table.yaml", "table.png"):
         entities, positive, negative, width, height, on_negative = LoadEliGenLayout().load(clip, str(tmp_path / name))
         assert [e.prompt for e in entities] == [e["prompt"] for e, _ in ENTITIES[:3]]
         assert (width, height, on_negative) == (WIDTH, HEIGHT, True)
-        got = comfy_velocity(*EliGenApply().apply(flux, positive, negative, entities, width, height, on_negative), x)
+        got = comfy_velocity(flux, *EliGenApply().apply(flux, positive, negative, entities, width, height, on_negative),
+                             x)
         assert torch.equal(got, expected)
 
     with pytest.raises(ValueError, match="expected an existing layout file"):
@@ -486,7 +491,8 @@ def test_the_reference_s_flux_lora_loads_in_comfyui_after_eligen_lora_convert(ti
     clip = EncoderAsClip(tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(lay)))
     glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
     neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
-    got = comfy_velocity(*EliGenApply().apply(with_lora, glob, neg, node_entities(clip, 3), WIDTH, HEIGHT, True), x)
+    conditioning = EliGenApply().apply(flux, glob, neg, node_entities(clip, 3), WIDTH, HEIGHT, True)
+    got = comfy_velocity(with_lora, *conditioning, x)  # a LoRA loaded after EliGen Apply: the hook still applies
     err = (got - expected).abs().max().item()
     moved = (expected - before).abs().max()
     print(f"FLUX with the converted LoRA: max err {err:.2e}, the LoRA moves v by {moved:.2e}")
@@ -530,10 +536,10 @@ def test_a_qwen_image_eligen_lora_loads_in_comfyui_as_it_is(tiny_qwen_pipe, qwen
     finally:
         remove_loras(pipe.transformer)
     clip = EncoderAsClip(pipe.prompt_encoder(pipe.max_sequence_length(lay)))
-    model, pos_c, neg_c = EliGenApply().apply(with_lora, clip.encode_from_tokens_scheduled(lay.prompt),
-                                              clip.encode_from_tokens_scheduled(lay.negative_prompt),
-                                              node_entities(clip, 3), WIDTH, HEIGHT, False)
-    got = comfy_velocity(model, pos_c, neg_c, x[:, :, None])[:, :, 0]
+    pos_c, neg_c = EliGenApply().apply(with_lora, clip.encode_from_tokens_scheduled(lay.prompt),
+                                       clip.encode_from_tokens_scheduled(lay.negative_prompt),
+                                       node_entities(clip, 3), WIDTH, HEIGHT, False)
+    got = comfy_velocity(with_lora, pos_c, neg_c, x[:, :, None])[:, :, 0]
     err, moved = (got - expected).abs().max().item(), (expected - before).abs().max()
     print(f"Qwen-Image with a LoRA: max err {err:.2e}, the LoRA moves v by {moved:.2e}")
     assert err < TOLERANCE
