@@ -1,4 +1,4 @@
-"""The node definitions: EliGen Entity, EliGen Apply and Load EliGen layout (docs/comfyui.md)."""
+"""The node definitions: EliGen Entity, EliGen Apply, EliGen Inpaint and Load EliGen layout (docs/comfyui.md)."""
 
 from __future__ import annotations
 
