@@ -33,6 +33,7 @@ from .common import (
 from .eval_command import register as register_eval_command
 from .help_format import tidy_help
 from .ip_adapter_options import IPAdapterOpt, IPEncoderOpt, IPImageOpt, IPScaleOpt, ip_adapter_override
+from .lora_command import register as register_lora_command
 from .shapes_commands import register as register_shapes_commands
 from .sources import LayoutSource, load_edits, load_source
 from .studio.command import register as register_studio_command
@@ -460,4 +461,5 @@ register_shapes_commands(app)
 register_eval_command(app)
 register_studio_command(app)
 register_transfer_command(app)
+register_lora_command(app)
 tidy_help(app)

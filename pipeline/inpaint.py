@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from .conditioning import Conditioning
-from .inpaint_canvas import Canvas, resize_mask
+from .inpaint_canvas import Canvas, paper_union, resize_mask
 from .inpaint_canvas import place as place  # re-exported: the public inpainting API (docs/python-api.md)
 from .layout import Edits, Layout
 from .model_defaults import with_model_defaults
@@ -80,17 +80,6 @@ def exact_union(alpha: np.ndarray, size: tuple[int, int], scale_factor: int) -> 
     free = resize_mask(alpha > 0, size)
     h, w = free.shape
     return free.reshape(h // scale_factor, scale_factor, w // scale_factor, scale_factor).any(axis=(1, 3))
-
-
-def paper_union(masks: list[np.ndarray], scale_factor: int) -> np.ndarray:
-    """Latent-grid union as the reference builds it: each mask (as RGB) resized with PIL's default
-    resampling (bicubic), on where the mean over RGB is above half."""
-    h, w = masks[0].shape
-    union = np.zeros((h // scale_factor, w // scale_factor), dtype=bool)
-    for mask in masks:
-        rgb = Image.fromarray(mask.astype(np.uint8) * 255).convert("RGB").resize((w // scale_factor, h // scale_factor))
-        union |= np.asarray(rgb, dtype=np.float32).mean(axis=2) / 127.5 - 1 > 0
-    return union
 
 
 def packed_union(latent_union: np.ndarray, channels: int, device: torch.device) -> torch.Tensor:

@@ -32,6 +32,17 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize(size, Image.Resampling.NEAREST)) > 127
 
 
+def paper_union(masks: list[np.ndarray], scale_factor: int) -> np.ndarray:
+    """Latent-grid union as the reference builds it: each mask (as RGB) resized with PIL's default
+    resampling (bicubic), on where the mean over RGB is above half."""
+    h, w = masks[0].shape
+    union = np.zeros((h // scale_factor, w // scale_factor), dtype=bool)
+    for mask in masks:
+        rgb = Image.fromarray(mask.astype(np.uint8) * 255).convert("RGB").resize((w // scale_factor, h // scale_factor))
+        union |= np.asarray(rgb, dtype=np.float32).mean(axis=2) / 127.5 - 1 > 0
+    return union
+
+
 @dataclass(frozen=True)
 class Canvas:
     """The edits placed on the model canvas: validated before any model is loaded."""

@@ -14,11 +14,14 @@ branches, a training batch) the ids are one row per sample, (B, L).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import QwenImagePipeline
 
 from ..base import TokenLimit
+
+if TYPE_CHECKING:  # diffusers stays unimported: ComfyUI's nodes read `qwen_text_ids` without it
+    from diffusers import QwenImagePipeline
 
 
 class PromptEncoder:
