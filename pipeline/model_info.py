@@ -153,6 +153,11 @@ def scale_factor(model: str) -> int:
     return 2 ** (len(vae["block_out_channels"]) - 1)
 
 
+def default_size(model: str) -> tuple[int, int]:
+    """The canvas a model was made for: the folder's declared `size` (eligen.json), else its family's."""
+    return declaration(model).size or model_family(model).size
+
+
 def known_words(model: str) -> list[str] | None:
     """The whole vocabulary of a model with a tiny word-level one (the folder's declared `vocabulary`), else None
     (a real text encoder knows any word)."""
