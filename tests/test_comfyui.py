@@ -216,6 +216,51 @@ def test_flux_sampling_in_comfyui_equals_eligen_generate(tiny_pipe, flux, one_th
     assert err < 2 * TOLERANCE
 
 
+def test_flux_sampler_custom_advanced_equals_eligen_generate(tiny_pipe, flux, one_thread) -> None:
+    """SamplerCustomAdvanced's node code with its usual inputs (RandomNoise, CFGGuider, KSamplerSelect, BasicScheduler
+    on a ModelSamplingFlux model, Empty Latent Image) and the nodes' conditioning on the tiny FLUX, against eligen's
+    sampling of the same layout (`schedule: flux`, the regions also on the negative branch): the same latents."""
+    import nodes
+    from comfy_extras.nodes_custom_sampler import (
+        BasicScheduler,
+        CFGGuider,
+        KSamplerSelect,
+        RandomNoise,
+        SamplerCustomAdvanced,
+    )
+    from comfy_extras.nodes_model_advanced import ModelSamplingFlux
+
+    lay, seed = layout(3, True), 11
+    positive, negative = tiny_pipe.conditionings(lay, tiny_pipe.token_regions(lay, Path(".")))
+    expected = unpack(tiny_pipe.sample(lay, positive, negative, seed), HEIGHT // 8, WIDTH // 8)
+    eligen_sigmas, _ = get_schedule(tiny_pipe.schedule(lay), lay.steps, (HEIGHT // 16) * (WIDTH // 16),
+                                    tiny_pipe.family.scheduler_config)
+
+    clip = EncoderAsClip(tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(lay)))
+    glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
+    neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
+    pos_c, neg_c = EliGenApply().apply(flux, glob, neg, node_entities(clip, 3), WIDTH, HEIGHT, True)
+    config = tiny_pipe.family.scheduler_config  # the shifts of diffusers' resolution-dependent schedule
+    (model,) = ModelSamplingFlux().patch(flux, config["max_shift"], config["base_shift"], WIDTH, HEIGHT)
+    (sigmas,) = BasicScheduler().get_sigmas(model, "simple", lay.steps, 1.0)
+    (guider,) = CFGGuider().get_guider(model, pos_c, neg_c, CFG)
+    (sampler,) = KSamplerSelect().get_sampler("euler")
+    (noise,) = RandomNoise().get_noise(seed)
+    (latent,) = nodes.EmptyLatentImage().generate(WIDTH, HEIGHT, 1)
+    output, _ = SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, latent)
+    got = flux.model.process_latent_in(output["samples"])
+
+    sigma_err = (sigmas - eligen_sigmas).abs().max().item()
+    err = (got - expected).abs().max().item()
+    print(f"FLUX SamplerCustomAdvanced, {lay.steps} steps: sigmas {[round(s, 4) for s in sigmas.tolist()]} (eligen's "
+          f"to {sigma_err:.1e}), max |x| {expected.abs().max():.3f}, max err {err:.2e}")
+    # ComfyUI's scheduler reads the same exponential shift from a 10000-entry float32 table at t = 1, 3/4, 1/2, 1/4:
+    # eligen's sigmas up to float32 rounding
+    assert sigma_err < 1e-6
+    # as the KSampler test: each step adds at most TOLERANCE times its sigma step, plus the x0 <-> v rounding
+    assert err < 2 * TOLERANCE
+
+
 @pytest.mark.parametrize("fuse", ["positive", "both"])
 def test_flux_inpainting_in_comfyui_equals_eligen_s_fusion(tiny_pipe, flux, one_thread, fuse: str) -> None:
     """EliGen Inpaint on ComfyUI's sampler loop and eligen's sampling with the paper's fusion (positive branch) or
