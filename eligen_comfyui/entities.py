@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from eligen.pipeline.entity_tokens import EntityTokens, entity_lengths
 from eligen.pipeline.layout import DATA_URL_PREFIX, LayoutError, parse_layout
 from eligen.pipeline.regions import entity_masks, mask_data_url, token_masks
 
 SCALE_FACTOR = 8  # pixels per latent pixel of the FLUX.1 and Qwen-Image VAEs
+T5_KEY = "t5xxl"  # FLUX.1's sequence encoder in ComfyUI's tokenizer output
 
 
 @dataclass(frozen=True)
@@ -30,12 +32,61 @@ class Entity:
     prompt: str
     embedding: torch.Tensor  # (1, L, D): the CLIP's sequence output for the prompt alone
     region: dict[str, Any]  # {"box": [x1, y1, x2, y2]} or {"mask": PNG data URL}
+    tokens: int  # the prompt's own tokens with its end token (`own_tokens`)
+    padded: bool  # whether the CLIP padded the encoding past them (FLUX's T5)
     units: str = "px"  # the box's units: px or fraction
 
     @property
     def label(self) -> str:
         short = self.prompt if len(self.prompt) <= 40 else self.prompt[:37] + "..."
         return f"EliGen entity {short!r}"
+
+
+def own_tokens(clip: Any, tokens: Any, encoded_length: int) -> tuple[int, bool]:
+    """The prompt's own tokens with its end token, as eligen's `entity_tokens: auto` counts them, and whether the
+    encoding is padded past them: for FLUX.1, T5's tokens before its padding in the CLIP's tokenizer output; an
+    encoder that does not pad (Qwen-Image's Qwen2.5-VL, ComfyUI giving each prompt at its own length) has encoded
+    exactly those."""
+    batches = tokens.get(T5_KEY) if isinstance(tokens, dict) else None
+    if not batches:
+        return encoded_length, False
+    pad = clip.tokenizer.t5xxl.pad_token
+    return sum(1 for batch in batches for token in batch if not (isinstance(token[0], int) and token[0] == pad)), True
+
+
+@dataclass(frozen=True)
+class _EncodedGroups:
+    """The CLIP's encodings as `eligen.pipeline.entity_tokens` reads an encoder: each prompt's own token count, and
+    the length of a padded prompt group (the shortest, so that N tokens are in every group)."""
+
+    counts: dict[str, int]
+    max_sequence_length: int
+
+    def token_count(self, prompt: str) -> int:
+        return self.counts[prompt]
+
+
+def group_lengths(encoded: list[tuple[str, torch.Tensor, int, bool]], budget: EntityTokens, field: str | None,
+                  source: str) -> list[int]:
+    """Tokens kept of each (prompt, embedding, own tokens, padded) under a layout's `entity_tokens` (eligen's rule:
+    all, the prompt's own with its end token, or the first N, an error where a prompt needs more, or where N is
+    longer than a padded group; an unpadded group holds all of its prompt's tokens, as the layout's N at most)."""
+    lengths = [embedding.shape[1] for _, embedding, _, _ in encoded]
+    if budget == "max":
+        return lengths
+    padded = [n for n, (_, _, _, pads) in zip(lengths, encoded, strict=True) if pads]
+    limit = min(padded) if padded else budget if isinstance(budget, int) else max(lengths)
+    groups = _EncodedGroups({p: n for p, _, n, _ in encoded}, limit)
+    kept = entity_lengths(groups, budget, [p for p, _, _, _ in encoded], field, source)
+    return [min(n, length) for n, length in zip(kept, lengths, strict=True)]
+
+
+def with_entity_tokens(entities: list[Entity], budget: EntityTokens, source: str) -> list[Entity]:
+    """The entities with only the first tokens of their embeddings that `entity_tokens` keeps."""
+    if not entities:
+        return entities
+    lengths = group_lengths([(e.prompt, e.embedding, e.tokens, e.padded) for e in entities], budget, None, source)
+    return [replace(e, embedding=e.embedding[:, :n]) for e, n in zip(entities, lengths, strict=True)]
 
 
 def mask_region(mask: torch.Tensor, label: str) -> dict[str, Any]:

@@ -29,9 +29,6 @@ def layout_entities(path_text: str) -> tuple[Layout, list[tuple[Entity, dict[str
         path = Path(path_text).expanduser()
         layout = _png_layout(path) if path.suffix.lower() == ".png" and path.is_file() else load_layout(path)
         source = str(path)
-        if layout.entity_tokens != "max":
-            raise LayoutError(source, "entity_tokens", f"expected max in ComfyUI (each entity keeps its whole "
-                              f"encoding), got {layout.entity_tokens}")
         if layout.ip_adapter is not None:
             raise LayoutError(source, "ip_adapter", "expected none: the ComfyUI nodes do not run IP-Adapters")
         masks = entity_masks(layout, path.parent, source)

@@ -8,21 +8,27 @@ import comfy.conds
 import comfy.hooks
 import torch
 
-from .entities import Entity, mask_region, token_regions
+from eligen.pipeline.layout import LayoutError
+
+from .entities import Entity, group_lengths, mask_region, own_tokens, token_regions, with_entity_tokens
 from .inpaint import fused, union_mask
 from .layout_file import layout_entities
 from .patch import COND_KEY, Regions, family_of, regions_hooks
 
 ENTITIES = "ELIGEN_ENTITIES"
 CATEGORY = "conditioning/eligen"
+NEGATIVE_TOKENS = "eligen_negative_tokens"  # a layout's negative conditioning: tokens kept per regional group
 
 
-def encode(clip: Any, text: str, label: str) -> list[list[Any]]:
-    """The CONDITIONING of `text` as ComfyUI's CLIP Text Encode makes it, or a clear error without a CLIP."""
+def encode(clip: Any, text: str, label: str) -> tuple[list[list[Any]], tuple[int, bool]]:
+    """The CONDITIONING of `text` as ComfyUI's CLIP Text Encode makes it, the prompt's own token count (with its
+    end token) and whether the encoding is padded past it; or a clear error without a CLIP."""
     if clip is None:
         raise ValueError(f"{label}: no CLIP is connected (a diffusion-model-only checkpoint has none); connect the "
                          "CLIP output of a CLIP loader")
-    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+    tokens = clip.tokenize(text)
+    conditioning = clip.encode_from_tokens_scheduled(tokens)
+    return conditioning, own_tokens(clip, tokens, conditioning[0][0].shape[1])
 
 
 class EliGenEntity:
@@ -56,18 +62,20 @@ class EliGenEntity:
         label = f"EliGen Entity {len(entities) + 1}"
         if not prompt.strip():
             raise ValueError(f"{label}: expected a prompt, it is empty")
-        conditioning = encode(clip, prompt, label)
+        conditioning, (tokens, padded) = encode(clip, prompt, label)
         region = {"box": [x1, y1, x2, y2]} if mask is None else mask_region(mask, label)
-        return ((*entities, Entity(prompt, conditioning[0][0], region, units)),)
+        return ((*entities, Entity(prompt, conditioning[0][0], region, tokens, padded, units)),)
 
 
 def _with_regions(conditioning: list[list[Any]], entities: tuple[Entity, ...], regions: torch.Tensor, width: int,
                   height: int, negative: bool, hooks: comfy.hooks.HookGroup) -> list[list[Any]]:
-    """Each entry's text preceded by the entity groups (for a regional negative: its own text once per entity),
-    with its Regions and the patch's hook."""
+    """Each entry's text preceded by the entity groups (for a regional negative: its own text once per entity, its
+    first tokens where a layout's `entity_tokens` says so), with its Regions and the patch's hook."""
     out = []
-    for embedding, options in conditioning:
-        groups = [embedding] * len(entities) if negative else [e.embedding for e in entities]
+    for embedding, given in conditioning:
+        options = {k: v for k, v in given.items() if k != NEGATIVE_TOKENS}
+        kept = embedding[:, :given.get(NEGATIVE_TOKENS, embedding.shape[1])]
+        groups = [kept] * len(entities) if negative else [e.embedding for e in entities]
         widths = {g.shape[-1] for g in groups} | {embedding.shape[-1]}
         if len(widths) != 1:
             raise ValueError(f"EliGen Apply: the entities were encoded {sorted(widths)} wide; encode every entity "
@@ -156,12 +164,24 @@ class LoadEliGenLayout:
     CATEGORY = CATEGORY
 
     def load(self, clip: Any, path: str) -> tuple[Any, ...]:
-        layout, entities = layout_entities(path.strip())
-        label = f"Load EliGen layout {path.strip()}"
-        encoded = tuple(Entity(e.prompt, encode(clip, e.prompt, label)[0][0], region, "px")
-                        for e, region in entities)
-        return (encoded, encode(clip, layout.prompt, label), encode(clip, layout.negative_prompt, label),
-                layout.width, layout.height, layout.regions_on_negative)
+        source = path.strip()
+        layout, entities = layout_entities(source)
+        label = f"Load EliGen layout {source}"
+        encoded = []
+        for e, region in entities:
+            conditioning, (tokens, padded) = encode(clip, e.prompt, label)
+            encoded.append(Entity(e.prompt, conditioning[0][0], region, tokens, padded))
+        negative, (negative_tokens, negative_padded) = encode(clip, layout.negative_prompt, label)
+        try:
+            kept = with_entity_tokens(encoded, layout.entity_tokens, source)
+            if layout.regions_on_negative and kept and layout.entity_tokens != "max":
+                (n,) = group_lengths([(layout.negative_prompt, negative[0][0], negative_tokens, negative_padded)],
+                                     layout.entity_tokens, "negative_prompt", source)
+                negative = [[c[0], {**c[1], NEGATIVE_TOKENS: n}] for c in negative]
+        except LayoutError as exc:
+            raise ValueError(str(exc)) from None
+        return (tuple(kept), encode(clip, layout.prompt, label)[0], negative, layout.width, layout.height,
+                layout.regions_on_negative)
 
 
 NODE_CLASS_MAPPINGS = {"EliGenEntity": EliGenEntity, "EliGenApply": EliGenApply, "EliGenInpaint": EliGenInpaint,

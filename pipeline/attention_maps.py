@@ -18,7 +18,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .conditioning import Conditioning
-from .generate import EligenPipeline, entity_lengths
+from .entity_tokens import entity_lengths
+from .generate import EligenPipeline
 from .layout import Layout
 from .regions import PATCH
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ from . import model_info
 from .attention_backends import Attention
 from .conditioning import Conditioning, conditioning
 from .devices import Offload, Quantize, pick_device, pick_dtype
+from .entity_tokens import entity_lengths
 from .families.base import ModelFamily, PromptEncoder
 from .families.loading import load_family
 from .hub import DEFAULT_LORAS, lora_file
@@ -23,31 +23,6 @@ from .references import ImagePrompt, check_references, load_image_prompt, with_r
 from .regions import check_canvas, entity_masks, token_masks
 from .render import render
 from .sampler import Fuse, Schedule, StepCallback, denoise, get_noise, get_schedule, pack
-
-EntityTokens = Literal["max", "auto"] | int  # a layout's `entity_tokens`
-
-
-def entity_lengths(
-    encode: PromptEncoder, budget: EntityTokens, prompts: list[str], field: str | None = None,
-    source: str = "<layout>",
-) -> list[int]:
-    """Text tokens kept of each entity prompt's encoding: all (`max`, the reference: FLUX's T5 padded to the
-    length, Qwen-Image's prompt at its own length), the prompt's own with its end token (`auto`), or N, which must
-    hold every prompt and be at most the encoder's length per group (FLUX 512, Qwen-Image 1024)."""
-    if budget == "max":
-        return [encode.max_sequence_length] * len(prompts)
-    counts = [encode.token_count(p) for p in prompts]
-    if budget == "auto":
-        return counts
-    if budget > encode.max_sequence_length:
-        raise LayoutError(source, "entity_tokens", f"expected at most this model's text tokens per prompt group "
-                          f"(max_sequence_length {encode.max_sequence_length}), got {budget}")
-    for i, n in enumerate(counts):
-        if n > budget:
-            raise LayoutError(source, field or f"entities[{i}].prompt",
-                              f"expected at most {budget} text tokens (entity_tokens), got {n} with the end token",
-                              "shorten the prompt, or raise entity_tokens (or use auto)")
-    return [budget] * len(prompts)
 
 
 class EligenPipeline:

@@ -15,6 +15,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -62,23 +63,37 @@ ENTITIES = [
 
 
 class EncoderAsClip:
-    """Stands in for ComfyUI's CLIP object (`tokenize`, `encode_from_tokens_scheduled`) with eligen's encoder."""
+    """Stands in for ComfyUI's CLIP object (`tokenize`, `encode_from_tokens_scheduled`, `tokenizer`) with eligen's
+    encoder. For FLUX its tokens hold, as ComfyUI's FLUX tokenizer's do, T5's ids padded to the encoding's length
+    with their weights under `t5xxl`; Qwen-Image's encoder does not pad."""
 
     def __init__(self, encode) -> None:
         self.encode = encode
+        self.t5 = getattr(encode.pipe, "tokenizer_2", None)  # FLUX's T5 tokenizer
+        if self.t5 is not None:
+            self.tokenizer = SimpleNamespace(t5xxl=SimpleNamespace(pad_token=self.t5.pad_token_id))
 
-    def tokenize(self, text: str) -> str:
-        return text
+    def tokenize(self, text: str) -> dict:
+        tokens: dict = {"text": text}
+        if self.t5 is not None:
+            ids = self.t5(text, padding="max_length", max_length=self.encode.max_sequence_length,
+                          truncation=True).input_ids
+            tokens["t5xxl"] = [[(i, 1.0) for i in ids]]
+        return tokens
 
-    def encode_from_tokens_scheduled(self, text: str) -> list[list]:
-        embeds, pooled = self.encode(text)
+    def encode_from_tokens_scheduled(self, tokens: dict | str) -> list[list]:
+        embeds, pooled = self.encode(tokens["text"] if isinstance(tokens, dict) else tokens)  # or a text, in tests
         return [[embeds, {} if pooled is None else {"pooled_output": pooled}]]
 
 
+def layout_data(k: int, regions_on_negative: bool = False, entity_tokens: str | int = "max") -> dict:
+    return {"size": [WIDTH, HEIGHT], "prompt": "a photo of a table", "negative_prompt": "dark, blurry", "cfg": CFG,
+            "guidance": GUIDANCE, "steps": 4, "regions_on_negative": regions_on_negative,
+            "entity_tokens": entity_tokens, "entities": [e for e, _ in ENTITIES[:k]]}
+
+
 def layout(k: int, regions_on_negative: bool = False):
-    return parse_layout({"size": [WIDTH, HEIGHT], "prompt": "a photo of a table", "negative_prompt": "dark, blurry",
-                         "cfg": CFG, "guidance": GUIDANCE, "steps": 4, "regions_on_negative": regions_on_negative,
-                         "entities": [e for e, _ in ENTITIES[:k]]})
+    return parse_layout(layout_data(k, regions_on_negative))
 
 
 def node_entities(clip: EncoderAsClip, k: int) -> tuple:
@@ -213,6 +228,51 @@ def test_flux_sampling_in_comfyui_equals_eligen_generate(tiny_pipe, flux, one_th
           f"sigmas {[round(s, 4) for s in sigmas.tolist()]}")
     # each step adds a velocity difference of at most TOLERANCE times its sigma step (sum: sigma_0 = 1), plus the
     # rounding of ComfyUI's velocity recovery x - denoised / sigma
+    assert err < 2 * TOLERANCE
+
+
+def test_flux_sampler_custom_advanced_equals_eligen_generate(tiny_pipe, flux, one_thread) -> None:
+    """SamplerCustomAdvanced's node code with its usual inputs (RandomNoise, CFGGuider, KSamplerSelect, BasicScheduler
+    on a ModelSamplingFlux model, Empty Latent Image) and the nodes' conditioning on the tiny FLUX, against eligen's
+    sampling of the same layout (`schedule: flux`, the regions also on the negative branch): the same latents."""
+    import nodes
+    from comfy_extras.nodes_custom_sampler import (
+        BasicScheduler,
+        CFGGuider,
+        KSamplerSelect,
+        RandomNoise,
+        SamplerCustomAdvanced,
+    )
+    from comfy_extras.nodes_model_advanced import ModelSamplingFlux
+
+    lay, seed = layout(3, True), 11
+    positive, negative = tiny_pipe.conditionings(lay, tiny_pipe.token_regions(lay, Path(".")))
+    expected = unpack(tiny_pipe.sample(lay, positive, negative, seed), HEIGHT // 8, WIDTH // 8)
+    eligen_sigmas, _ = get_schedule(tiny_pipe.schedule(lay), lay.steps, (HEIGHT // 16) * (WIDTH // 16),
+                                    tiny_pipe.family.scheduler_config)
+
+    clip = EncoderAsClip(tiny_pipe.prompt_encoder(tiny_pipe.max_sequence_length(lay)))
+    glob = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.prompt)]
+    neg = [[c[0], {**c[1], "guidance": GUIDANCE}] for c in clip.encode_from_tokens_scheduled(lay.negative_prompt)]
+    pos_c, neg_c = EliGenApply().apply(flux, glob, neg, node_entities(clip, 3), WIDTH, HEIGHT, True)
+    config = tiny_pipe.family.scheduler_config  # the shifts of diffusers' resolution-dependent schedule
+    (model,) = ModelSamplingFlux().patch(flux, config["max_shift"], config["base_shift"], WIDTH, HEIGHT)
+    (sigmas,) = BasicScheduler().get_sigmas(model, "simple", lay.steps, 1.0)
+    (guider,) = CFGGuider().get_guider(model, pos_c, neg_c, CFG)
+    (sampler,) = KSamplerSelect().get_sampler("euler")
+    (noise,) = RandomNoise().get_noise(seed)
+    (latent,) = nodes.EmptyLatentImage().generate(WIDTH, HEIGHT, 1)
+    output, _ = SamplerCustomAdvanced().sample(noise, guider, sampler, sigmas, latent)
+    got = flux.model.process_latent_in(output["samples"])
+
+    sigma_err = (sigmas - eligen_sigmas).abs().max().item()
+    err = (got - expected).abs().max().item()
+    print(f"FLUX SamplerCustomAdvanced, {lay.steps} steps: sigmas {[round(s, 4) for s in sigmas.tolist()]} (eligen's "
+          f"to {sigma_err:.1e}), max |x| {expected.abs().max():.3f}, max err {err:.2e}")
+    # ComfyUI's scheduler reads the same exponential shift from a 10000-entry float32 table at t = 1, 3/4, 1/2, 1/4:
+    # eligen's sigmas up to float32 rounding
+    assert sigma_err < 1e-6
+    # as the KSampler test: each step adds at most TOLERANCE times its sigma step, plus the x0 <-> v rounding
     assert err < 2 * TOLERANCE
 
 
@@ -429,9 +489,82 @@ def test_load_eligen_layout_gives_the_layout_s_entities_prompts_and_size(tiny_pi
     save_png(Image.new("RGB", (WIDTH, HEIGHT)), tmp_path / "plain.png")
     with pytest.raises(ValueError, match=r"plain\.png: \(metadata\): expected a PNG written by `eligen generate`"):
         LoadEliGenLayout().load(clip, str(tmp_path / "plain.png"))
-    (tmp_path / "auto.yaml").write_text(yaml.safe_dump({**data, "entity_tokens": "auto"}))
-    with pytest.raises(ValueError, match="entity_tokens: expected max in ComfyUI"):
-        LoadEliGenLayout().load(clip, str(tmp_path / "auto.yaml"))
+
+
+@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+@pytest.mark.parametrize("entity_tokens", ["auto", "N"])
+def test_a_layout_s_entity_tokens_run_in_comfyui_as_in_eligen(request, family: str, entity_tokens: str,
+                                                               tmp_path: Path, one_thread) -> None:
+    """Load EliGen layout keeps the tokens of each entity prompt that the layout's `entity_tokens` keeps in eligen
+    (FLUX: T5's own tokens with the end token, or the first N of the padded encoding; the negative prompt too when
+    the regions are on the negative branch): one denoiser call equals eligen's velocity for the same layout."""
+    import yaml
+
+    flux = family == "flux"
+    pipe = request.getfixturevalue("tiny_pipe" if flux else "tiny_qwen_pipe")
+    model = request.getfixturevalue("flux" if flux else "qwen")
+    whole = parse_layout(layout_data(3, True))
+    encode = pipe.prompt_encoder(pipe.max_sequence_length(whole))
+    counts = [encode.token_count(p) for p in [e.prompt for e in whole.entities] + [whole.negative_prompt]]
+    budget = "auto" if entity_tokens == "auto" else max(counts) + 2
+    data = layout_data(3, True, budget)
+    (tmp_path / "layout.yaml").write_text(yaml.safe_dump(data))
+    lay = parse_layout(data)
+    x = torch.randn(1, 16, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(8))
+    guidance = GUIDANCE if flux else None
+    positive, negative = pipe.conditionings(lay, pipe.token_regions(lay, Path(".")))
+    expected = eligen_velocity(pipe, positive, negative, x, guidance)
+    with_whole = eligen_velocity(pipe, *pipe.conditionings(whole, pipe.token_regions(whole, Path("."))), x, guidance)
+
+    clip = EncoderAsClip(encode)
+    entities, pos, neg, width, height, on_negative = LoadEliGenLayout().load(clip, str(tmp_path / "layout.yaml"))
+    if flux:
+        pos, neg = ([[c[0], {**c[1], "guidance": GUIDANCE}] for c in cond] for cond in (pos, neg))
+    pos_c, neg_c = EliGenApply().apply(model, pos, neg, entities, width, height, on_negative)
+    assert pos_c[0][0].shape[1] == positive.prompt_embeds.shape[1]
+    assert neg_c[0][0].shape[1] == negative.prompt_embeds.shape[1]
+    x_in = x if flux else x[:, :, None]
+    got = comfy_velocity(model, pos_c, neg_c, x_in)
+    got = got if flux else got[:, :, 0]
+
+    err = (got - expected).abs().max().item()
+    print(f"{family} entity_tokens {budget} (counts {counts}): text {pos_c[0][0].shape[1]} tokens, max err {err:.2e}, "
+          f"off entity_tokens max by {(with_whole - expected).abs().max():.2e}")
+    assert err < TOLERANCE  # as the denoiser-call tests above
+    if flux:  # T5 pads each group to its length: keeping fewer tokens changes the result
+        assert (with_whole - expected).abs().max() > 100 * TOLERANCE
+    else:  # Qwen-Image's groups are at the prompt's own length already: nothing left out, as in eligen
+        assert positive.prompt_embeds.shape == pipe.conditionings(whole, pipe.token_regions(whole, Path(".")))[
+            0].prompt_embeds.shape
+
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(layout_data(3, True, min(counts) - 1)))
+    with pytest.raises(ValueError, match=r"short\.yaml: entities\[\d\]\.prompt: expected at most \d+ text tokens"):
+        LoadEliGenLayout().load(clip, str(tmp_path / "short.yaml"))
+    if not flux:  # 1024 tokens, the most a layout takes
+        return
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(layout_data(3, True, encode.max_sequence_length + 1)))
+    with pytest.raises(ValueError, match=r"long\.yaml: entity_tokens: expected at most"):
+        LoadEliGenLayout().load(clip, str(tmp_path / "long.yaml"))
+
+
+def test_the_own_tokens_of_a_prompt_in_comfyui_s_flux_tokenizer_are_eligen_s_count() -> None:
+    """`entity_tokens: auto` counts a FLUX prompt's T5 tokens before the padding. Read from ComfyUI's own FLUX
+    tokenizer (its T5 pads to 256), the count is eligen's (`PromptEncoder.token_count`) on the same T5 tokenizer
+    files, for prompts without ComfyUI's `(text:weight)` syntax."""
+    from comfy.text_encoders.flux import FluxTokenizer
+    from transformers import T5TokenizerFast
+
+    from eligen.pipeline.families.flux.encode import PromptEncoder
+    from eligen_comfyui.entities import own_tokens
+
+    comfy_tokenizer = FluxTokenizer()
+    clip = SimpleNamespace(tokenizer=comfy_tokenizer)
+    t5 = T5TokenizerFast.from_pretrained(str(Path(COMFYUI) / "comfy" / "text_encoders" / "t5_tokenizer"))
+    eligen_count = PromptEncoder(SimpleNamespace(tokenizer_2=t5), 512).token_count
+    for prompt in [e["prompt"] for e, _ in ENTITIES] + ["an old leather-bound book, lying open on a wooden table", ""]:
+        tokens = comfy_tokenizer.tokenize_with_weights(prompt)
+        assert len(tokens["t5xxl"][0]) == 256  # padded, as ComfyUI encodes it
+        assert own_tokens(clip, tokens, 256) == (eligen_count(prompt), True)
 
 
 def native_flux_lora(comfy_model, rank: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
