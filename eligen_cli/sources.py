@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from eligen.pipeline.layout import Edits, Layout, LayoutError, load_layout, parse_layout
+from eligen.pipeline.layout import Edits, Layout, LayoutError, load_layout, parse_layout, with_overrides
 from eligen.pipeline.model_defaults import with_model_defaults
 from eligen.pipeline.model_info import is_hub_file, resolve_model
 from eligen.pipeline.outputs import read_png_metadata
@@ -100,7 +100,7 @@ def load_source(path: Path, overrides: dict[str, Any]) -> LayoutSource:
     """Read and validate a layout (YAML, or a PNG written by eligen), apply overrides, resolve model and seeds."""
     overrides = cli_overrides(overrides)
     if path.suffix.lower() == ".png" and path.is_file():
-        layout = parse_layout({**_png_layout_data(path), **overrides}, str(path))
+        layout = parse_layout(with_overrides(_png_layout_data(path), overrides, str(path)), str(path))
     else:
         layout = load_layout(path, overrides)
     layout = _resolve(layout, overrides, path.parent, str(path))
