@@ -4,7 +4,8 @@ Every per-token Linear a LoRA targets gets one forward hook holding the factors 
 on it, stacked: ``A`` (R, in) and ``B`` (out, R) with R the sum of the files' ranks. A pass computes
 ``B ((A x) * c)`` where ``c`` (B, S, R) is each token's weight of each file (the sum of the user scales of the
 entities that name the file and own the token, 0 elsewhere) times the file's ``alpha / rank``: a per-token mask on
-the low-rank output, one pair of matmuls for all entity LoRAs at once. A token of no entity gets exactly 0 added.
+the low-rank output, one pair of matmuls for all entity LoRAs at once (measured against gathering each file's tokens
+and scattering their product back: `benchmarks/entity_lora.py`). A token of no entity gets exactly 0 added.
 
 Which tokens a Linear maps is told by its diffusers name (`token_stream`): the image stream, the text stream, or the
 joint ``[text | image]`` sequence of FLUX's single blocks. Linears that map one vector per sample (the adaLN
@@ -99,7 +100,12 @@ def active_tokens(tokens: LoraTokens | None) -> Iterator[None]:
 
 def _entity_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: torch.Tensor
                  ) -> torch.Tensor:
-    """Add ``B ((A x) * c)`` to the Linear's output, c the active per-token weights of each stacked rank row."""
+    """Add ``B ((A x) * c)`` to the Linear's output, c the active per-token weights of each stacked rank row.
+
+    Both products run in the activations' dtype (float32 accumulation), the per-token scaling in float32, and B with
+    the addition as one ``addmm`` (one rounding): no output-sized float32 temporaries, which in a bfloat16 model
+    cost more than the low-rank product itself. A token whose weights are all 0 gets exactly its base output.
+    """
     tokens = _ACTIVE.get()
     if tokens is None:
         return output
@@ -109,11 +115,10 @@ def _entity_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     if weights.shape[:2] != x.shape[:2]:
         raise ValueError(f"entity LoRA token weights {tuple(weights.shape[:2])} do not match the "
                          f"{getattr(module, _STREAM_ATTR)} tokens {tuple(x.shape[:2])} of this pass")
-    dtype = torch.promote_types(torch.promote_types(x.dtype, down.dtype), torch.float32)
     coefficients = weights[..., getattr(module, _SLOTS)] * getattr(module, _SCALES)
-    low = F.linear(x.to(dtype), down.to(dtype)) * coefficients.to(dtype)
-    extra = F.linear(low, getattr(module, _UP).to(dtype))
-    return (output.to(dtype) + extra).to(output.dtype)
+    low = (F.linear(x, down.to(x.dtype)).float() * coefficients).to(output.dtype)
+    flat = output.reshape(-1, output.shape[-1])
+    return torch.addmm(flat, low.flatten(0, -2), getattr(module, _UP).to(output.dtype).T).view_as(output)
 
 
 def attach_entity_loras(transformer: nn.Module, files: Sequence[list[LoraDelta]]) -> list[str]:
