@@ -303,3 +303,19 @@ def test_cli_records_entity_loras_and_reruns_the_png(tiny_model: Path, tmp_path:
     plain = tmp_path / "plain.png"
     assert runner.invoke(app, ["generate", str(layout), "-o", str(plain)]).exit_code == 0
     assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(plain)))
+
+
+def test_studio_takes_only_its_own_or_hub_loras_for_entities(tiny_model: Path) -> None:
+    from eligen.studio.inputs import browser_layout
+
+    server = ["/models/style.safetensors"]
+    data = {"prompt": "shapes", "entities": [{"prompt": "a red circle", "box": [0, 0, 64, 64],
+                                              "loras": [{"path": "/models/style.safetensors", "scale": 0.5},
+                                                        {"path": "user/repo/char.safetensors"}]}]}
+    layout = browser_layout(data, str(tiny_model), server)
+    assert [(s.path, s.file) for s in layout.entities[0].loras] == [("/models/style.safetensors", None),
+                                                                    ("user/repo", "char.safetensors")]
+    data["entities"][0]["loras"] = [{"path": "/etc/secret.safetensors"}]
+    with pytest.raises(LayoutError) as refused:
+        browser_layout(data, str(tiny_model), server)
+    assert refused.value.field == "entities[0].loras[0].path" and "started with" in refused.value.expected

@@ -103,11 +103,22 @@ def png_of(image: Image.Image) -> bytes:
 
 
 def _check_loras(data: dict[str, Any], server_loras: list[str], source: str) -> dict[str, Any]:
-    """LoRAs may be the server's files (by their path) or hub ids; `repo/path/file.safetensors` becomes `path: repo`
-    with `file:`, so nothing is looked up on the server's disk."""
+    """The layout's and every entity's LoRAs checked by `_checked_loras`."""
+    entities = data.get("entities")
+    if isinstance(entities, list):
+        entities = [{**e, "loras": _checked_loras(e["loras"], server_loras, source, f"entities[{i}].loras")}
+                    if isinstance(e, dict) and isinstance(e.get("loras"), list) else e
+                    for i, e in enumerate(entities)]
+        data = {**data, "entities": entities}
     loras = data.get("loras")
     if not isinstance(loras, list):
         return data
+    return {**data, "loras": _checked_loras(loras, server_loras, source, "loras")}
+
+
+def _checked_loras(loras: list[Any], server_loras: list[str], source: str, field: str) -> list[Any]:
+    """LoRAs may be the server's files (by their path) or hub ids; `repo/path/file.safetensors` becomes `path: repo`
+    with `file:`, so nothing is looked up on the server's disk."""
     checked = []
     for i, spec in enumerate(loras):
         if not isinstance(spec, dict) or not isinstance(spec.get("path"), str):
@@ -123,11 +134,11 @@ def _check_loras(data: dict[str, Any], server_loras: list[str], source: str) -> 
         if not (HUB_REPO.fullmatch(path) and isinstance(file, str) and file and ".." not in file.split("/")
                 and not file.startswith("/")):
             allowed = ", ".join(server_loras) or "none"
-            raise LayoutError(source, f"loras[{i}].path", "expected a LoRA the studio was started with (--lora) or a "
-                              f"hub LoRA (repo-id/path/in/repo.safetensors), got {spec['path']!r}",
+            raise LayoutError(source, f"{field}[{i}].path", "expected a LoRA the studio was started with (--lora) or "
+                              f"a hub LoRA (repo-id/path/in/repo.safetensors), got {spec['path']!r}",
                               f"the studio's LoRAs: {allowed}")
         checked.append({**spec, "path": path, "file": file})
-    return {**data, "loras": checked}
+    return checked
 
 
 def _check_inline(data: dict[str, Any], source: str) -> None:
