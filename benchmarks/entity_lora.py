@@ -13,9 +13,9 @@ each; the table gives medians and the ratio of the entity LoRAs to the global on
 
 Table 2 times one Linear of the first dual block (`attn.to_q` on the image tokens) and of the first single block
 (`attn.to_q` on the joint text and image tokens), both CFG branches as one batch, with the 3 entity LoRAs applied two
-ways: a per-token mask on the low-rank output, all files stacked in one
-pair of matmuls (what the pipeline runs, `pipeline/entity_lora.py`), and gather/scatter (per file, the rows of its
-tokens gathered, their low-rank product computed and added back with `index_add_`).
+ways: gather/scatter (per file, the rows of its tokens gathered, their low-rank product computed and added back with
+`index_add_`: what the pipeline runs, `pipeline/entity_lora.py`) and a per-token mask on the low-rank output of all
+tokens, all files stacked in one pair of matmuls.
 
 Configs (random weights, nothing downloaded): medium, 1 + 2 blocks of width 1024 (the CPU benchmark config of
 `benchmarks/regional_attention.py`); full, FLUX.1-dev's architecture in bf16 (a CUDA GPU with about 40 GB).
@@ -112,21 +112,19 @@ def entity_layout(spec: Layout, files: list[str]) -> Layout:
     return spec.model_copy(update={"entities": entities})
 
 
-def gather_scatter(module: torch.nn.Linear, x: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]],
-                   owned: list[torch.Tensor]) -> torch.Tensor:
-    """The Linear plus each file's low-rank product on its tokens only: the rows gathered, both products in the
-    activations' dtype, added back with `index_add_` (the precision of the pipeline's hook)."""
-    out = module(x)
-    flat, rows = x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1])
-    for (down, up), mask in zip(factors, owned, strict=True):
-        index = mask.reshape(-1).nonzero().squeeze(1)
-        rows.index_add_(0, index, F.linear(F.linear(flat.index_select(0, index), down), up))
-    return out
+def masked_stacked(module: torch.nn.Linear, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
+                   coefficients: torch.Tensor) -> torch.Tensor:
+    """The alternative to the pipeline's gathering: the Linear plus ``B ((A x) * c)`` for every token, all files'
+    factors stacked (R = the sum of their ranks) and ``c`` (B, S, R) each token's weight of each rank row, 0 for
+    tokens of no entity; B and the addition as one `addmm` (the precision of the pipeline's hook)."""
+    out = module(x)  # no token weights active: the base output
+    low = (F.linear(x, down).float() * coefficients).to(out.dtype)
+    return torch.addmm(out.reshape(-1, out.shape[-1]), low.flatten(0, -2), up.T).view_as(out)
 
 
 def linear_rows(pipe: EligenPipeline, side: int, files: list[str], rank: int, repeats: int) -> list[str]:
-    """Table 2 rows for one rank: the masked stacked product against gather/scatter on a dual block's image Linear
-    and a single block's joint one."""
+    """Table 2 rows for one rank: gather/scatter (the pipeline's hook) against the masked stacked product on a dual
+    block's image Linear and a single block's joint one."""
     positive, negative = pipe.prepare(entity_layout(layout(side, K, steps=2), files))
     tokens = batched_tokens([positive.lora_tokens, negative.lora_tokens], positive.prompt_embeds.shape[1])
     return [linear_row(pipe, name, tokens, files, rank, repeats)
@@ -136,28 +134,29 @@ def linear_rows(pipe: EligenPipeline, side: int, files: list[str], rank: int, re
 def linear_row(pipe: EligenPipeline, name: str, tokens: LoraTokens, files: list[str], rank: int, repeats: int
                ) -> str:
     module = pipe.transformer.get_submodule(name)
-    weights = tokens.stream(token_stream(name))
+    weights = {"image": tokens.image, "text": tokens.text,
+               "joint": torch.cat([tokens.text, tokens.image], dim=1)}[token_stream(name)]
     x = torch.randn(*weights.shape[:2], module.in_features, generator=torch.Generator().manual_seed(0)).to(
         pipe.device, pipe.dtype)
-    owned = [weights[..., f] != 0 for f in range(K)]
-    factors = []
-    for f in range(K):
-        deltas = {d.module: d for d in pipe.family.load_lora(files[f])}
-        d = deltas[name]
-        factors.append((d.down.to(pipe.device, pipe.dtype), (d.up * d.scale).to(pipe.device, pipe.dtype)))
+    deltas = [next(d for d in pipe.family.load_lora(path) if d.module == name) for path in files]
+    down = torch.cat([d.down for d in deltas]).to(pipe.device, pipe.dtype)
+    up = torch.cat([d.up for d in deltas], dim=1).to(pipe.device, pipe.dtype)
+    coefficients = torch.cat([weights[..., [f]].expand(-1, -1, d.down.shape[0]) * d.scale
+                              for f, d in enumerate(deltas)], dim=-1)
 
-    def masked() -> object:
+    def gathered() -> object:
         with active_tokens(tokens):
             return module(x)
 
     def nothing() -> None:
         pass
 
-    times = interleaved({"mask": (nothing, masked),
-                         "gather": (nothing, lambda: gather_scatter(module, x, factors, owned))}, repeats, pipe.device)
-    share = float(torch.stack(owned).float().mean())
-    return (f"| {name} | {rank} | {weights.shape[1]} x 2 | {share:.0%} | {times['mask'] * 1e3:.2f} | "
-            f"{times['gather'] * 1e3:.2f} | {times['gather'] / times['mask']:.2f} |")
+    times = interleaved({"gather": (nothing, gathered),
+                         "mask": (nothing, lambda: masked_stacked(module, x, down, up, coefficients))}, repeats,
+                        pipe.device)
+    share = float((weights != 0).float().mean())
+    return (f"| {name} | {rank} | {weights.shape[1]} x 2 | {share:.0%} | {times['gather'] * 1e3:.2f} | "
+            f"{times['mask'] * 1e3:.2f} | {times['mask'] / times['gather']:.2f} |")
 
 
 def main() -> None:
@@ -178,8 +177,8 @@ def main() -> None:
         pipe = build_pipeline(args.config, Path(folder), device, dtype)
         sampling = ["| rank | no LoRA s | 1 global LoRA s | 3 entity LoRAs s | entity / global | entity / none |",
                     "|---|---|---|---|---|---|"]
-        linear = ["| Linear | rank | tokens | tokens per file | mask + stacked ms | gather/scatter ms | "
-                  "gather / mask |", "|---|---|---|---|---|---|---|"]
+        linear = ["| Linear | rank | tokens | tokens per file | gather/scatter ms (the pipeline's) | "
+                  "mask + stacked ms | mask / gather |", "|---|---|---|---|---|---|---|"]
         for rank in args.ranks:
             files = [lora_file(pipe.transformer, rank, seed, Path(folder) / f"r{rank}-{seed}.safetensors")
                      for seed in range(K)]

@@ -1,11 +1,12 @@
 """LoRAs per entity: a LoRA's low-rank delta on exactly the tokens of the entities that name it (docs/entity-loras.md).
 
-Every per-token Linear a LoRA targets gets one forward hook holding the factors of every distinct entity LoRA file
-on it, stacked: ``A`` (R, in) and ``B`` (out, R) with R the sum of the files' ranks. A pass computes
-``B ((A x) * c)`` where ``c`` (B, S, R) is each token's weight of each file (the sum of the user scales of the
-entities that name the file and own the token, 0 elsewhere) times the file's ``alpha / rank``: a per-token mask on
-the low-rank output, one pair of matmuls for all entity LoRAs at once (measured against gathering each file's tokens
-and scattering their product back: `benchmarks/entity_lora.py`). A token of no entity gets exactly 0 added.
+Every per-token Linear a LoRA targets gets one forward hook holding the factors of each distinct entity LoRA file on
+it. A pass gathers, for each file, the rows (batch x token) it acts on, computes ``B (A x)`` for those rows only,
+scales each row by its weight (the sum of the user scales of the entities that name the file and own the token,
+times the file's ``alpha / rank``) and adds the result back at the same rows (`index_add`). The rows and weights of
+each stream are found once per generation (`LoraTokens`), not in every layer. Every other row of the output is left
+exactly as the base layer computed it. Gathering was measured faster than a per-token mask on the low-rank output of
+all tokens (all files stacked in one pair of matmuls) on every Linear measured: `benchmarks/entity_lora.py`.
 
 Which tokens a Linear maps is told by its diffusers name (`token_stream`): the image stream, the text stream, or the
 joint ``[text | image]`` sequence of FLUX's single blocks. Linears that map one vector per sample (the adaLN
@@ -42,13 +43,12 @@ if TYPE_CHECKING:
 
 Stream = Literal["image", "text", "joint"]
 
-# What the hook attaches to a Linear (non-persistent buffers: state_dict() is unchanged).
+# What the hook attaches to a Linear (the factors as non-persistent buffers: state_dict() is unchanged).
 _STREAM_ATTR = "_eligen_entity_stream"
 _HANDLE_ATTR = "_eligen_entity_handle"
-_DOWN = "eligen_entity_down"
-_UP = "eligen_entity_up"
-_SLOTS = "eligen_entity_slots"  # (R,) long: the file of each stacked rank row
-_SCALES = "eligen_entity_scales"  # (R,) float32: alpha / rank of that row's file on this module
+_FILES_ATTR = "_eligen_entity_files"  # [(file slot, alpha / rank)] of the factors held, in buffer order
+_DOWN = "eligen_entity_down_{}"
+_UP = "eligen_entity_up_{}"
 
 _STREAMS: tuple[tuple[re.Pattern[str], Stream], ...] = tuple((re.compile(p), s) for p, s in (
     # FLUX's single blocks run one joint [text | image] sequence through every Linear but the modulation
@@ -68,21 +68,34 @@ def token_stream(module: str) -> Stream | None:
 
 
 @dataclass(frozen=True)
+class StreamRows:
+    """The rows of one stream's (B * S) flattened tokens each file acts on, and their weights."""
+
+    shape: tuple[int, int]  # (B, S) of the stream
+    index: tuple[torch.Tensor, ...]  # per file: (n_f,) long row indices
+    weight: tuple[torch.Tensor, ...]  # per file: (n_f, 1) float32 weights of those rows
+
+    @classmethod
+    def of(cls, weights: torch.Tensor) -> StreamRows:
+        flat = weights.reshape(-1, weights.shape[-1])
+        index = tuple(flat[:, f].nonzero().squeeze(1) for f in range(flat.shape[1]))
+        return cls((weights.shape[0], weights.shape[1]), index, tuple(flat[i, f][:, None] for f, i in enumerate(index)))
+
+
+@dataclass(frozen=True)
 class LoraTokens:
-    """Each token's weight of each entity LoRA file in one pass: (B, n_text, F) and (B, n_image, F) float32, and
-    both joined as FLUX's single blocks see them, (B, n_text + n_image, F)."""
+    """Each token's weight of each entity LoRA file in one pass, (B, n_text, F) and (B, n_image, F) float32, and the
+    rows each file acts on in each stream (the joint one is FLUX's single blocks' [text | image])."""
 
     text: torch.Tensor
     image: torch.Tensor
-    joint: torch.Tensor
+    rows: dict[Stream, StreamRows]
 
     @classmethod
     def of(cls, text: torch.Tensor, image: torch.Tensor) -> LoraTokens:
-        return cls(text, image, torch.cat([text, image], dim=1))
-
-    def stream(self, stream: Stream) -> torch.Tensor:
-        """The weights of the tokens a Linear of `stream` maps."""
-        return self.image if stream == "image" else self.text if stream == "text" else self.joint
+        joint = torch.cat([text, image], dim=1)
+        return cls(text, image, {"text": StreamRows.of(text), "image": StreamRows.of(image),
+                                 "joint": StreamRows.of(joint)})
 
 
 _ACTIVE: ContextVar[LoraTokens | None] = ContextVar("eligen_entity_lora_tokens", default=None)
@@ -100,25 +113,31 @@ def active_tokens(tokens: LoraTokens | None) -> Iterator[None]:
 
 def _entity_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: torch.Tensor
                  ) -> torch.Tensor:
-    """Add ``B ((A x) * c)`` to the Linear's output, c the active per-token weights of each stacked rank row.
+    """Add each file's ``weight * B (A x)`` to the rows of the Linear's output that the file acts on.
 
-    Both products run in the activations' dtype (float32 accumulation), the per-token scaling in float32, and B with
-    the addition as one ``addmm`` (one rounding): no output-sized float32 temporaries, which in a bfloat16 model
-    cost more than the low-rank product itself. A token whose weights are all 0 gets exactly its base output.
+    Both products run in the activations' dtype (float32 accumulation), the row weights in float32; the gathered
+    rows' results are added back with one rounding (`index_add_`). Rows no file acts on are the base output exactly.
     """
     tokens = _ACTIVE.get()
     if tokens is None:
         return output
     x = args[0] if args else kwargs["input"]
-    down = getattr(module, _DOWN)
-    weights = tokens.stream(getattr(module, _STREAM_ATTR))
-    if weights.shape[:2] != x.shape[:2]:
-        raise ValueError(f"entity LoRA token weights {tuple(weights.shape[:2])} do not match the "
-                         f"{getattr(module, _STREAM_ATTR)} tokens {tuple(x.shape[:2])} of this pass")
-    coefficients = weights[..., getattr(module, _SLOTS)] * getattr(module, _SCALES)
-    low = (F.linear(x, down.to(x.dtype)).float() * coefficients).to(output.dtype)
-    flat = output.reshape(-1, output.shape[-1])
-    return torch.addmm(flat, low.flatten(0, -2), getattr(module, _UP).to(output.dtype).T).view_as(output)
+    rows = tokens.rows[getattr(module, _STREAM_ATTR)]
+    if rows.shape != (x.shape[0], x.shape[1]):
+        raise ValueError(f"entity LoRA token weights {rows.shape} do not match the {getattr(module, _STREAM_ATTR)} "
+                         f"tokens {tuple(x.shape[:2])} of this pass")
+    flat_x = x.reshape(-1, x.shape[-1])
+    result = None
+    for k, (slot, scale) in enumerate(getattr(module, _FILES_ATTR)):
+        index = rows.index[slot]
+        if index.numel() == 0:
+            continue
+        down, up = getattr(module, _DOWN.format(k)), getattr(module, _UP.format(k))
+        low = F.linear(flat_x.index_select(0, index), down.to(x.dtype)).float() * (rows.weight[slot] * scale)
+        if result is None:
+            result = output.reshape(-1, output.shape[-1]).clone()
+        result.index_add_(0, index, F.linear(low.to(output.dtype), up.to(output.dtype)))
+    return output if result is None else result.view_as(output)
 
 
 def attach_entity_loras(transformer: nn.Module, files: Sequence[list[LoraDelta]]) -> list[str]:
@@ -153,16 +172,11 @@ def attach_entity_loras(transformer: nn.Module, files: Sequence[list[LoraDelta]]
         for name, entries in per_module.items():
             module = transformer.get_submodule(name)
             weight = module.weight
-            dtype = torch.promote_types(torch.promote_types(entries[0][1].down.dtype, entries[0][1].up.dtype),
-                                        weight.dtype)
-            down = torch.cat([d.down.to(weight.device, dtype) for _, d in entries])
-            up = torch.cat([d.up.to(weight.device, dtype) for _, d in entries], dim=1)
-            slots = torch.cat([torch.full((d.down.shape[0],), s, dtype=torch.long) for s, d in entries])
-            scales = torch.cat([torch.full((d.down.shape[0],), d.scale, dtype=torch.float32) for _, d in entries])
-            module.register_buffer(_DOWN, down, persistent=False)
-            module.register_buffer(_UP, up, persistent=False)
-            module.register_buffer(_SLOTS, slots.to(weight.device), persistent=False)
-            module.register_buffer(_SCALES, scales.to(weight.device), persistent=False)
+            for k, (_, delta) in enumerate(entries):
+                dtype = torch.promote_types(torch.promote_types(delta.down.dtype, delta.up.dtype), weight.dtype)
+                module.register_buffer(_DOWN.format(k), delta.down.to(weight.device, dtype), persistent=False)
+                module.register_buffer(_UP.format(k), delta.up.to(weight.device, dtype), persistent=False)
+            setattr(module, _FILES_ATTR, [(slot, delta.scale) for slot, delta in entries])
             setattr(module, _STREAM_ATTR, token_stream(name))
             setattr(module, _HANDLE_ATTR, module.register_forward_hook(_entity_hook, with_kwargs=True))
     return sorted(left_out)
@@ -174,10 +188,11 @@ def detach_entity_loras(transformer: nn.Module) -> int:
     for module in transformer.modules():
         if hasattr(module, _HANDLE_ATTR):
             getattr(module, _HANDLE_ATTR).remove()
-            for name in (_DOWN, _UP, _SLOTS, _SCALES):
+            for k in range(len(getattr(module, _FILES_ATTR))):
+                delattr(module, _DOWN.format(k))
+                delattr(module, _UP.format(k))
+            for name in (_HANDLE_ATTR, _STREAM_ATTR, _FILES_ATTR):
                 delattr(module, name)
-            delattr(module, _HANDLE_ATTR)
-            delattr(module, _STREAM_ATTR)
             restored += 1
     return restored
 

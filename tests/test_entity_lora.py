@@ -109,7 +109,7 @@ def _captured(pipe: EligenPipeline, layout: Any, blocks: tuple[str, ...]) -> lis
     handles = []
     branch = [0]
     for name, module in pipe.transformer.named_modules():
-        if name.startswith(blocks) and hasattr(module, "eligen_entity_down"):
+        if name.startswith(blocks) and hasattr(module, "eligen_entity_down_0"):
             handles.append(module.register_forward_hook(
                 lambda m, args, out, name=name: found.append((name, branch[0], args[0].detach(), out.detach()))))
     try:
@@ -211,11 +211,11 @@ def test_one_file_loaded_once_for_every_entity(tiny_pipe: EligenPipeline, tmp_pa
         tiny_pipe.prepare(two_entities(tiny_pipe, ([{"path": path}], [{"path": path, "scale": 0.5}])))
         tiny_pipe.prepare(two_entities(tiny_pipe, ([{"path": path, "scale": 2.0}], [{"path": path}])))
         module = tiny_pipe.transformer.get_submodule("transformer_blocks.0.attn.to_q")
-        assert module.eligen_entity_down.shape[0] == 4  # one copy of the rank-4 factors
+        assert module.eligen_entity_down_0.shape[0] == 4 and not hasattr(module, "eligen_entity_down_1")  # one copy
     finally:
         tiny_pipe.prepare(two_entities(tiny_pipe))
     assert loads == [path]
-    assert not hasattr(module, "eligen_entity_down")
+    assert not hasattr(module, "eligen_entity_down_0")
 
 
 def test_layers_per_sample_are_left_out_with_a_warning(tiny_pipe: EligenPipeline, tmp_path: Path) -> None:
@@ -224,7 +224,7 @@ def test_layers_per_sample_are_left_out_with_a_warning(tiny_pipe: EligenPipeline
         with pytest.warns(LayoutWarning, match="one vector per image"):
             tiny_pipe.prepare(two_entities(tiny_pipe, ([{"path": path}], [])))
         assert not hasattr(tiny_pipe.transformer.get_submodule("transformer_blocks.0.norm1.linear"),
-                           "eligen_entity_down")
+                           "eligen_entity_down_0")
     finally:
         tiny_pipe.prepare(two_entities(tiny_pipe))
 
