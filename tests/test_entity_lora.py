@@ -201,6 +201,19 @@ def test_two_entities_two_loras_change_their_own_regions(pipe: EligenPipeline, t
     assert min(ratios) > LOCALITY_FLOOR
 
 
+def test_batched_cfg_gives_the_same_latents(pipe: EligenPipeline, tmp_path: Path) -> None:
+    """Both CFG branches as one batch (the text of the shorter padded with tokens of no entity) = one at a time."""
+    files = [lora_file(pipe.transformer, tmp_path / f"{n}.safetensors", seed=n) for n in (1, 2)]
+    layout = two_entities(pipe, ([{"path": files[0]}], [{"path": files[1], "scale": 0.6}]), overlap=True)
+    positive, negative = pipe.prepare(layout)
+    separate = pipe.sample(layout, positive, negative, 0)
+    together = pipe.sample(layout, positive, negative, 0, batch_cfg=True)
+    plain = pipe.prepare(two_entities(pipe))
+    assert not torch.equal(separate, pipe.sample(layout, *plain, 0))
+    # float32; batching changes only the matmuls' blocking (the same bound as tests/test_performance_backends.py)
+    assert (together - separate).abs().max().item() <= 1e-5 * separate.abs().max().item()
+
+
 def test_one_file_loaded_once_for_every_entity(tiny_pipe: EligenPipeline, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     path = lora_file(tiny_pipe.transformer, tmp_path / "a.safetensors", seed=1)
