@@ -317,6 +317,16 @@ def test_cli_records_entity_loras_and_reruns_the_png(tiny_model: Path, tmp_path:
     assert runner.invoke(app, ["generate", str(layout), "-o", str(plain)]).exit_code == 0
     assert not np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(plain)))
 
+    # a LoRA relative to the layout file is recorded absolute: the PNG re-runs from another folder
+    relative = _layout_file(tmp_path, tiny_model, [{"path": "good.safetensors", "scale": 0.5}], "relative")
+    moved = tmp_path / "elsewhere" / "moved.png"
+    moved.parent.mkdir()
+    assert runner.invoke(app, ["generate", str(relative), "-o", str(moved)]).exit_code == 0
+    assert read_png_metadata(moved)["layout"]["entities"][0]["loras"] == [{"path": good, "scale": 0.5}]
+    result = runner.invoke(app, ["generate", str(moved), "-o", str(tmp_path / "moved-again.png")])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.asarray(Image.open(moved)), np.asarray(Image.open(tmp_path / "moved-again.png")))
+
 
 def test_studio_takes_only_its_own_or_hub_loras_for_entities(tiny_model: Path) -> None:
     from eligen.studio.inputs import browser_layout
