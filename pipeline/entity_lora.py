@@ -202,10 +202,11 @@ def branch_tokens(weights: torch.Tensor, regions: torch.Tensor, group_lengths: S
     """The token weights of one CFG branch: every image token of entity e's region and, where the branch has entity
     prompt groups (`group_lengths`: k entity groups then the global one), the tokens of e's group get row e of
     `weights` (k, F); overlapping regions add up. A branch without entity groups (the negative) gets the image
-    tokens only."""
+    tokens only. The weights are made on `regions`' device."""
     k, files = weights.shape
+    weights = weights.to(regions.device)
     image = (regions.float().T @ weights)[None]  # (1, n_image, F)
-    text = torch.zeros(1, text_length, files)
+    text = torch.zeros(1, text_length, files, device=regions.device)
     if group_lengths is not None and len(group_lengths) == k + 1:
         start = 0
         for e, length in enumerate(group_lengths[:k]):
