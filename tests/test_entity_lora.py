@@ -140,15 +140,17 @@ def _owned(length: int, regions: np.ndarray, text: int, groups: tuple[int, ...] 
     return torch.cat([prompt, image])
 
 
+@pytest.mark.parametrize("regions_on_negative", [False, True])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_delta_exactly_on_the_entity_tokens_and_equal_to_the_global_lora_there(family: str, tmp_path: Path,
-                                                                              request: pytest.FixtureRequest) -> None:
+def test_delta_exactly_on_the_entity_tokens_and_equal_to_the_global_lora_there(
+        family: str, regions_on_negative: bool, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """With `regions_on_negative` the negative branch has entity prompt groups too, whose tokens are the entity's."""
     pipe = request.getfixturevalue(family)
     transformer = pipe.transformer
     files = [lora_file(transformer, tmp_path / f"{n}.safetensors", seed=n) for n in (1, 2)]
     scales = (0.7, 1.3)
     layout = two_entities(pipe, ([{"path": files[0], "scale": scales[0]}], [{"path": files[1], "scale": scales[1]}]),
-                          overlap=True)
+                          overlap=True, regions_on_negative=regions_on_negative)
     blocks = ("transformer_blocks.0.", "single_transformer_blocks.0.")
     try:
         found, positive, negative = _captured(pipe, layout, blocks)
@@ -180,8 +182,8 @@ def test_delta_exactly_on_the_entity_tokens_and_equal_to_the_global_lora_there(f
         torch.testing.assert_close(contribution, expected, rtol=1e-5, atol=1e-6)
         inside += int((contribution.abs() > 0).any(dim=-1).sum())
         if branch == 1 and x.shape[1] != regions.shape[1]:
-            # the negative branch has no entity prompts: only its image tokens of the regions are the entity's
-            assert not owned[0][: cond.prompt_embeds.shape[1]].any()
+            # the negative branch's text tokens are an entity's only where it has entity prompt groups
+            assert owned[0][: cond.prompt_embeds.shape[1]].any() == regions_on_negative
     assert inside > 0
     assert {b for _, b, *_ in found} == {0, 1}
 
