@@ -75,6 +75,9 @@ LoraOpt = Annotated[list[str] | None, typer.Option(
 LoraScaleOpt = Annotated[list[float] | None, typer.Option(
     "--lora-scale", metavar="SCALE", help="Scale of each --lora, paired in order [default: 1.0].")]
 FuseOpt = Annotated[bool, typer.Option("--fuse-loras", help="Merge LoRAs into the weights (faster steps).")]
+EntityLoraOpt = Annotated[list[str] | None, typer.Option(
+    "--entity-lora", metavar="N=FILE[:SCALE]", help="A LoRA on entity N only (0 = the first), added to the entity's "
+    "`loras`; FILE as for --lora, SCALE defaults to 1.0; repeat for more (docs/entity-loras.md).")]
 PreviewOpt = Annotated[bool, typer.Option("--preview", help="Also write <output stem>.preview.png.")]
 AttentionOpt = Annotated[Literal["auto", "dense", "flex", "split"] | None, typer.Option(
     help="How the regional mask runs: auto (split where it is faster, else dense), dense (exact to the reference), "
@@ -101,6 +104,28 @@ def _lora_overrides(loras: list[str] | None, scales: list[float] | None) -> list
     scales = scales + [1.0] * (len(loras) - len(scales))
     return [{"path": str(Path(spec).resolve()) if Path(spec).is_file() else spec, "scale": scale}
             for spec, scale in zip(loras, scales, strict=True)]
+
+
+def _entity_lora_overrides(values: list[str] | None) -> dict[int, list[dict[str, Any]]] | None:
+    """`--entity-lora N=FILE[:SCALE]` as {entity index: [LoRA spec, ...]} (local files resolved against the current
+    folder)."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for value in values or []:
+        index, equals, rest = value.partition("=")
+        if not equals or not index.strip().isdigit() or not rest:
+            raise typer.BadParameter(f"expected N=FILE[:SCALE] with N an entity index, got {value!r}",
+                                     param_hint="--entity-lora")
+        spec, scale = rest, 1.0
+        if ":" in rest:
+            spec, _, text = rest.rpartition(":")
+            try:
+                scale = float(text)
+            except ValueError:
+                raise typer.BadParameter(f"expected a number after the last ':' (the scale), got {text!r} in "
+                                         f"{value!r}", param_hint="--entity-lora") from None
+        path = str(Path(spec).resolve()) if Path(spec).is_file() else spec
+        found.setdefault(int(index), []).append({"path": path, "scale": scale})
+    return found or None
 
 
 def _version(value: bool) -> None:
@@ -217,6 +242,7 @@ def generate(
     quantize: QuantizeOpt = "none",
     lora: LoraOpt = None,
     lora_scale: LoraScaleOpt = None,
+    entity_lora: EntityLoraOpt = None,
     fuse_loras: FuseOpt = False,
     ip_adapter: IPAdapterOpt = None,
     ip_image: IPImageOpt = None,
@@ -251,6 +277,7 @@ def generate(
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "schedule": schedule,
                  "entity_tokens": entity_tokens_value(entity_tokens), "attention": attention,
                  "model": model, "transformer": transformer, "loras": _lora_overrides(lora, lora_scale),
+                 "entity_loras": _entity_lora_overrides(entity_lora),
                  "ip_adapter": ip_adapter_override(ip_adapter, ip_image, ip_scale, ip_encoder)}
     with user_errors():
         jobs = []
@@ -358,6 +385,7 @@ def inpaint(
     quantize: QuantizeOpt = "none",
     lora: LoraOpt = None,
     lora_scale: LoraScaleOpt = None,
+    entity_lora: EntityLoraOpt = None,
     fuse_loras: FuseOpt = False,
     ip_adapter: IPAdapterOpt = None,
     ip_image: IPImageOpt = None,
@@ -384,6 +412,7 @@ def inpaint(
 
     overrides = {"seed": seed or None, "steps": steps, "cfg": cfg, "guidance": guidance, "model": model,
                  "transformer": transformer, "loras": _lora_overrides(lora, lora_scale), "fusion": fusion,
+                 "entity_loras": _entity_lora_overrides(entity_lora),
                  "dilate": dilate, "feather": feather, "entity_tokens": entity_tokens_value(entity_tokens),
                  "attention": attention, "ip_adapter": ip_adapter_override(ip_adapter, ip_image, ip_scale, ip_encoder)}
     with user_errors():

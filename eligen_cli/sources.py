@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from eligen.pipeline.layout import Edits, Layout, LayoutError, load_layout, parse_layout
+from eligen.pipeline.layout import Edits, Layout, LayoutError, LoraSpec, load_layout, parse_layout, with_overrides
 from eligen.pipeline.model_defaults import with_model_defaults
 from eligen.pipeline.model_info import is_hub_file, resolve_model
 from eligen.pipeline.outputs import read_png_metadata
@@ -43,12 +43,20 @@ def resolve_transformer(value: str, base_dir: Path, source: str = "<layout>", fi
 def _resolve(layout: L, overrides: dict[str, Any], base_dir: Path, source: str) -> L:
     """The layout with its model and transformer resolved (command-line values against the current folder,
     the file's own against the file's folder), and what it leaves out taken from the model's defaults."""
-    update = {}
+    update: dict[str, Any] = {}
     if "model" not in overrides:
         update["model"] = resolve_model(layout.model, base_dir, source)
     if layout.transformer is not None and "transformer" not in overrides:
         update["transformer"] = resolve_transformer(layout.transformer, base_dir, source)
+    if any(e.loras for e in layout.entities):  # local entity LoRAs made absolute: the PNG re-runs from anywhere
+        update["entities"] = [e.model_copy(update={"loras": [_absolute_lora(s, base_dir) for s in e.loras]})
+                              if e.loras else e for e in layout.entities]
     return with_model_defaults(layout.model_copy(update=update))
+
+
+def _absolute_lora(spec: LoraSpec, base_dir: Path) -> LoraSpec:
+    local = (base_dir / Path(spec.path).expanduser()).resolve()
+    return spec.model_copy(update={"path": str(local)}) if spec.file is None and local.is_file() else spec
 
 
 def cli_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +108,7 @@ def load_source(path: Path, overrides: dict[str, Any]) -> LayoutSource:
     """Read and validate a layout (YAML, or a PNG written by eligen), apply overrides, resolve model and seeds."""
     overrides = cli_overrides(overrides)
     if path.suffix.lower() == ".png" and path.is_file():
-        layout = parse_layout({**_png_layout_data(path), **overrides}, str(path))
+        layout = parse_layout(with_overrides(_png_layout_data(path), overrides, str(path)), str(path))
     else:
         layout = load_layout(path, overrides)
     layout = _resolve(layout, overrides, path.parent, str(path))

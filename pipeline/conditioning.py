@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .adapter_input import AdapterInput, batched_adapter_input
+from .entity_lora import LoraTokens, batched_tokens
 from .regional_attention import padded_text, regional_attention_mask
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ class Conditioning:
     # (B, 1, N, N) additive regional mask (the sampler may turn it into a sparse form), None without regions
     attention_mask: torch.Tensor | BlockMask | SplitMask | None
     ip_adapter: AdapterInput | None = None  # an image-prompt adapter's references (`adapter_input`), None without
+    group_lengths: tuple[int, ...] | None = None  # tokens of each prompt group, [entity_1, ..., entity_k, global]
+    lora_tokens: LoraTokens | None = None  # each token's weight of each entity LoRA (`entity_lora`), None without
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def conditioning(
     text_ids = encode.text_ids([g.shape[1] for g in groups], global_embeds)
     mask = regional_attention_mask(token_regions, [g.shape[1] for g in groups], global_embeds.dtype,
                                    global_embeds.device)
-    return Conditioning(embeds, pooled, text_ids, mask)
+    return Conditioning(embeds, pooled, text_ids, mask, group_lengths=tuple(g.shape[1] for g in groups))
 
 
 def padded_ids(branches: Sequence[Conditioning], length: int) -> torch.Tensor:
@@ -93,8 +96,9 @@ def batched(branches: Sequence[Conditioning], n_image: int) -> Conditioning:
     pooled = None if branches[0].pooled is None else torch.cat([c.pooled for c in branches])
     text_ids = padded_ids(branches, length)
     adapter = batched_adapter_input([c.ip_adapter for c in branches], n_image)
+    tokens = batched_tokens([c.lora_tokens for c in branches], length)
     if all(c.attention_mask is None and c.prompt_embeds.shape[1] == length for c in branches):
-        return Conditioning(embeds, pooled, text_ids, None, adapter)
+        return Conditioning(embeds, pooled, text_ids, None, adapter, lora_tokens=tokens)
     masks = [padded_text(c.attention_mask, c.prompt_embeds.shape[1], length, n_image, embeds.dtype, embeds.device)
              for c in branches]
-    return Conditioning(embeds, pooled, text_ids, torch.cat(masks), adapter)
+    return Conditioning(embeds, pooled, text_ids, torch.cat(masks), adapter, lora_tokens=tokens)

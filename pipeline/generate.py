@@ -12,6 +12,7 @@ from . import model_info
 from .attention_backends import Attention
 from .conditioning import Conditioning, conditioning
 from .devices import Offload, Quantize, pick_device, pick_dtype
+from .entity_lora import EntityLoras, with_entity_tokens
 from .entity_tokens import entity_lengths
 from .families.base import ModelFamily, PromptEncoder
 from .families.loading import load_family
@@ -33,6 +34,7 @@ class EligenPipeline:
         self.model = model
         self.fuse_loras = fuse_loras
         self._loras: tuple[tuple[str, float], ...] = ()  # (file, scale) of the LoRAs now applied
+        self._entity_loras = EntityLoras()  # the entities' own LoRAs, each file loaded once
         self._image_prompt: tuple[tuple[str, str | None], ImagePrompt] | None = None  # (file, encoder), adapter
 
     @classmethod
@@ -86,10 +88,12 @@ class EligenPipeline:
         if layout.steps < 2 and self.family.scheduler_config.get("shift_terminal"):
             raise LayoutError(source, "steps", "expected at least 2 steps: this model's schedule is stretched to end "
                               "at its shift_terminal, which one step cannot (diffusers and the reference give NaN)")
+        entity_weights = self._entity_loras.use(self.transformer, self.family.load_lora, layout, base_dir, source,
+                                                self.fuse_loras)
         self.use_loras(self.lora_specs(layout), base_dir, source)
         if regions is None:
             regions = self.token_regions(layout, base_dir, source)
-        positive, negative = self.conditionings(layout, regions, source)
+        positive, negative = with_entity_tokens(*self.conditionings(layout, regions, source), regions, entity_weights)
         return self.with_references(layout, regions, positive, negative, base_dir, source)
 
     def with_references(

@@ -74,6 +74,7 @@ class Entity(_Strict):
 
     prompt: str = Field(min_length=1)
     reference: ReferenceSpec | None = None  # its own IP-Adapter reference image (needs the layout's ip_adapter)
+    loras: list[LoraSpec] | None = None  # LoRAs acting on this entity's tokens only (docs/entity-loras.md)
     box: tuple[float, float, float, float] | None = None
     polygon: list[tuple[float, float]] | None = Field(default=None, min_length=3)
     mask: str | None = Field(default=None, min_length=1)
@@ -324,10 +325,8 @@ def load_layout(
     With `image_size` the file is an edits file for inpainting an image of that size.
     """
     path = Path(path)
-    data = read_layout_data(path)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if isinstance(data, dict):
-        data = {**data, **overrides}
+    data = with_overrides(read_layout_data(path), overrides, str(path))
     try:
         return parse_edits(data, image_size, str(path)) if image_size else parse_layout(data, str(path))
     except LayoutError as exc:
@@ -338,6 +337,32 @@ def load_layout(
         raise
 
 
+
+
+def with_overrides(data: Any, overrides: dict[str, Any], source: str) -> Any:
+    """Layout data with command-line values merged in: top-level keys replace the file's, and `entity_loras`
+    ({entity index: [LoRA spec, ...]}, from `--entity-lora`) is added to those entities' own `loras`."""
+    if not isinstance(data, dict):
+        return data
+    overrides = dict(overrides)
+    extra: dict[int, list[dict[str, Any]]] = overrides.pop("entity_loras", None) or {}
+    data = {**data, **overrides}
+    if not extra:
+        return data
+    entities = data.get("entities")
+    count = len(entities) if isinstance(entities, list) else 0
+    where = f"{source} (--entity-lora on the command line)"
+    entities = list(entities) if isinstance(entities, list) else []
+    for index, specs in sorted(extra.items()):
+        if not 0 <= index < count:
+            raise LayoutError(where, f"entities[{index}]", f"expected the index of an entity (0 to {count - 1}), "
+                              f"the layout has {count} entit{'y' if count == 1 else 'ies'}" if count else
+                              "expected the index of an entity, the layout has none")
+        entity = entities[index]
+        if not isinstance(entity, dict):
+            continue  # validation names the malformed entity
+        entities[index] = {**entity, "loras": [*(entity.get("loras") or []), *specs]}
+    return {**data, "entities": entities}
 
 
 class Edits(Layout):

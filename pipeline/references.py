@@ -4,10 +4,10 @@ branch (`adapter_input`), the same for every family that has an adapter (FLUX).
 The global reference acts on every image token outside the regions of the entities that have a reference of their
 own, and on the text tokens (where a layer runs on the joint sequence); an entity's reference acts on the image
 tokens of its region only; where such regions overlap, their contributions add. The negative branch gets one
-reference of zero image embeddings everywhere, at the scale the adapter's format uses (`negative_scale` of the
-global reference's scale, else of the first entity's). A
-reference of scale 0 is dropped, and with no reference left the branches stay as they are: bit for bit the result
-without an adapter.
+reference of zero image embeddings on the same tokens, each at the scale the adapter's format uses for that
+reference's negative (`negative_scale`): nowhere else, so that guidance does not spread a per-entity reference's
+effect over the whole image. A reference of scale 0 is dropped, and with no reference left the branches stay as
+they are: bit for bit the result without an adapter.
 """
 
 from __future__ import annotations
@@ -107,19 +107,21 @@ def with_references(
             raise ValueError("entity references need the entities' token regions (regions)")
         outside = ~torch.from_numpy(regions[referenced].any(axis=0))
     attentions = []
+    negative_image, negative_text = torch.zeros(1, n_image, device=device), torch.zeros(1, device=device)
     for field, image_spec, scale, entity in found:
         keys, values = prompt.keys_values(open_reference(image_spec, base_dir, source, field), device)
         region = outside if entity is None else torch.from_numpy(regions[entity])
         image_weight, text_weight = reference_weights(scale, n_image, region, entity is None, device)
         attentions.append(ReferenceAttention(keys, values, image_weight, text_weight))
+        image_weight, text_weight = reference_weights(prompt.negative_scale(scale), n_image, region, entity is None,
+                                                      device)
+        negative_image, negative_text = negative_image + image_weight, negative_text + text_weight
     positive = replace(positive, ip_adapter=AdapterInput(tuple(attentions)))
     if negative is None:
         return positive, None
-    scale = prompt.negative_scale(found[0][2])  # the global reference's scale, else the first entity's
     keys, values = prompt.keys_values(None, device)
-    image_weight, text_weight = reference_weights(scale, n_image, None, True, device)
-    return positive, replace(negative, ip_adapter=AdapterInput((ReferenceAttention(keys, values, image_weight,
-                                                                                   text_weight),)))
+    return positive, replace(negative, ip_adapter=AdapterInput((ReferenceAttention(keys, values, negative_image,
+                                                                                   negative_text),)))
 
 
 def _no_adapters(family: str, source: str) -> LayoutError:

@@ -17,6 +17,7 @@ import torch
 
 from .attention_backends import Attention, attention_form
 from .conditioning import Conditioning, batched
+from .entity_lora import active_tokens
 from .families.base import Velocity
 
 # The sampler's schedules, named for what they are: the model's own scheduler config (diffusers' schedule, a
@@ -118,6 +119,12 @@ def rescaled_cfg(v_pos: torch.Tensor, v_neg: torch.Tensor, cfg: float) -> torch.
     return v * (torch.norm(v_pos, dim=-1, keepdim=True) / torch.norm(v, dim=-1, keepdim=True))
 
 
+def _velocity(velocity: Velocity, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    """One pass under `cond`, with its entity LoRAs' token weights active (`entity_lora`)."""
+    with active_tokens(cond.lora_tokens):
+        return velocity(x, t, cond)
+
+
 @torch.inference_mode()
 def denoise(
     velocity: Velocity,
@@ -144,7 +151,7 @@ def denoise(
     passes = branches(positive, negative if cfg > 1.0 else None, x.shape[1], attention, batch_cfg)
     for i, t in enumerate(timesteps.to(x.device)):
         sigma = sigmas[i].item()
-        both = torch.cat([velocity(x, t, c) for c in passes])  # (1 or 2 branches, n, d)
+        both = torch.cat([_velocity(velocity, x, t, c) for c in passes])  # (1 or 2 branches, n, d)
         v = both[:1] if fuse_positive is None else fuse_positive(both[:1], x, sigma)
         if len(both) == 2:
             v_neg = both[1:] if fuse_negative is None else fuse_negative(both[1:], x, sigma)

@@ -5,7 +5,8 @@ the layout is parsed, so that nothing else on the server is ever opened or fetch
 * `entities[i].mask`, `color_mask`: an inline PNG (`data:image/png;base64,...`, what the page and its uploads send)
   or an allowed file;
 * `entities[i].reference.image`, `ip_adapter.path`, `ip_adapter.image`, `ip_adapter.image_encoder`: an allowed file;
-* `loras[i]`: a LoRA the studio was started with (`path`, or `path` and `file` joined as `repo-id/path/in/repo`);
+* `loras[i]`, `entities[i].loras[j]`: a LoRA the studio was started with (`path`, or `path` and `file` joined as
+  `repo-id/path/in/repo`);
 * `model` and `transformer`: the studio's own (or absent).
 """
 
@@ -56,7 +57,7 @@ def names_in(layout: Layout, base_dir: Path) -> Allowed:
 
     layout = with_absolute_paths(layout, base_dir)
     loras = []
-    for spec in layout.loras or []:
+    for spec in [*(layout.loras or []), *(s for e in layout.entities for s in e.loras or [])]:
         local = (base_dir / Path(spec.path).expanduser()).resolve()
         loras.append(str(local) if spec.file is None and local.is_file()
                      else f"{spec.path}/{spec.file}" if spec.file else spec.path)
@@ -83,9 +84,9 @@ def _file(data: Any, key: str, field: str, allowed: Allowed, source: str, inline
         raise _refuse(source, field, value, allowed.files, "--allow-file", inline)
 
 
-def _loras(data: dict[str, Any], allowed: Allowed, source: str) -> dict[str, Any]:
-    """The LoRAs checked against the allowed ones; `repo-id/path/in/repo.safetensors` becomes `path: repo-id` with
-    `file:` as the pipeline reads a hub LoRA."""
+def _loras(data: dict[str, Any], allowed: Allowed, source: str, field: str = "loras") -> dict[str, Any]:
+    """The LoRAs of a layout or of one entity (`field` names them) checked against the allowed ones;
+    `repo-id/path/in/repo.safetensors` becomes `path: repo-id` with `file:` as the pipeline reads a hub LoRA."""
     loras = data.get("loras")
     if not isinstance(loras, list):
         return data
@@ -97,7 +98,7 @@ def _loras(data: dict[str, Any], allowed: Allowed, source: str) -> dict[str, Any
             continue
         name = f"{spec['path']}/{spec['file']}" if spec.get("file") else spec["path"]
         if name not in allowed.loras:
-            raise _refuse(source, f"loras[{i}].path", name, allowed.loras, "--lora", False)
+            raise _refuse(source, f"{field}[{i}].path", name, allowed.loras, "--lora", False)
         parts = name.split("/")
         if not Path(name).is_absolute() and len(parts) >= 3:
             spec = {**spec, "path": "/".join(parts[:2]), "file": "/".join(parts[2:])}
@@ -115,10 +116,15 @@ def checked_paths(data: dict[str, Any], allowed: Allowed, model: str, transforme
                               f"{str(data[key])[:80]!r}", f"the {key} is chosen when the studio starts")
     _file(data, "color_mask", "color_mask", allowed, source, inline=True)
     entities = data.get("entities")
+    checked_entities = []
     for i, entity in enumerate(entities if isinstance(entities, list) else []):
         if isinstance(entity, dict):
             _file(entity, "mask", f"entities[{i}].mask", allowed, source, inline=True)
             _file(entity.get("reference"), "image", f"entities[{i}].reference.image", allowed, source)
+            entity = _loras(entity, allowed, source, f"entities[{i}].loras")
+        checked_entities.append(entity)
+    if isinstance(entities, list):
+        data = {**data, "entities": checked_entities}
     adapter = data.get("ip_adapter")
     for key in ("path", "image", "image_encoder"):
         _file(adapter, key, f"ip_adapter.{key}", allowed, source)

@@ -111,12 +111,12 @@ function recolour(e) {
 
 function newEntity(fields) {
   return { uid: S.uid++, prompt: "", color: nextColour(fields && fields.prompt), autoColour: true, kind: null,
-           box: null, polygon: null, mask: null, maskVersion: 0, ...fields };
+           box: null, polygon: null, mask: null, maskVersion: 0, loras: [], ...fields };
 }
 
 function copyEntity(e) {
   return { ...e, box: e.box && [...e.box], polygon: e.polygon && e.polygon.map((p) => [...p]),
-           mask: e.mask && e.mask.slice() };
+           mask: e.mask && e.mask.slice(), loras: e.loras.map((spec) => ({ ...spec })) };
 }
 
 function snapshot() {
@@ -277,6 +277,7 @@ function entityData(e) {
   if (e.kind === "box") data.box = e.box;
   else if (e.kind === "polygon") data.polygon = e.polygon;
   else if (e.kind === "mask") data.mask = maskDataUrl(e);
+  if (e.loras.length) data.loras = e.loras;
   return data;
 }
 
@@ -475,6 +476,7 @@ function entityElement(e, i) {
     maskLabel,
     button("✕", "delete", () => remove(i)));
   card.append(head, meta);
+  if (S.info.loras.length || e.loras.length) card.append(entityLoraPicker(e));
 
   if (e.kind === "box") {
     const coords = document.createElement("div");
@@ -501,6 +503,42 @@ function entityElement(e, i) {
   warning.className = "warning";
   card.append(message, warning);
   return card;
+}
+
+// A LoRA on this entity only (docs/entity-loras.md), one of the LoRAs the studio was started with.
+function entityLoraPicker(e) {
+  const line = document.createElement("div");
+  line.className = "meta entity-lora";
+  const current = e.loras[0];
+  const paths = ["", ...S.info.loras];
+  if (current && !paths.includes(current.path)) paths.push(current.path); // from a re-opened file
+  const pick = document.createElement("select");
+  pick.title = "a LoRA on this entity only (one the studio was started with: --lora)";
+  for (const path of paths) {
+    const option = document.createElement("option");
+    option.value = path;
+    option.textContent = path ? path.split("/").pop() : "no entity LoRA";
+    option.selected = current ? current.path === path : path === "";
+    pick.append(option);
+  }
+  const scale = document.createElement("input");
+  scale.type = "number";
+  scale.step = "0.05";
+  scale.title = "the entity LoRA's scale";
+  scale.value = current ? current.scale ?? 1 : 1;
+  scale.style.width = "56px";
+  const update = () => {
+    pushUndo();
+    const now = e.loras[0];
+    const kept = now && now.path === pick.value ? now : {};
+    const first = pick.value ? [{ ...kept, path: pick.value, scale: numberOr(scale.value) ?? 1 }] : [];
+    e.loras = [...first, ...e.loras.slice(1)];
+    scheduleCheck();
+  };
+  pick.addEventListener("change", update);
+  scale.addEventListener("change", update);
+  line.append(pick, scale);
+  return line;
 }
 
 function refreshBoxInputs(i) {
@@ -1043,7 +1081,7 @@ async function applyLayout(data, kind) {
   const list = [];
   doc().entities = list;
   for (const item of data.entities || []) {
-    const e = newEntity({ prompt: item.prompt });
+    const e = newEntity({ prompt: item.prompt, loras: item.loras || [] });
     if (item.box) Object.assign(e, { kind: "box", box: [...item.box] });
     else if (item.polygon) Object.assign(e, { kind: "polygon", polygon: item.polygon.map((p) => [...p]) });
     else if (item.mask) Object.assign(e, { kind: "mask", mask: await maskFromImage(item.mask), maskVersion: 1 });
