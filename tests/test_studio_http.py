@@ -281,6 +281,8 @@ HOSTILE = [  # (layout, the field the refusal names)
     (_with(loras=[{"path": "evil/loras/x.safetensors"}]), "loras[0].path"),
     (_with(loras=[{"path": "evil/loras", "file": "x.safetensors"}]), "loras[0].path"),
     (_with(loras=[{"path": ALLOWED_LORA}, {"path": "someone/loras", "file": "../../x.safetensors"}]), "loras[1].path"),
+    (_with({"loras": [{"path": SECRET}]}), "entities[0].loras[0].path"),
+    (_with({"loras": [{"path": ALLOWED_LORA}, {"path": "evil/loras/x.safetensors"}]}), "entities[0].loras[1].path"),
     (_with(transformer=SECRET), "transformer"),
     (_with(model="/srv/models/other"), "model"),
 ]
