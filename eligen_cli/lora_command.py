@@ -25,7 +25,7 @@ def lora_convert(
     they are. See docs/comfyui.md.
 
     \b
-    Example:
+    Examples:
       eligen lora convert model_bf16.safetensors -o eligen-flux-comfyui.safetensors
     """
     from safetensors.torch import save_file
