@@ -320,10 +320,6 @@ def eval_command(
     """
     if output is None and (score_only or num_processes > 1):
         raise fail("--score-only and --num-processes need -o (the run's folder)", 2)
-    if num_processes > 1 and not launched():
-        with user_errors():
-            launch_self("eval", _reconstructed_args(ctx), num_processes, device)
-        return
     overrides: dict[str, Any] = {
         "model": model, "transformer": transformer, "steps": steps, "cfg": cfg,
         "entity_tokens": entity_tokens_value(entity_tokens), "size": _size(size),
@@ -337,6 +333,9 @@ def eval_command(
         options = ScorerOptions(detector_model, sam_model, clip_model, mllm_url, mllm_model,
                                 _process_device(device))
         scorers = build_scorers(auto_scorers(names, items, benchmark["kind"]), options)
+        if num_processes > 1 and not launched():  # every input checked once, here, before the processes start
+            launch_self("eval", _reconstructed_args(ctx), num_processes, device)
+            return
         run = {"benchmark_sha256": benchmark["sha256"], "model": items[0].layout.model, "seeds": len(seed_list),
                "steps": items[0].layout.steps, "cfg": items[0].layout.cfg, "size": list(items[0].layout.size),
                "entity_tokens": items[0].layout.entity_tokens, "global_only": global_only,

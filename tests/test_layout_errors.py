@@ -60,6 +60,8 @@ CASES = [
     Case("bad_yaml", "prompt: a desk\nsteps: 3\n  cfg: 2\n", "(yaml)", ("expected valid YAML", "line 3")),
     Case("bad_yaml_tab", f"prompt: a\nentities:\n  - prompt: x\n\tbox: {BOX}\n", "(yaml)",
          ("expected valid YAML", "line 4")),
+    Case("nested_5000_deep", "prompt: " + "[" * 5000 + "]" * 5000 + "\n", "(yaml)",
+         ("nested at most a few hundred levels deep", "recursion limit")),
     Case("empty_file", "", "(file)", ("empty",)),
     Case("not_utf8", b"prompt: \xff\xfe a desk\n", "(file)", ("UTF-8",)),
     Case("layout_file_missing", None, "(file)", ("existing layout file", "no file at this path")),
