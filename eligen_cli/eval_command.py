@@ -101,6 +101,14 @@ def _coco_mig_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchIt
     return items, {"kind": "coco-mig", "files": [str(p) for p in files], "sha256": files_sha256(files)}
 
 
+def _check_memory(items: list[BenchItem], device: str | None) -> None:
+    """The item with the most entities (the largest regional mask) fits where it would run (before any loading)."""
+    from eligen.pipeline.memory_estimate import check_memory
+
+    largest = max(items, key=lambda item: (item.layout.size[0] * item.layout.size[1], len(item.layout.entities)))
+    check_memory(largest.layout, device, largest.source)
+
+
 def _items(sources: list[Path], overrides: dict[str, Any]) -> tuple[list[BenchItem], dict[str, Any]]:
     from eligen.pipeline.bench.coco_mig import is_coco_mig
 
@@ -328,6 +336,7 @@ def eval_command(
     with user_errors():
         items, benchmark = _items(sources, overrides)
         items = items[:limit] if limit else items
+        _check_memory(items, device)
         seed_list = list(range(seeds or (8 if benchmark["kind"] == "coco-mig" else 4)))
         names = list(scorer or ["auto"])
         options = ScorerOptions(detector_model, sam_model, clip_model, mllm_url, mllm_model,

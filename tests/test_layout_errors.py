@@ -269,12 +269,12 @@ def test_png_without_eligen_metadata(command: str, runner: CliRunner, tmp_path: 
 
 def test_generate_rejects_every_layout_before_writing(runner: CliRunner, tmp_path: Path) -> None:
     """With several layouts, one bad file stops the run before any preview is written."""
-    head = "prompt: a\nsize: [64, 64]\nentities:\n  - prompt: x\n"
-    (tmp_path / "good.yaml").write_text(head + "    box: [0, 0, 32, 32]\n")
-    (tmp_path / "bad.yaml").write_text(head + "    box: [0, 0, 99, 32]\n")
+    head = "prompt: a\nsize: [512, 512]\nentities:\n  - prompt: x\n"  # a size FLUX.1-dev warns nothing of
+    (tmp_path / "good.yaml").write_text(head + "    box: [0, 0, 256, 256]\n")
+    (tmp_path / "bad.yaml").write_text(head + "    box: [0, 0, 999, 256]\n")
     before = _files(tmp_path)
 
     result = runner.invoke(app, ["generate", "good.yaml", "bad.yaml", "--dry-run"])
 
-    _assert_rejected(result, "bad.yaml", "entities[0].box", ("inside the canvas", "0..64 x 0..64"))
+    _assert_rejected(result, "bad.yaml", "entities[0].box", ("inside the canvas", "0..512 x 0..512"))
     assert _files(tmp_path) == before
