@@ -8,9 +8,8 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from eligen import __version__
+from eligen.pipeline.images import open_rgb
 from eligen.pipeline.layout import Edits, Layout
 from eligen.pipeline.layout_warnings import check_layout
 from eligen.pipeline.model_defaults import with_model_defaults
@@ -59,8 +58,7 @@ class Renderer:
         from eligen.pipeline.inpaint import inpaint, place, prepare
 
         data = image_path.read_bytes()
-        with Image.open(image_path) as opened:
-            image = opened.convert("RGB")
+        image = open_rgb(image_path, str(image_path), "(image)")
         edits = with_model_defaults(edits.model_copy(update={"model": resolve_model(edits.model, base_dir)}))
         masks = entity_masks(edits, base_dir, same_size=True)
         pipe = self.pipeline(edits.model)

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from pydantic import field_validator
 
+from .images import open_rgb
 from .layout import DATA_URL_PREFIX, Layout, LayoutError, PositiveInt, parse_layout
 from .regions import entity_masks, token_masks
 from .structured_text import NestingError, load_json
@@ -169,8 +170,7 @@ def image_size(path: Path, source: str, decode: bool) -> tuple[int, int]:
 def load_image(sample: Sample) -> Image.Image:
     """The sample's image, upright and RGB, resized to its bucket (a change of aspect ratio of at most half a bucket
     step per side)."""
-    with Image.open(sample.image) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGB")
+    image = open_rgb(Path(sample.image), str(sample.image), "image")
     return image.resize(sample.bucket, Image.Resampling.LANCZOS)
 
 
