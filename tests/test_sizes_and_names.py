@@ -69,16 +69,22 @@ def test_a_dry_run_warns_instead_and_a_fitting_size_passes(monkeypatch: pytest.M
     assert check_memory(_layout(64), "cpu").total < GIB  # the model's own size: no warning, no refusal
 
 
-def test_inpaint_and_transfer_check_the_size_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An image whose model-sized canvas cannot fit is refused the same way before loading."""
-    monkeypatch.setattr(memory_estimate, "_system_available", lambda: GIB // 4)
+def test_inpaint_and_transfer_check_the_size_too(tiny_model: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image whose model-sized canvas cannot fit (here: 64 MiB free) is refused the same way before loading."""
+    monkeypatch.setattr(memory_estimate, "_system_available", lambda: 64 * 1024**2)
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (2048, 2048), "white").save("photo.png")
+    Image.new("RGB", (512, 512), "white").save("logo.png")
     Path("edits.yaml").write_text("prompt: a red circle\nmodel: shapes\nentities:\n"
                                   "  - prompt: a red circle\n    box: [0, 0, 512, 512]\n")
-    result = runner.invoke(app, ["inpaint", "photo.png", "edits.yaml", "--device", "cpu", "-o", "out.png"])
-    assert result.exit_code == 2 and "expected a generation that fits in memory" in result.output, result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["edits.yaml", "photo.png"]
+    Path("tote.yaml").write_text(f"model: {tiny_model}\ntarget: photo.png\nprompt: a tote\nentities:\n"
+                                 "  - prompt: a logo\n    box: [0, 0, 512, 512]\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (["inpaint", "photo.png", "edits.yaml"], ["transfer", "logo.png", "tote.yaml"]):
+        result = runner.invoke(app, [*args, "--device", "cpu", "-o", "out.png"])
+        assert result.exit_code == 2 and "expected a generation that fits in memory" in result.output, result.output
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_model_folder_missing_names_the_option_once(tmp_path: Path) -> None:
