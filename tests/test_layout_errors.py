@@ -256,6 +256,20 @@ def test_png_with_malformed_embedded_layout(command: str, runner: CliRunner, tmp
 
 
 @pytest.mark.parametrize("command", ["preview", "generate"])
+def test_png_with_metadata_nested_too_deeply(command: str, runner: CliRunner, tmp_path: Path) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("eligen", '{"layout": ' + "[" * 5000 + "]" * 5000 + "}", zip=True)
+    Image.new("RGB", (64, 64)).save(tmp_path / "image.png", pnginfo=info)
+    before = _files(tmp_path)
+    args = [command, "image.png", "-o", "out.png"] + (["--dry-run"] if command == "generate" else [])
+
+    result = runner.invoke(app, args)
+
+    _assert_rejected(result, "image.png", "(file)", ("readable PNG written by eligen", "nested at most"))
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["preview", "generate"])
 def test_png_without_eligen_metadata(command: str, runner: CliRunner, tmp_path: Path) -> None:
     Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
     before = _files(tmp_path)
