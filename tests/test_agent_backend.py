@@ -24,7 +24,7 @@ DESK = json.dumps({"prompt": "a desk with a laptop", "entities": [
 
 
 def _backend(url: str, **options: object) -> OpenAIBackend:
-    return OpenAIBackend(MllmSettings(url=url, timeout=5, retries=2, **options))
+    return OpenAIBackend(MllmSettings(url=url, timeout=60, retries=2, **options))  # ample on a loaded machine
 
 
 def test_design_request_and_layout() -> None:
