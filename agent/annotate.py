@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
-
+from eligen.pipeline.images import open_rgb
+from eligen.pipeline.layout import LayoutError
 from eligen.pipeline.outputs import OutputError, check_writable, write_atomic
 
 from .config import Family
@@ -50,10 +50,9 @@ def annotate_images(backend: ChatBackend, family: Family, images: list[Path]) ->
     """Caption and ground each image; an unreadable image or an unusable answer skips that image only."""
     for path in images:
         try:
-            with Image.open(path) as opened:
-                image = ImageOps.exif_transpose(opened).convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            yield Annotation(path, None, f"not a readable image ({exc})")
+            image = open_rgb(path, str(path), "(image)")
+        except LayoutError as exc:
+            yield Annotation(path, None, f"not a readable image ({exc.expected})")
             continue
         try:
             result = annotate_image(backend, family, image)

@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 from rich.console import Console
 
+from eligen.pipeline.images import open_rgb
 from eligen.pipeline.layout import Layout, LayoutError, load_layout
 from eligen.pipeline.model_info import ModelLoadError
 from eligen.pipeline.outputs import OutputError, check_writable, save_png
@@ -131,8 +132,7 @@ class Chat:
             raise AgentError("there is no image to edit yet: /render one first")
         if not request:
             raise AgentError("say what to change: /edit REQUEST")
-        with Image.open(image_path) as opened:
-            image = opened.convert("RGB")
+        image = open_rgb(image_path, str(image_path), "(image)")
         with self.console.status("finding what to change"):
             result = plan_edits(self.backend, self.family, request, image)
         self.session.log("assistant", result.raw)

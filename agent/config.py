@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from eligen.pipeline.structured_text import NestingError, load_yaml
+
 from .errors import AgentError
 
 Family = Literal["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
@@ -66,8 +68,8 @@ def _file_values(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, NestingError) as exc:
         raise AgentError(f"{path}: expected a YAML mapping ({exc.__class__.__name__})") from None
     if data is None:
         return {}

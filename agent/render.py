@@ -8,8 +8,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
+from eligen.pipeline.images import open_rgb
 from eligen.pipeline.layout import Edits, Layout
 from eligen.pipeline.layout_warnings import check_layout
 from eligen.pipeline.model_defaults import with_model_defaults
@@ -55,8 +54,7 @@ class Renderer:
         from eligen.pipeline.render import SourceImage, prepare_render
 
         data = image_path.read_bytes()
-        with Image.open(image_path) as opened:
-            image = opened.convert("RGB")
+        image = open_rgb(image_path, str(image_path), "(image)")
         edits = with_model_defaults(edits.model_copy(update={"model": resolve_model(edits.model, base_dir)}))
         pipe = self.pipeline(edits.model)
         canvas = place(edits, entity_masks(edits, base_dir, same_size=True), image.size, pipe.scale_factor)

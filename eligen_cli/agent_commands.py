@@ -160,17 +160,9 @@ def plan(
 
 def _read_image(path: Path) -> Any:
     """The image to edit, upright and RGB."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from eligen.pipeline.images import open_rgb
 
-    from eligen.pipeline.layout import LayoutError
-
-    if not path.is_file():
-        raise LayoutError(str(path), "(image)", "expected an existing image file")
-    try:
-        with Image.open(path) as opened:
-            return ImageOps.exif_transpose(opened).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise LayoutError(str(path), "(image)", f"expected a readable image ({exc})") from None
+    return open_rgb(path, str(path), "(image)")
 
 
 def _lines(console: Console) -> Iterator[str]:

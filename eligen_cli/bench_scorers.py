@@ -53,17 +53,29 @@ def auto_scorers(names: Sequence[str], items: Sequence[BenchItem], kind: str) ->
     return chosen
 
 
-def _check_local(value: str | None, option: str) -> None:
-    """A model given as a local path must exist (a hub id is only looked up when the scorer first runs)."""
-    if value is not None and value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
-        raise typer.BadParameter(f"expected a model folder or a hub id, {value} does not exist", param_hint=option)
+def check_scorer_model(value: str | None, option: str) -> None:
+    """A scorer's model, checked before any work: an existing folder, or a hub id (org/name) that is cached or
+    that the hub knows; a file, a missing folder or a relative path is refused."""
+    from eligen.pipeline.model_info import hub_unavailable
+
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise typer.BadParameter(f"expected a model folder or a hub id, {value} is a file", param_hint=option)
+    if value.startswith(("/", ".", "~")) or value.count("/") != 1 or "\\" in value:
+        raise typer.BadParameter(f"expected a model folder or a hub id (org/name), {path.resolve()} does not exist",
+                                 param_hint=option)
+    unavailable = hub_unavailable(value)
+    if unavailable:
+        raise typer.BadParameter(f"expected a model folder or a hub id, {value} is {unavailable}; no folder "
+                                 f"{path.resolve()} exists either", param_hint=option)
 
 
 def build_scorers(names: Sequence[str], options: ScorerOptions) -> list[Scorer]:
-    """The scorers by name (their models load when they first score)."""
-    for value, option in ((options.detector_model, "--detector-model"), (options.sam_model, "--sam-model"),
-                          (options.clip_model, "--clip-model"), (options.pick_model, "--pick-model")):
-        _check_local(value, option)
+    """The scorers by name (their models load when they first score; each is checked here, before any work)."""
     built: list[Scorer] = []
     for name in names:
         if name == "shapes":
@@ -73,15 +85,21 @@ def build_scorers(names: Sequence[str], options: ScorerOptions) -> list[Scorer]:
         elif name == "coco-mig":
             from eligen.pipeline.bench.coco_mig_scorer import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, CocoMigScorer
 
+            check_scorer_model(options.detector_model or DEFAULT_DETECTOR, "--detector-model")
+            check_scorer_model(options.sam_model or DEFAULT_SEGMENTER, "--sam-model")
             built.append(CocoMigScorer(options.detector_model or DEFAULT_DETECTOR,
                                        options.sam_model or DEFAULT_SEGMENTER, _device(options)))
         elif name == "clip":
             from eligen.pipeline.bench.clip_scorer import DEFAULT_CLIP, ClipScorer
 
+            check_scorer_model(options.clip_model or DEFAULT_CLIP, "--clip-model")
             built.append(ClipScorer(options.clip_model or DEFAULT_CLIP, _device(options)))
         elif name == "pick":
             from eligen.pipeline.bench.pick_scorer import DEFAULT_PICK, DEFAULT_PICK_PROCESSOR, PickScorer
 
+            check_scorer_model(options.pick_model or DEFAULT_PICK, "--pick-model")
+            if options.pick_model is None:
+                check_scorer_model(DEFAULT_PICK_PROCESSOR, "--pick-model")
             built.append(PickScorer(options.pick_model or DEFAULT_PICK, options.pick_model or DEFAULT_PICK_PROCESSOR,
                                     _device(options)))
         elif name == "judge":

@@ -110,6 +110,14 @@ def _coco_mig_items(path: Path, overrides: dict[str, Any]) -> tuple[list[BenchIt
     return items, {"kind": "coco-mig", "files": [str(p) for p in files], "sha256": files_sha256(files)}
 
 
+def _check_memory(items: list[BenchItem], device: str | None) -> None:
+    """The item with the most entities (the largest regional mask) fits where it would run (before any loading)."""
+    from eligen.pipeline.memory_estimate import check_memory
+
+    largest = max(items, key=lambda item: (item.layout.size[0] * item.layout.size[1], len(item.layout.entities)))
+    check_memory(largest.layout, device, largest.source)
+
+
 def _items(sources: list[Path], overrides: dict[str, Any]) -> tuple[list[BenchItem], dict[str, Any]]:
     from eligen.pipeline.bench.coco_mig import is_coco_mig
     from eligen.pipeline.bench.layoutsam import is_layoutsam
@@ -341,10 +349,6 @@ def eval_command(
     """
     if output is None and (score_only or num_processes > 1):
         raise fail("--score-only and --num-processes need -o (the run's folder)", 2)
-    if num_processes > 1 and not launched():
-        with user_errors():
-            launch_self("eval", _reconstructed_args(ctx), num_processes, device)
-        return
     overrides: dict[str, Any] = {
         "model": model, "transformer": transformer, "steps": steps, "cfg": cfg,
         "entity_tokens": entity_tokens_value(entity_tokens), "size": _size(size),
@@ -353,6 +357,7 @@ def eval_command(
     with user_errors():
         items, benchmark = _items(sources, overrides)
         items = items[:limit] if limit else items
+        _check_memory(items, device)
         seed_list = list(range(seeds or {"coco-mig": 8, "layoutsam": 1}.get(benchmark["kind"], 4)))
         names = list(scorer or ["auto"])
         mllm = {"family": mllm_family, "local": mllm_local, "device": mllm_device, "timeout": mllm_timeout,
@@ -360,6 +365,9 @@ def eval_command(
         options = ScorerOptions(detector_model, sam_model, clip_model, mllm_url, mllm_model,
                                 _process_device(device), mllm, benchmark.get("file_names", {}), pick_model)
         scorers = build_scorers(auto_scorers(names, items, benchmark["kind"]), options)
+        if num_processes > 1 and not launched():  # every input checked once, here, before the processes start
+            launch_self("eval", _reconstructed_args(ctx), num_processes, device)
+            return
         run = {"benchmark_sha256": benchmark["sha256"], "model": items[0].layout.model, "seeds": len(seed_list),
                "steps": items[0].layout.steps, "cfg": items[0].layout.cfg, "size": list(items[0].layout.size),
                "entity_tokens": items[0].layout.entity_tokens, "global_only": global_only,

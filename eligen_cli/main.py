@@ -269,6 +269,7 @@ def generate(
       eligen generate layouts/*.yaml --dry-run           # validate all, write previews only
       eligen generate shapes.png -o again.png            # re-run a PNG eligen wrote
     """
+    from eligen.pipeline.memory_estimate import check_memory
     from eligen.pipeline.model_info import scale_factor
 
     if output is not None and len(layouts) > 1:
@@ -285,6 +286,7 @@ def generate(
             src = load_source(path, overrides)
             masks, preview_image = _preview_image(src, scale_factor(src.layout.model))
             _check_references(src.layout, src.base_dir, src.source)
+            check_memory(src.layout, device, src.source, refuse=not dry_run)  # before anything is loaded
             jobs.append((src, masks, preview_image, src.output_paths(output)))
         targets = [p for *_, outs in jobs for p in outs]
         previews = [_preview_path(p) for p in targets] if preview or dry_run else []
@@ -406,6 +408,7 @@ def inpaint(
     """
     from eligen.pipeline.inpaint_canvas import place
     from eligen.pipeline.layout_warnings import check_layout
+    from eligen.pipeline.memory_estimate import check_memory
     from eligen.pipeline.model_info import scale_factor
     from eligen.pipeline.preview import draw_preview
     from eligen.pipeline.regions import PATCH
@@ -423,6 +426,7 @@ def inpaint(
         factor = scale_factor(job.edits.model)
         early = place(job.edits, job.masks, job.image.size, factor, job.source)  # fail before torch is imported
         check_layout(early.layout, early.grid_masks, factor, job.source)
+        check_memory(early.layout, device, job.source)
         from eligen.pipeline.render import SourceImage, prepare_render
 
         pipe = _Models(device, dtype, offload, quantize, fuse_loras)(job.edits.model, transformer=job.edits.transformer)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from eligen.pipeline.images import open_rgb
 from eligen.pipeline.layout import Edits, Layout, LayoutError, LoraSpec, load_layout, parse_layout, with_overrides
 from eligen.pipeline.model_defaults import with_model_defaults
 from eligen.pipeline.model_info import is_hub_file, resolve_model
@@ -142,16 +143,8 @@ class EditsJob:
 
 def read_source_image(path: Path) -> tuple[Image.Image, str]:
     """The image to edit, upright (EXIF orientation applied) and RGB, with the SHA-256 of its file."""
-    if not path.is_file():
-        problem = "this is a folder" if path.is_dir() else "there is no file at this path"
-        raise LayoutError(str(path), "(image)", f"expected an existing image file, {problem}")
-    data = path.read_bytes()
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise LayoutError(str(path), "(image)", f"expected a readable image ({exc})") from None
-    return image, hashlib.sha256(data).hexdigest()
+    image = open_rgb(path, str(path), "(image)")
+    return image, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_edits(image_path: Path, edits_path: Path, overrides: dict[str, Any]) -> EditsJob:

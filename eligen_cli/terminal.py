@@ -10,6 +10,7 @@ a pipe (a log, CI), where a bar would print nothing.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 import warnings
@@ -52,17 +53,21 @@ def library_output(verbose: bool) -> Iterator[None]:
     """For one command: eligen's warnings shown, the libraries quiet unless `verbose` (the environment and the
     warning filters are restored afterwards)."""
     saved = {name: os.environ.get(name) for name in QUIET_ENVIRONMENT}
+    torch_logger = logging.getLogger("torch")  # TORCH_LOGS is read once, when torch is imported: also set it here
+    torch_level = torch_logger.level
     with warnings.catch_warnings():
         if not verbose:
             warnings.simplefilter("ignore")
             for name, value in QUIET_ENVIRONMENT.items():
                 os.environ.setdefault(name, value)
+            torch_logger.setLevel(logging.ERROR)
         warnings.simplefilter("default", LayoutWarning)  # each distinct warning once
         fallback = warnings.showwarning
         warnings.showwarning = functools.partial(_show_warning, fallback=fallback)
         try:
             yield
         finally:
+            torch_logger.setLevel(torch_level)
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from eligen.pipeline.layout import LayoutError
 from eligen.pipeline.model_info import resolve_model
+from eligen.pipeline.structured_text import NestingError, load_yaml
 from eligen.pipeline.train.config import (
     PATH_KEYS,
     ExportStyle,
@@ -62,8 +63,8 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise LayoutError(source, "(file)", "expected an existing YAML config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, NestingError) as exc:
         raise LayoutError(source, "(yaml)", f"expected a valid YAML file: {exc}") from None
     if data is None:
         return {}

@@ -67,6 +67,7 @@ def transfer(
     """
     from eligen.pipeline.inpaint_canvas import place
     from eligen.pipeline.layout import LayoutError, LoraSpec
+    from eligen.pipeline.memory_estimate import check_memory
     from eligen.pipeline.model_info import model_family, scale_factor
     from eligen.pipeline.outputs import check_writable, save_png
     from eligen.pipeline.regions import PATCH, entity_masks
@@ -91,7 +92,8 @@ def transfer(
         except ValueError as exc:
             raise LayoutError("--panel", "--panel", str(exc)) from None
         canvas = transfer_canvas(spec, masks, source, target, size)
-        place(canvas.edits, canvas.masks, canvas.two_panel.size, factor, str(layout))  # every region covers a token
+        placed = place(canvas.edits, canvas.masks, canvas.two_panel.size, factor, str(layout))  # regions cover tokens
+        check_memory(placed.layout, device, str(layout))
         seeds = spec.seeds or [secrets.randbelow(2**32)]
         outs = seeded_paths(output or Path(f"{source_image.stem}-transfer.png"), seeds)
         panels = [p.with_name(f"{p.stem}.panels.png") for p in outs] if keep_panels else []

@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from pydantic import field_validator
 
+from .images import open_rgb
 from .layout import DATA_URL_PREFIX, Layout, LayoutError, PositiveInt, parse_layout
 from .regions import entity_masks, token_masks
+from .structured_text import NestingError, load_json
 
 METADATA_NAMES = ("metadata.jsonl", "metadata.json")
 LINE_KEYS = ("image", "prompt", "entities", "units", "color_mask", "eligen_entity_prompts", "eligen_entity_masks")
@@ -111,10 +113,12 @@ def read_records(path: Path) -> Iterator[tuple[int, Any]]:
         raise DatasetError([LayoutError(source, "(file)", "expected a UTF-8 text file")]) from None
     if path.suffix == ".json":
         try:
-            records = json.loads(text)
+            records = load_json(text)
         except json.JSONDecodeError as exc:
             raise DatasetError([LayoutError(f"{source}:{exc.lineno}", "(json)", f"expected valid JSON: {exc.msg}")]) \
                 from None
+        except NestingError as exc:
+            raise DatasetError([LayoutError(source, "(json)", str(exc))]) from None
         if not isinstance(records, list):
             raise DatasetError([LayoutError(source, "(top level)", "expected a JSON list of samples")])
         yield from enumerate(records, start=1)
@@ -123,10 +127,12 @@ def read_records(path: Path) -> Iterator[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            yield number, json.loads(line)
+            yield number, load_json(line)
         except json.JSONDecodeError as exc:
             yield number, LayoutError(f"{source}:{number}", "(json)", f"expected one JSON object, {exc.msg} "
                                       f"at column {exc.colno}")
+        except NestingError as exc:
+            yield number, LayoutError(f"{source}:{number}", "(json)", str(exc))
 
 
 def bucket_size(width: int, height: int, resolution: int, step: int) -> tuple[int, int]:
@@ -164,8 +170,7 @@ def image_size(path: Path, source: str, decode: bool) -> tuple[int, int]:
 def load_image(sample: Sample) -> Image.Image:
     """The sample's image, upright and RGB, resized to its bucket (a change of aspect ratio of at most half a bucket
     step per side)."""
-    with Image.open(sample.image) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGB")
+    image = open_rgb(Path(sample.image), str(sample.image), "image")
     return image.resize(sample.bucket, Image.Resampling.LANCZOS)
 
 

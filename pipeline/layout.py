@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
+from .structured_text import NestingError, load_yaml
+
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 DATA_URL_PREFIX = "data:image/png;base64,"
 REGION_KEYS = ("box", "polygon", "mask", "color")
@@ -25,7 +27,8 @@ class LayoutError(ValueError):
 
     def __init__(self, source: str, field: str, expected: str, hint: str | None = None) -> None:
         self.source, self.field, self.expected, self.hint = source, field, expected, hint
-        message = f"{source}: {field}: {expected}"
+        where = source if field == source else f"{source}: {field}"  # a command-line option is its own field
+        message = f"{where}: {expected}"
         if hint:
             message += f"\n  hint: {hint}"
         super().__init__(message)
@@ -305,9 +308,11 @@ def read_layout_data(path: Path) -> dict[str, Any]:
 def layout_data_from_bytes(content: bytes, source: str) -> dict[str, Any]:
     """Parse layout YAML text (UTF-8 bytes) safely, with errors that name `source`."""
     try:
-        data = yaml.load(content.decode("utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+        data = load_yaml(content.decode("utf-8"), _UniqueKeyLoader)  # a SafeLoader
     except UnicodeDecodeError:
         raise LayoutError(source, "(file)", "expected a UTF-8 text YAML file") from None
+    except NestingError as exc:
+        raise LayoutError(source, "(yaml)", str(exc)) from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

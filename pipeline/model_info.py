@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .families.defaults import FamilyDefaults, UnknownFamilyError, family_for_class, family_for_hub_id
 from .layout import LayoutError, PositiveInt, Side
+from .structured_text import load_json
 
 EXTRA_CONFIG = "eligen.json"  # optional per-folder declarations (ModelDeclaration), e.g. {"size": [64, 64]}
 BUILTIN_MODELS = Path(__file__).parent / "shapes" / "builtin-models"  # shipped with the package (docs/shapes.md)
@@ -27,7 +28,8 @@ def resolve_model(model: str, base_dir: Path, source: str = "<layout>", field: s
     A value that exists as a folder relative to `base_dir` is local; then the built-in names
     (`shapes`, `shapes-base`, kept as names so outputs that record them run anywhere: `model_folder`
     finds them); one that looks like a path (starts with `.`, `/` or `~`) but does not exist is an
-    error; anything else is a hub id.
+    error; a bare name (no `org/`) must be a cached hub model or one the hub knows (asked once, briefly), else it
+    is an error that suggests the closest name; anything else is a hub id.
     """
     candidate = (base_dir / Path(model).expanduser()).resolve()
     if candidate.is_dir():
@@ -36,7 +38,55 @@ def resolve_model(model: str, base_dir: Path, source: str = "<layout>", field: s
         return model
     if model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise LayoutError(source, field, f"expected a model folder or a hub id, {candidate} does not exist")
+    if "/" not in model:
+        _check_bare_name(model, candidate, base_dir, source, field)
     return model
+
+
+HUB_PROBE_SECONDS = 5.0  # one request, no retries: a name the hub does not know answers at once
+
+
+def hub_unavailable(repo_id: str) -> str | None:
+    """Why the hub model `repo_id` cannot be loaded now, or None when it can (it is in the local Hugging Face cache,
+    or the hub, asked once with a short timeout, knows it)."""
+    import os
+
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    if (Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}").is_dir():
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=HUB_PROBE_SECONDS)
+    except GatedRepoError:  # it exists; loading says how to get access
+        return None
+    except RepositoryNotFoundError:
+        return "not a model on the Hugging Face Hub (or a private one: set HF_TOKEN)"
+    except Exception as exc:  # no network, a timeout, a proxy: the hub cannot be asked now
+        return f"not in the local Hugging Face cache, and the hub could not be reached ({type(exc).__name__})"
+    return None
+
+
+def _check_bare_name(model: str, candidate: Path, base_dir: Path, source: str, field: str) -> None:
+    """A bare name (no `org/`) that is neither a folder nor a built-in model must be a hub model that can be
+    loaded; else refuse it at once, suggesting the closest local folder or built-in name."""
+    import difflib
+
+    hub = hub_unavailable(model)
+    if hub is None:
+        return
+    folders = sorted(p.name for p in base_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if base_dir.is_dir() else []
+    close = difflib.get_close_matches(model, [*BUILTIN_NAMES, *folders], n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint += f"the built-in models are {', '.join(BUILTIN_NAMES)}; a hub id is org/name, e.g. " \
+            "black-forest-labs/FLUX.1-dev"
+    raise LayoutError(source, field, f"expected a model folder, a built-in model or a hub id; {model!r} is not a "
+                      f"folder ({candidate} does not exist), not a built-in model and {hub}", hint)
 
 
 def model_folder(model: str) -> str:
@@ -118,8 +168,8 @@ def declaration(model: str) -> ModelDeclaration:
     if not path.is_file():
         return ModelDeclaration()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = load_json(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError and NestingError are ValueErrors
         raise ModelLoadError(f"{path}: (file): expected a JSON object ({exc})") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path}: (top level): expected a JSON object, got {type(data).__name__}")

@@ -12,6 +12,8 @@ from typing import IO, Any
 
 from PIL import Image, PngImagePlugin
 
+from .structured_text import load_json
+
 METADATA_KEY = "eligen"
 
 
@@ -82,4 +84,4 @@ def read_png_metadata(path: Path | IO[bytes]) -> dict[str, Any] | None:
     none."""
     with Image.open(path) as image:
         text = image.text.get(METADATA_KEY) if hasattr(image, "text") else None
-    return json.loads(text) if text else None
+    return load_json(text) if text else None  # NestingError (a ValueError) when it nests too deeply

@@ -18,13 +18,14 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .adapter_input import AdapterInput, IPAdapterError, ReferenceAttention, reference_weights
 from .conditioning import Conditioning
 from .families.base import ModelFamily
 from .families.loading import ip_adapter_format
 from .hub import local_or_hub_file
+from .images import open_rgb
 from .layout import IPAdapterSpec, Layout, LayoutError
 from .model_info import model_family
 
@@ -40,15 +41,7 @@ class ImagePrompt(Protocol):
 
 def open_reference(spec: str, base_dir: Path, source: str, field: str) -> Image.Image:
     """A reference image (relative to the layout's folder), RGB, with an error naming the field."""
-    path = (base_dir / Path(spec).expanduser()).resolve()
-    if not path.is_file():
-        raise LayoutError(source, field, f"expected an existing image file, there is none at {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise LayoutError(source, field, f"expected an image file (PNG, JPEG, WebP...), {path} is not one: "
-                          f"{exc}") from None
+    return open_rgb((base_dir / Path(spec).expanduser()).resolve(), source, field)
 
 
 def adapter_file(spec: IPAdapterSpec, base_dir: Path, source: str) -> Path:
@@ -87,8 +80,23 @@ def check_references(layout: Layout, base_dir: Path, source: str) -> None:
         ip_adapter_format(family, adapter_file(spec, base_dir, source))
     except IPAdapterError as exc:
         raise LayoutError(source, "ip_adapter.path", str(exc)) from None
+    if spec.image_encoder is not None:
+        _check_encoder(spec.image_encoder, base_dir, source)
     for field, image, _, _ in active_references(layout):
         open_reference(image, base_dir, source, field)
+
+
+def _check_encoder(value: str, base_dir: Path, source: str) -> None:
+    """An image encoder given as a local path is an existing folder (a hub id, org/name, is looked up at loading)."""
+    path = (base_dir / Path(value).expanduser()).resolve()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise LayoutError(source, "ip_adapter.image_encoder", f"expected an image encoder folder or a hub id, {path} "
+                          "is a file", "give the folder holding the encoder's config.json and weights")
+    if value.startswith((".", "/", "~")) or value.count("/") != 1:
+        raise LayoutError(source, "ip_adapter.image_encoder", f"expected an image encoder folder or a hub id "
+                          f"(org/name), {path} does not exist")
 
 
 def with_references(

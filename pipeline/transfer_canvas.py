@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import Field
 
+from .images import open_rgb
 from .inpaint_canvas import MAX_PIXELS
 from .layout import Edits, LayoutError, LoraSpec, parse_layout, read_layout_data
 
@@ -31,15 +32,8 @@ class Transfer(Edits):
 
 
 def open_image(path: Path, source: str, field: str) -> Image.Image:
-    """An image file as RGB, with an error naming the field."""
-    if not path.is_file():
-        raise LayoutError(source, field, f"expected an existing image file, there is none at {path}")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise LayoutError(source, field, f"expected an image file (PNG, JPEG, WebP...), {path} is not one: "
-                          f"{exc}") from None
+    """An image file upright and RGB (`images.open_rgb`), with an error naming the field."""
+    return open_rgb(path, source, field)
 
 
 def read_transfer(path: Path, overrides: dict[str, Any] | None = None) -> tuple[Transfer, Image.Image]:

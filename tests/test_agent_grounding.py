@@ -68,9 +68,9 @@ def test_duplicates_merge_and_the_count_is_capped() -> None:
                                   ("a cat", [600, 600, 900, 900])), frame)
     assert answer.entities == [("A cat", (0, 0, 420, 420)), ("a cat", (600, 600, 900, 900))]
     many = _answer(*[(f"thing {i}", [i % 900, 0, i % 900 + 50, 50]) for i in range(5000)])
-    start = time.perf_counter()
+    start = time.process_time()  # this process's CPU time: other jobs on the machine do not count
     answer = parse_answer(many, frame)
-    assert len(answer.entities) == MAX_ENTITIES and time.perf_counter() - start < 2
+    assert len(answer.entities) == MAX_ENTITIES and time.process_time() - start < 2  # 0.05 s when measured
 
 
 @pytest.mark.parametrize("text", [

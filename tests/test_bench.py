@@ -244,9 +244,116 @@ def test_two_processes_score_what_one_does(tiny_model: Path, tmp_path: Path) -> 
               "--steps", "2", "--device", "cpu"]
     for name, extra in (("one", []), ("two", ["--num-processes", "2"])):
         done = subprocess.run([*common, "-o", str(tmp_path / name), *extra], env=env, capture_output=True,
-                              text=True, timeout=300)
+                              text=True, timeout=900)  # a guard: minutes on a loaded machine
         assert done.returncode == 0, done.stderr[-3000:]
     assert "process 2/2" in done.stderr
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert _per_image(tmp_path / "one") == two["per_image"] and two["processes"] == 2
     assert sorted(p["process"] for p in two["throughput"] if p["stage"] == "generate") == [0, 1]
+
+
+# --- malformed COCO-MIG files: exit 2 naming the file and the entry, nothing written ---------------------------------
+
+DEEP = "[" * 5000 + "]" * 5000  # nesting beyond Python's recursion limit in either parser
+
+
+def _split(entries: dict[str, list[str]]) -> str:
+    """MIG_Bench's JSON text: per id a caption and one instance per label (any box)."""
+    return json.dumps({key: {"caption": f"a photo of {' and '.join(labels)}",
+                             "segment": [{"label": label, "bbox": [0.1, 0.1, 0.5, 0.5]} for label in labels]}
+                       for key, labels in entries.items()})
+
+
+def _annotation(entries: dict[str, tuple[object, list[str]]]) -> str:
+    """MIGC's annotation YAML: per prompt its coco_id and one box per phrase."""
+    return yaml.safe_dump({prompt: {**{phrase: [[0.1, 0.1, 0.5, 0.5]] for phrase in phrases}, "coco_id": coco_id}
+                           for prompt, (coco_id, phrases) in entries.items()})
+
+
+YAML_FILE, JSON_FILE, PROMPTS_FILE = "mig_bench_anno.yaml", "sample_prompt_color_split.json", "mig_bench.txt"
+MALFORMED_BENCHMARKS = {  # id: ({file: text}, the file the message names, words it must contain)
+    "yaml_nested_5000_deep": ({YAML_FILE: f"a: {DEEP}\n"}, YAML_FILE, ["nested", "recursion limit"]),
+    "json_nested_5000_deep": ({JSON_FILE: f'{{"1": {DEEP}}}'}, JSON_FILE, ["nested", "recursion limit"]),
+    "empty_prompts_file": ({YAML_FILE: _annotation({"p": (1, ["a red car"])}), PROMPTS_FILE: "\n \n"},
+                           PROMPTS_FILE, ["the file has none"]),
+    "yaml_id_a_list": ({YAML_FILE: _annotation({"p": ([12], ["a red car"])})}, YAML_FILE,
+                       ["p: coco_id", "non-negative integer id", "[12]"]),
+    "yaml_id_a_mapping": ({YAML_FILE: _annotation({"p": ({"a": 1}, ["a red car"])})}, YAML_FILE,
+                          ["p: coco_id", "non-negative integer id"]),
+    "yaml_id_a_float": ({YAML_FILE: _annotation({"p": (7.5, ["a red car"])})}, YAML_FILE, ["7.5"]),
+    "yaml_id_negative": ({YAML_FILE: _annotation({"p": (-12, ["a red car"])})}, YAML_FILE, ["-12"]),
+    "yaml_id_a_bool": ({YAML_FILE: _annotation({"p": (True, ["a red car"])})}, YAML_FILE, ["True"]),
+    "yaml_id_twice": ({YAML_FILE: _annotation({"p": (4, ["a red car"]), "q": ("4", ["a blue bus"])})}, YAML_FILE,
+                      ["q: coco_id", "unique", "'p'"]),
+    "json_id_with_a_space": ({JSON_FILE: _split({"4 7": ["red car"], "4-7": ["blue bus"]})}, JSON_FILE,
+                             ["4 7 (id)", "non-negative integer id"]),
+    "json_id_a_float": ({JSON_FILE: _split({"7.5": ["red car"]})}, JSON_FILE, ["'7.5'"]),
+    "json_id_twice": ({JSON_FILE: _split({"4": ["red car"]})[:-1] + ', "4": {"caption": "c", "segment": []}}'},
+                      JSON_FILE, ["'4' is given twice"]),
+    "yaml_colour_not_defined": ({YAML_FILE: _annotation({"p": (1, ["a purple kite"])})}, YAML_FILE,
+                                ["p: a purple kite", "red, yellow, green, blue, white, black, brown"]),
+    "yaml_no_colour": ({YAML_FILE: _annotation({"p": (1, ["a kite"])})}, YAML_FILE, ["p: a kite", "colours"]),
+    "json_colour_not_defined": ({JSON_FILE: _split({"3": ["red car", "purple kite"]})}, JSON_FILE,
+                                ["3.segment[1].label", "'purple kite'", "brown"]),
+    "json_colour_alone": ({JSON_FILE: _split({"3": ["red"]})}, JSON_FILE, ["3.segment[0].label", "'red'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_BENCHMARKS))
+def test_malformed_coco_mig_file_is_refused(case: str, tmp_path: Path) -> None:
+    files, named, words = MALFORMED_BENCHMARKS[case]
+    folder = tmp_path / "mig"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    result = runner.invoke(app, ["eval", str(folder), "--model", "shapes", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    message = " ".join(result.output.split())  # the message as one line, whatever the terminal's wrapping
+    assert message.startswith(f"error: {folder / named}: ") and "Traceback" not in message, message
+    assert all(word in message for word in words), message
+    assert not (tmp_path / "out").exists()
+
+
+def test_coco_mig_ids_are_kept_as_the_benchmark_writes_them(tmp_path: Path) -> None:
+    """Integers and digit strings (the benchmark's own 0-799) are ids as written; no coco_id: the item's place."""
+    (tmp_path / YAML_FILE).write_text(_annotation({"p": (0, ["a red car"]), "q": ("007", ["a blue bus"])}))
+    assert [i.id for i in read_coco_mig(tmp_path, {"model": "shapes"})] == ["0", "007"]
+    (tmp_path / YAML_FILE).write_text(yaml.safe_dump({"p": {"a red car": [[0.1, 0.1, 0.5, 0.5]]},
+                                                      "q": {"a blue bus": [[0.1, 0.1, 0.5, 0.5]]}}))
+    assert [i.id for i in read_coco_mig(tmp_path, {"model": "shapes"})] == ["0", "1"]
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("scorers/no-such/clip", ["--clip-model", "scorers/no-such/clip does not exist"]),
+    ("no-such-clip", ["--clip-model", "no-such-clip does not exist"]),
+    ("a-file", ["--clip-model", "a-file is a file"]),
+    ("org/not-cached", ["--clip-model", "org/not-cached is not in the local Hugging Face cache (HF_HUB_OFFLINE"]),
+])
+def test_scorer_models_are_checked_before_any_work(value: str, words: list[str], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative path, a file or a hub id that cannot load is exit 2 before the first image is generated."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    (tmp_path / "a-file").write_text("not a model")
+    folder = write_coco_mig(tmp_path / "mig")
+    result = runner.invoke(app, ["eval", str(folder), "--model", "shapes", "--scorer", "clip", "--clip-model", value,
+                                 "-o", str(tmp_path / "out")])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and all(word in message for word in words), result.output
+    assert "Traceback" not in message and not (tmp_path / "out").exists()
+
+
+def test_num_processes_checks_the_inputs_once_before_launching(tmp_path: Path) -> None:
+    """A bad benchmark with --num-processes 3: one message, exit 2, no process launched."""
+    folder = tmp_path / "mig"
+    folder.mkdir()
+    (folder / YAML_FILE).write_text(_annotation({"p": (1, ["a purple kite"])}))
+    result = runner.invoke(app, ["eval", str(folder), "--model", "shapes", "--num-processes", "3",
+                                 "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.count("error:") == 1 and "a purple kite" in result.output
+    assert "process failed" not in result.output and not (tmp_path / "out").exists()

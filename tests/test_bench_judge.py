@@ -37,7 +37,7 @@ def _scene() -> tuple[Image.Image, BenchItem]:
 
 
 def _judge(url: str, retries: int = 2, **options: Any) -> MllmJudge:
-    settings = MllmSettings(url=url, family="qwen2-vl", timeout=5, retries=0, **options)
+    settings = MllmSettings(url=url, family="qwen2-vl", timeout=60, retries=0, **options)  # a loaded machine
     return make_judge(settings, retries)
 
 

@@ -124,6 +124,7 @@ def test_bucket_batches_are_full_single_bucket_and_seeded() -> None:
 # (line, field): every kind of problem a line can have; each must be reported with its line number and field.
 BAD_LINES: list[tuple[object, str]] = [
     ("{not json", "(json)"),
+    ("[" * 5000 + "]" * 5000, "(json)"),  # nested beyond the recursion limit
     ([1, 2], "(top level)"),
     ({"prompt": "no image"}, "image"),
     ({"image": "../outside.png", "prompt": "p"}, "image"),

@@ -60,6 +60,8 @@ CASES = [
     Case("bad_yaml", "prompt: a desk\nsteps: 3\n  cfg: 2\n", "(yaml)", ("expected valid YAML", "line 3")),
     Case("bad_yaml_tab", f"prompt: a\nentities:\n  - prompt: x\n\tbox: {BOX}\n", "(yaml)",
          ("expected valid YAML", "line 4")),
+    Case("nested_5000_deep", "prompt: " + "[" * 5000 + "]" * 5000 + "\n", "(yaml)",
+         ("nested at most a few hundred levels deep", "recursion limit")),
     Case("empty_file", "", "(file)", ("empty",)),
     Case("not_utf8", b"prompt: \xff\xfe a desk\n", "(file)", ("UTF-8",)),
     Case("layout_file_missing", None, "(file)", ("existing layout file", "no file at this path")),
@@ -254,6 +256,20 @@ def test_png_with_malformed_embedded_layout(command: str, runner: CliRunner, tmp
 
 
 @pytest.mark.parametrize("command", ["preview", "generate"])
+def test_png_with_metadata_nested_too_deeply(command: str, runner: CliRunner, tmp_path: Path) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("eligen", '{"layout": ' + "[" * 5000 + "]" * 5000 + "}", zip=True)
+    Image.new("RGB", (64, 64)).save(tmp_path / "image.png", pnginfo=info)
+    before = _files(tmp_path)
+    args = [command, "image.png", "-o", "out.png"] + (["--dry-run"] if command == "generate" else [])
+
+    result = runner.invoke(app, args)
+
+    _assert_rejected(result, "image.png", "(file)", ("readable PNG written by eligen", "nested at most"))
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["preview", "generate"])
 def test_png_without_eligen_metadata(command: str, runner: CliRunner, tmp_path: Path) -> None:
     Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
     before = _files(tmp_path)
@@ -267,12 +283,12 @@ def test_png_without_eligen_metadata(command: str, runner: CliRunner, tmp_path: 
 
 def test_generate_rejects_every_layout_before_writing(runner: CliRunner, tmp_path: Path) -> None:
     """With several layouts, one bad file stops the run before any preview is written."""
-    head = "prompt: a\nsize: [64, 64]\nentities:\n  - prompt: x\n"
-    (tmp_path / "good.yaml").write_text(head + "    box: [0, 0, 32, 32]\n")
-    (tmp_path / "bad.yaml").write_text(head + "    box: [0, 0, 99, 32]\n")
+    head = "prompt: a\nsize: [512, 512]\nentities:\n  - prompt: x\n"  # a size FLUX.1-dev warns nothing of
+    (tmp_path / "good.yaml").write_text(head + "    box: [0, 0, 256, 256]\n")
+    (tmp_path / "bad.yaml").write_text(head + "    box: [0, 0, 999, 256]\n")
     before = _files(tmp_path)
 
     result = runner.invoke(app, ["generate", "good.yaml", "bad.yaml", "--dry-run"])
 
-    _assert_rejected(result, "bad.yaml", "entities[0].box", ("inside the canvas", "0..64 x 0..64"))
+    _assert_rejected(result, "bad.yaml", "entities[0].box", ("inside the canvas", "0..512 x 0..512"))
     assert _files(tmp_path) == before

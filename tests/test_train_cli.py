@@ -62,6 +62,11 @@ def test_option_errors_exit_2_and_name_the_option(tiny_model: Path, tmp_path: Pa
     assert result.exit_code == 2 and "--rank on the command line: rank:" in result.output
     result = runner.invoke(app, ["train", "-o", str(tmp_path / "run")])
     assert result.exit_code == 2 and "data: this option is required" in result.output
+    (tmp_path / "deep.yaml").write_text("data: " + "[" * 5000 + "]" * 5000 + "\n")
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "deep.yaml"), "-o", out])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "deep.yaml: (yaml): expected a valid YAML file: expected lists and mappings nested at most a few " \
+           "hundred levels deep" in " ".join(result.output.split())
 
 
 def test_a_finished_run_is_not_overwritten(tiny_model: Path, tmp_path: Path) -> None:

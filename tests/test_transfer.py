@@ -166,6 +166,10 @@ def test_generate_with_ip_adapter_options(adapters: Path, tiny_model: Path, tmp_
     ("neither_format", "ip_adapter.path: " + "{other} is not a FLUX IP-Adapter of a known format"),
     ("missing_image", "ip_adapter.image: expected an existing image file"),
     ("reference_without_adapter", "entities[0].reference: expected a top-level `ip_adapter`"),
+    ("missing_encoder", "ip_adapter.image_encoder: expected an image encoder folder or a hub id (org/name), "
+                        "{tmp}/no-such-encoder does not exist"),
+    ("encoder_is_a_file", "ip_adapter.image_encoder: expected an image encoder folder or a hub id, {tmp}/ref.png "
+                          "is a file"),
 ])
 def test_bad_adapter_inputs_exit_2_and_write_nothing(case: str, message: str, adapters: Path, tiny_model: Path,
                                                      tmp_path: Path) -> None:
@@ -181,9 +185,12 @@ def test_bad_adapter_inputs_exit_2_and_write_nothing(case: str, message: str, ad
         adapter = other if case == "neither_format" else adapters / "instantx" / "ip-adapter.bin"
         image = tmp_path / ("ref.png" if case == "neither_format" else "missing.png")
         options = ["--ip-adapter", str(adapter), "--ip-image", str(image)]
+        if case.endswith("encoder") or case.startswith("encoder"):  # checked with the other inputs, before loading
+            options = ["--ip-adapter", str(adapter), "--ip-image", str(tmp_path / "ref.png"), "--ip-encoder",
+                       str(tmp_path / ("no-such-encoder" if case == "missing_encoder" else "ref.png"))]
     result = runner.invoke(app, ["generate", str(layout), *options, "--preview", "-o", str(tmp_path / "out.png")])
     assert result.exit_code == 2, result.output
-    assert message.format(other=other) in " ".join(result.output.split())
+    assert message.format(other=other, tmp=tmp_path) in " ".join(result.output.split())
     assert not (tmp_path / "out.png").exists() and not (tmp_path / "out.preview.png").exists()
 
 

@@ -11,14 +11,15 @@ two forms it is published in (eligen ships neither; docs/bench.md says where to 
 Each box is one instance; an item's level is its instance count (L2 ... L6, as eval_mig.py groups them). The
 item keeps the benchmark's prompt as the global prompt and each phrase (or label) as an entity prompt in its
 box, as the benchmark's own generation script passes them. Item ids are the benchmark's ids, so images are
-named `s<seed>_<id>.png` and the benchmark's own eval_mig.py can read the same folder.
+named `s<seed>_<id>.png` and the benchmark's own eval_mig.py can read the same folder: it takes the id back as the
+text between the last `_` and the first `.`, so an id is a non-negative integer (digits only), unique in its file.
+Every phrase starts with one of the benchmark's colour words (after an article), as eval_mig.py reads its first
+word as the colour to check.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import yaml
 
 from ..layout import LayoutError, parse_layout
 from ..model_defaults import with_model_defaults
+from ..structured_text import NestingError, load_json, load_yaml
 from .items import BenchItem, Instance
 
 PROMPTS_FILE = "mig_bench.txt"
@@ -70,6 +72,34 @@ def split_phrase(phrase: str) -> tuple[str | None, str]:
     return None, " ".join(words)
 
 
+def _phrase(phrase: Any, source: str, field: str) -> str:
+    """A phrase or label of the benchmark: text whose first word (after an article) is one of COLOURS."""
+    if not isinstance(phrase, str) or split_phrase(phrase)[0] is None or not split_phrase(phrase)[1]:
+        raise LayoutError(source, field, f"expected a phrase like 'a red car': one of the benchmark's colours "
+                          f"({', '.join(COLOURS)}), then the object, got {phrase!r}",
+                          "COCO-MIG scores every instance's colour; its scorer knows no other colour words")
+    return phrase
+
+
+def _item_id(value: Any, source: str, field: str) -> str:
+    """The benchmark's id as the file name part eval_mig.py reads back: a non-negative integer, as written."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit():
+        raise LayoutError(source, field, f"expected a non-negative integer id (the benchmark's ids are 0-799), "
+                          f"got {value!r}", "images are named s<seed>_<id>.png and read back by that id")
+    return text
+
+
+def _unique(entries: list[tuple[str, str, Any]], source: str, what: str) -> None:
+    """Two entries with one id would write one image file: refuse, naming both."""
+    seen: dict[str, str] = {}
+    for item_id, prompt, _ in entries:
+        if item_id in seen:
+            raise LayoutError(source, f"{prompt}: {what}", f"expected ids unique in the file, {item_id!r} is also "
+                              f"the id of {seen[item_id]!r}", "each id names one image file")
+        seen[item_id] = prompt
+
+
 def _box(box: Any, source: str, field: str) -> list[float]:
     ok = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box)
     if not ok or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
@@ -85,10 +115,11 @@ def _instances(prompt: str, entry: Any, source: str) -> list[tuple[str, list[flo
     for phrase, boxes in entry.items():
         if phrase == "coco_id":
             continue
+        _phrase(phrase, source, f"{prompt}: {phrase}")
         if not isinstance(boxes, list) or not boxes:
             raise LayoutError(source, f"{prompt}: {phrase}", "expected a list of boxes [x0, y0, x1, y1]")
         for i, box in enumerate(boxes):
-            found.append((str(phrase), _box(box, source, f"{prompt}: {phrase}[{i}]")))
+            found.append((phrase, _box(box, source, f"{prompt}: {phrase}[{i}]")))
     if not found:
         raise LayoutError(source, prompt, "expected at least one instance box")
     return found
@@ -98,8 +129,8 @@ def _split_entries(path: Path) -> list[tuple[str, str, list[tuple[str, list[floa
     """(id, caption, [(label, box)]) of MIG_Bench's JSON, in the file's order."""
     source = str(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = load_json(path.read_text(encoding="utf-8"), object_pairs_hook=_pairs)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # json.JSONDecodeError and NestingError are ValueErrors
         raise LayoutError(source, "(file)", f"expected MIG_Bench's JSON ({exc})") from None
     if not isinstance(data, dict) or not data:
         raise LayoutError(source, "(top level)", "expected a mapping of ids to {caption, segment}")
@@ -112,15 +143,22 @@ def _split_entries(path: Path) -> list[tuple[str, str, list[tuple[str, list[floa
             raise LayoutError(source, f"{key}.segment", "expected a list of {label, bbox}")
         found = []
         for i, instance in enumerate(segment):
-            if not isinstance(instance, dict) or not isinstance(instance.get("label"), str):
-                raise LayoutError(source, f"{key}.segment[{i}].label", "expected a label string like 'red car'")
-            found.append((instance["label"], _box(instance.get("bbox"), source, f"{key}.segment[{i}].bbox")))
-        entries.append((_safe_id(str(key)), entry["caption"], found))
+            label = instance.get("label") if isinstance(instance, dict) else None
+            found.append((_phrase(label, source, f"{key}.segment[{i}].label"),
+                          _box(instance.get("bbox"), source, f"{key}.segment[{i}].bbox")))
+        entries.append((_item_id(key, source, f"{key} (id)"), entry["caption"], found))
+    _unique(entries, source, "id")
     return entries
 
 
-def _safe_id(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", value)
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that refuses a key given twice (json keeps the last one silently: two items, one image)."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"the key {key!r} is given twice in one object")
+        data[key] = value
+    return data
 
 
 def _yaml_entries(path: Path) -> list[tuple[str, str, list[tuple[str, list[float]]]]]:
@@ -128,15 +166,21 @@ def _yaml_entries(path: Path) -> list[tuple[str, str, list[tuple[str, list[float
     annotation_path, *rest = benchmark_files(path)
     source = str(annotation_path)
     try:
-        annotation = yaml.safe_load(annotation_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        annotation = load_yaml(annotation_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, NestingError) as exc:
         raise LayoutError(source, "(file)", f"expected COCO-MIG's annotation YAML ({exc})") from None
     if not isinstance(annotation, dict) or not annotation:
         raise LayoutError(source, "(top level)", "expected a mapping of prompts to their instances")
     if not rest:
         prompts = list(annotation)
     else:
-        prompts = [line.strip() for line in rest[0].read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            prompts = [line.strip() for line in rest[0].read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LayoutError(str(rest[0]), "(file)", f"expected UTF-8 text, one prompt a line ({exc})") from None
+        if not prompts:
+            raise LayoutError(str(rest[0]), "(file)", f"expected one prompt of {ANNOTATION_FILE} a line, the file "
+                              "has none", f"remove it to use {ANNOTATION_FILE}'s own order")
         missing = [p for p in prompts if p not in annotation]
         if missing:
             raise LayoutError(str(rest[0]), f"line {prompts.index(missing[0]) + 1}",
@@ -145,10 +189,9 @@ def _yaml_entries(path: Path) -> list[tuple[str, str, list[tuple[str, list[float
     for index, prompt in enumerate(prompts):
         instances = _instances(prompt, annotation[prompt], source)
         coco_id = annotation[prompt].get("coco_id")
-        entries.append((_safe_id(str(coco_id)) if coco_id is not None else f"{index:04d}", prompt, instances))
-    ids = [e[0] for e in entries]
-    if len(set(ids)) != len(ids):  # ids must name files: fall back on the line numbers
-        entries = [(f"{index:04d}", prompt, instances) for index, (_, prompt, instances) in enumerate(entries)]
+        item_id = str(index) if coco_id is None else _item_id(coco_id, source, f"{prompt}: coco_id")
+        entries.append((item_id, prompt, instances))
+    _unique(entries, source, "coco_id")
     return entries
 
 
