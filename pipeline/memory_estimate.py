@@ -186,18 +186,20 @@ def size_warning(layout: Layout) -> str | None:
            (", and slow steps" if ratio > 1 else "")
 
 
-def check_memory(layout: Layout, device: str | None = None, source: str = "<layout>", refuse: bool = True
-                 ) -> MemoryEstimate:
+def check_memory(layout: Layout, device: str | None = None, source: str = "<layout>", refuse: bool = True,
+                 loaded: bool = False, field: str = "size") -> MemoryEstimate:
     """The estimate for `layout` on `device`, checked before anything is loaded: a `LayoutWarning` for a size far
     from the model's, and a `LayoutError` (field `size`) when the estimate exceeds what the device has free (with
     `refuse` False, a warning instead: a dry run says it, and goes on). Values are counted in the device's default
-    dtype: float32 on the CPU, bfloat16 on a GPU."""
+    dtype: float32 on the CPU, bfloat16 on a GPU. `loaded`: the weights are already in memory (a running studio), so
+    only the generation's own memory must fit in what is free; `field` names the input the error is about."""
     note = size_warning(layout)
     if note:
         warnings.warn(f"{source}: size: {note}", LayoutWarning, stacklevel=2)
     available, where = available_memory(device)
     estimate = estimate_memory(layout, 4 if _device_kind(device) == "cpu" else 2)
-    if available is None or estimate.total <= HEADROOM * available:
+    needed = estimate.total - estimate.weights if loaded else estimate.total
+    if available is None or needed <= HEADROOM * available:
         return estimate
     width, height = layout.size
     made = declaration(layout.model).size or model_family(layout.model).size
@@ -209,6 +211,6 @@ def check_memory(layout: Layout, device: str | None = None, source: str = "<layo
            (", fewer entities or `attention: split`" if estimate.form == "dense" else
             ", fewer entities" if estimate.form != "none" else "") + ", or a device with more memory"
     if refuse:
-        raise LayoutError(source, "size", message, hint)
-    warnings.warn(f"{source}: size: {message}\n  hint: {hint}", LayoutWarning, stacklevel=2)
+        raise LayoutError(source, field, message, hint)
+    warnings.warn(f"{source}: {field}: {message}\n  hint: {hint}", LayoutWarning, stacklevel=2)
     return estimate

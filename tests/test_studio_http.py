@@ -21,6 +21,7 @@ import uvicorn
 from starlette.testclient import TestClient
 
 import eligen.pipeline.hub as hub
+from eligen.pipeline.layout import parse_layout
 from eligen.studio.api import Studio
 from eligen.studio.command import page_info
 from eligen.studio.engine import Engine
@@ -432,3 +433,21 @@ def test_progress_streams_as_server_sent_events_until_the_job_ends(client: TestC
     assert progress == sorted(progress) and len({json.dumps(s) for s in states}) == len(states)  # only changes
     missing = client.get("/api/jobs/0123456789abcdef/events")
     _refused(missing, 404, "missing", "no such job")
+
+
+def test_a_canvas_that_does_not_fit_in_free_memory_is_refused(client: TestClient,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within the pixel limit, a size is still refused when what it needs beside the loaded model is more than the
+    device has free (the weights, already loaded, are not counted again)."""
+    from eligen.pipeline import memory_estimate
+
+    layout = {**LAYOUT, "size": [128, 128]}
+    assert client.post("/api/check", json={"mode": "generate", "layout": layout}).status_code == 200
+    needed = memory_estimate.estimate_memory(parse_layout({**layout, "model": "shapes"}))
+    beside = needed.total - needed.weights
+    monkeypatch.setattr(memory_estimate, "available_memory", lambda device=None: (beside // 2, "the test device"))
+    body = _refused(client.post("/api/check", json={"mode": "generate", "layout": layout}), 400, "layout",
+                    "the test device has")
+    assert body["field"] == "size"
+    monkeypatch.setattr(memory_estimate, "available_memory", lambda device=None: (beside * 2, "the test device"))
+    assert client.post("/api/check", json={"mode": "generate", "layout": layout}).status_code == 200

@@ -85,10 +85,10 @@ class Studio:
             edits = inputs.browser_edits(body.get("layout"), image.image.size, model, self.allowed,
                                          transformer=transformer)
             canvas = model_size(image.image.size, self.engine.scale_factor * PATCH)
-            limits.check_work(edits, model, canvas, "edits", "(image)")
+            limits.check_work(edits, model, canvas, "edits", "(image)", self.engine.device)
             return edits, image
         layout = inputs.browser_layout(body.get("layout"), model, self.allowed, transformer=transformer)
-        limits.check_work(layout, model, layout.size, "layout")
+        limits.check_work(layout, model, layout.size, "layout", device=self.engine.device)
         return layout, None
 
     def submit(self, body: dict[str, Any], client: str) -> dict[str, Any]:

@@ -119,6 +119,11 @@ class Engine:
     def scale_factor(self) -> int:
         return self.pipe.scale_factor
 
+    @property
+    def device(self) -> str:
+        """Where the model runs (for the memory a request may use)."""
+        return str(self.pipe.family.device)
+
     # checks (no model needed beyond its scale factor)
 
     def check_layout(self, layout: Layout, source: str = "layout") -> tuple[list[np.ndarray], Check]:

@@ -1,9 +1,11 @@
 """How much work one request may ask of the studio's one model, so that no tab can block the queue for the others:
-steps, seeds, entities and canvas size per request (a 400 naming the field), and jobs waiting per client (429)."""
+steps, seeds, entities and canvas size per request (a 400 naming the field), and jobs waiting per client (429). A
+canvas must also fit in the memory free beside the loaded model (the pipeline's memory estimate)."""
 
 from __future__ import annotations
 
 from eligen.pipeline.layout import Layout, LayoutError
+from eligen.pipeline.memory_estimate import check_memory
 from eligen.pipeline.model_info import default_size
 
 from .engine import MAX_SEEDS
@@ -18,15 +20,16 @@ SIZE_FACTOR = 4  # a canvas may have this many times the pixels of the size the 
 
 def max_pixels(model: str) -> int:
     """The largest canvas (width x height) the studio renders on `model`: SIZE_FACTOR times the pixels of the size the
-    model declares (1024x1024 for FLUX.1-dev, 64x64 for the shapes model). One rule for every device: it stands in for
-    an estimate of the memory a size needs."""
+    model declares (1024x1024 for FLUX.1-dev, 64x64 for the shapes model), however much memory is free."""
     width, height = default_size(model)
     return SIZE_FACTOR * width * height
 
 
-def check_work(layout: Layout, model: str, canvas: tuple[int, int], source: str, size_field: str = "size") -> None:
+def check_work(layout: Layout, model: str, canvas: tuple[int, int], source: str, size_field: str = "size",
+               device: str | None = None) -> None:
     """Refuse a layout asking for more work than one request may: a LayoutError naming the field. `canvas` is the
-    model canvas it renders on (the layout's size, or for inpainting the size the source image maps to)."""
+    model canvas it renders on (the layout's size, or for inpainting the size the source image maps to); `device`
+    is where the studio's model runs."""
     if layout.steps > MAX_STEPS:
         raise LayoutError(source, "steps", f"expected at most {MAX_STEPS} steps in the studio, got {layout.steps}")
     if len(layout.seeds) > MAX_SEEDS:
@@ -39,3 +42,4 @@ def check_work(layout: Layout, model: str, canvas: tuple[int, int], source: str,
         raise LayoutError(source, size_field, f"expected a canvas of at most {limit} pixels on {model} ({SIZE_FACTOR} "
                           f"times its {native}), got {canvas[0]}x{canvas[1]} = {canvas[0] * canvas[1]}",
                           "a smaller size" if size_field == "size" else "a smaller image")
+    check_memory(layout.model_copy(update={"size": canvas}), device, source, loaded=True, field=size_field)
