@@ -27,9 +27,9 @@ class FamilyDefaults:
     size: tuple[int, int] = (1024, 1024)
     negative_prompt: str = ""
     lora_rank: int = 64  # rank of a trained LoRA when none is asked for
-    # The sampler's schedule (`sampler.Schedule`) a layout's `schedule: diffsynth` (the reference's schedule) means
+    # The sampler's schedule (`sampler.Schedule`) a layout's `schedule: reference` (the reference's schedule) means
     # for this family: FLUX's reference uses a static shift of 3 (`shift3`); Qwen-Image's reference uses the same
-    # schedule as diffusers, from the model's scheduler config (`scheduler`, which `schedule: flux` also means).
+    # schedule as diffusers, from the model's scheduler config (`scheduler`).
     reference_schedule: Literal["shift3", "scheduler"] = "shift3"
     # The training sigmas of the reference's trainer for this family (`train.loss.reference_timesteps`): FLUX's static
     # shift 3, or Qwen-Image's own schedule (exponential shift, mu 0.8, ending at 0.02)
