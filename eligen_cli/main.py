@@ -64,8 +64,10 @@ CfgOpt = Annotated[float | None, typer.Option(
     "4.0 for Qwen-Image].")]
 GuidanceOpt = Annotated[float | None, typer.Option(
     metavar="SCALE", help="FLUX embedded guidance [default: the layout's, else 3.5].")]
-ScheduleOpt = Annotated[Literal["flux", "diffsynth"] | None, typer.Option(
-    help="Sigma schedule [default: the layout's, else flux].")]
+ScheduleOpt = Annotated[Literal["scheduler", "shift3", "reference", "flux", "diffsynth"] | None, typer.Option(
+    help="Sigma schedule: scheduler (the model's scheduler config, as diffusers), shift3 (a static shift of 3), "
+    "reference (the reference implementation's: shift3 for FLUX, scheduler for Qwen-Image); flux and diffsynth are "
+    "older names of scheduler and reference [default: the layout's, else scheduler].")]
 ModelOpt = Annotated[str | None, typer.Option(
     metavar="MODEL", help="Diffusers FLUX or Qwen-Image folder, hub id (black-forest-labs/FLUX.1-dev, Qwen/Qwen-Image) "
     "or built-in name: shapes, shapes-base (overrides the file).")]

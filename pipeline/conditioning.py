@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,11 +37,16 @@ class Conditioning:
 class PromptTable:
     """Prompts encoded beforehand (a training cache), read like a family's `PromptEncoder`."""
 
-    embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]
+    embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]  # as global prompts
     positions: Callable[[Sequence[int], torch.Tensor], torch.Tensor]  # the family's `text_ids`
+    # as entity prompts, where that differs from the global prompt's sequence embeddings (Qwen-Image's long prompts)
+    entity_embeddings: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.embeddings[prompt]
+
+    def entity(self, prompt: str) -> torch.Tensor:
+        return self.entity_embeddings.get(prompt, self.embeddings[prompt][0])
 
     def text_ids(self, group_lengths: Sequence[int], like: torch.Tensor) -> torch.Tensor:
         return self.positions(group_lengths, like)
@@ -66,7 +71,7 @@ def conditioning(
         got = "none" if token_regions is None else f"{token_regions.shape[0]}"
         raise ValueError(f"expected one token region per entity prompt ({len(entity_prompts)}), got {got}")
     lengths = entity_lengths or [None] * len(entity_prompts)
-    groups = [encode(p)[0][:, :n] for p, n in zip(entity_prompts, lengths, strict=True)] + [global_embeds]
+    groups = [encode.entity(p)[:, :n] for p, n in zip(entity_prompts, lengths, strict=True)] + [global_embeds]
     embeds = torch.cat(groups, dim=1)
     text_ids = encode.text_ids([g.shape[1] for g in groups], global_embeds)
     mask = regional_attention_mask(token_regions, [g.shape[1] for g in groups], global_embeds.dtype,

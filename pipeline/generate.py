@@ -187,12 +187,12 @@ class EligenPipeline:
                        fuse_positive, fuse_negative, attention or layout.attention, batch_cfg, layout.cfg_rescale)
 
     def schedule(self, layout: Layout) -> Schedule:
-        """The sampler's schedule for the layout's: `flux` is the model's own scheduler config (diffusers' schedule,
-        for every family); `diffsynth` (the reference's) is the family's `reference_schedule`: the static shift 3
-        for FLUX, the scheduler config for Qwen-Image, whose reference uses it too."""
-        if layout.schedule == "diffsynth":
+        """The sampler's schedule for the layout's: `scheduler` and `shift3` as named; `reference` (the reference
+        implementation's) is the family's `reference_schedule`: the static shift 3 for FLUX, the scheduler config for
+        Qwen-Image, whose reference uses it too."""
+        if layout.schedule == "reference":
             return self.family.defaults.reference_schedule
-        return "scheduler"
+        return layout.schedule
 
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """An RGB image (at a size the model takes) -> packed, scaled latents (the VAE posterior mean)."""

@@ -37,6 +37,11 @@ class LayoutError(ValueError):
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 Side = Annotated[StrictInt, Field(gt=0, le=MAX_SIDE)]
 SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
+# A layout's sigma schedules: the model's scheduler config (diffusers' schedule), the static shift 3 (FLUX's reference
+# implementation), the reference implementation's for the model's family (FLUX: shift3; Qwen-Image: scheduler)
+Schedule = Literal["scheduler", "shift3", "reference"]
+# The names `schedule` took before (read as these; PNG metadata still records them, so older eligen reads it)
+SCHEDULE_ALIASES = {"flux": "scheduler", "diffsynth": "reference"}
 SHAPES = {  # what a wrongly sized list should have been
     "box": "[x1, y1, x2, y2]",
     "size": "[width, height]",
@@ -130,7 +135,7 @@ class Layout(_Strict):
     steps: PositiveInt = 50
     cfg: float = Field(default=3.0, ge=1.0)
     guidance: float = Field(default=3.5, ge=0.0)
-    schedule: Literal["flux", "diffsynth"] = "flux"
+    schedule: Schedule = "scheduler"
     units: Literal["px", "fraction", "permille"] = "px"
     prompt: str
     negative_prompt: str = ""
@@ -149,6 +154,11 @@ class Layout(_Strict):
         if value[0] % 16 or value[1] % 16:
             raise ValueError(f"expected [width, height], both multiples of 16, got {list(value)}")
         return value
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_alias(cls, value: Any) -> Any:
+        return SCHEDULE_ALIASES.get(value, value) if isinstance(value, str) else value
 
     @field_validator("seed", mode="before")
     @classmethod

@@ -2,7 +2,8 @@
 
 * words outside the vocabulary a model folder declares (the shapes model knows twelve words; others are
   split into pieces it never saw),
-* prompts longer than the model reads (T5's `max_sequence_length`, CLIP's 77 tokens for the pooled vector),
+* prompts longer than the model reads (T5's `max_sequence_length`, CLIP's 77 tokens for the pooled vector,
+  Qwen2.5-VL's 4096 tokens of the global prompt and `max_sequence_length` of an entity's),
 * more entities than the model was trained with (`max_entities`), regions smaller than one token, regions that
   share tokens.
 
@@ -62,9 +63,11 @@ def warn_unknown_words(layout: Layout, vocabulary: list[str], model: str, source
 def warn_truncated(layout: Layout, count_tokens: Callable[[str], int], limit: int, encoder: str,
                    source: str = "<layout>", fields: tuple[str, ...] | None = None) -> None:
     """Warn of each prompt longer than `limit` tokens of `encoder` (`count_tokens`: the untruncated count,
-    special tokens included); `fields` limits the prompts checked (default: all that the model reads)."""
+    special tokens included); `fields` limits the prompts checked (`prompt`, `negative_prompt`, and `entities` for
+    every entity's; default: all that the model reads)."""
     for field, text in prompt_fields(layout):
-        if fields is not None and field not in fields:
+        kind = "entities" if field.startswith("entities[") else field
+        if fields is not None and kind not in fields:
             continue
         n = count_tokens(text)
         if n > limit:

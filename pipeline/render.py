@@ -31,7 +31,7 @@ from PIL import Image
 from . import __version__
 from .conditioning import Conditioning
 from .inpaint import InpaintPlan, inpaint, place, prepare
-from .layout import Layout, LoraSpec
+from .layout import SCHEDULE_ALIASES, Layout, LoraSpec
 from .model_defaults import with_model_defaults
 from .references import with_absolute_paths
 from .regions import check_canvas, entity_masks, inline_masks, token_masks
@@ -41,6 +41,16 @@ from .transfer_canvas import TransferCanvas
 
 if TYPE_CHECKING:
     from .generate import EligenPipeline
+
+
+OLDER_SCHEDULE_NAMES = {name: older for older, name in SCHEDULE_ALIASES.items()}
+
+
+def as_recorded(layout: Layout) -> dict[str, Any]:
+    """A layout (or edits) as PNG metadata records it: its JSON, the schedule under its older name where it has one
+    (`scheduler` as `flux`, `reference` as `diffsynth`), so that eligen from before the new names reads it too."""
+    data = layout.model_dump(mode="json", exclude_none=True)
+    return {**data, "schedule": OLDER_SCHEDULE_NAMES.get(data["schedule"], data["schedule"])}
 
 
 @dataclass(frozen=True)
@@ -107,15 +117,15 @@ class Render:
         head = {"eligen_version": __version__, "model": self.layout.model, "seed": seed}
         if self.transfer is not None:
             job = self.transfer
-            recorded = {**self.layout.model_dump(mode="json", exclude_none=True), "seed": seed,
+            recorded = {**as_recorded(self.layout), "seed": seed,
                         "panel": list(job.canvas.panel), "in_context_lora": job.in_context.model_dump(mode="json")}
             return {**head, "source_image": job.source.name, "source_sha256": job.source.sha256, "transfer": recorded,
                     **self.extra_metadata}
         if self.source_image is not None:
-            edits = self._recorded.model_dump(mode="json", exclude_none=True)
+            edits = as_recorded(self._recorded)
             return {**head, "source_image": self.source_image.name, "source_sha256": self.source_image.sha256,
                     "edits": {**edits, "seed": seed}, **self.extra_metadata}
-        layout = self._recorded.model_copy(update={"seed": seed}).model_dump(mode="json", exclude_none=True)
+        layout = as_recorded(self._recorded.model_copy(update={"seed": seed}))
         return {**head, "layout": layout, **self.extra_metadata}
 
     def image(self, seed: int, on_step: StepCallback | None = None, batch_cfg: bool = False) -> Rendered:

@@ -20,8 +20,9 @@ from .conditioning import Conditioning, batched
 from .entity_lora import active_tokens
 from .families.base import Velocity
 
-# The sampler's schedules, named for what they are: the model's own scheduler config (diffusers' schedule, a
-# layout's `schedule: flux`) and the static shift 3 (FLUX's reference; a layout's `schedule: diffsynth` on FLUX)
+# The sampler's schedules, named for what they are (a layout's `schedule` names them too, and adds `reference`, the
+# family's reference schedule): the model's own scheduler config (diffusers' schedule) and the static shift 3 (FLUX's
+# reference)
 Schedule = Literal["scheduler", "shift3"]
 StepCallback = Callable[[int, int], None]
 Fuse = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (v, x, sigma) -> fused v (inpainting)
@@ -49,7 +50,7 @@ def unpack(tokens: torch.Tensor, latent_height: int, latent_width: int) -> torch
 
 def flux_schedule(steps: int, n_image_tokens: int, scheduler_config: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The schedule of the model's own scheduler config, as diffusers' FluxPipeline and QwenImagePipeline run
-    `FlowMatchEulerDiscreteScheduler` (the sampler's `scheduler` schedule; a layout's `schedule: flux`, for every
+    `FlowMatchEulerDiscreteScheduler` (the sampler's `scheduler` schedule; a layout's `schedule: scheduler`, for every
     family).
 
     Sigmas linear from 1 to 1/steps, shifted: with `use_dynamic_shifting` by the resolution-dependent mu (linear in

@@ -11,6 +11,7 @@ from diffusers import FluxPipeline
 
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import parse_layout
+from eligen.pipeline.render import as_recorded
 from eligen.pipeline.sampler import diffsynth_schedule, flux_schedule, pack, unpack
 
 SIZE = [128, 128]
@@ -131,3 +132,25 @@ def test_the_model_schedule_is_diffusers_bit_for_bit(config: dict, steps: int, t
     scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
     sigmas, timesteps = flux_schedule(steps, tokens, dict(scheduler.config))
     assert torch.equal(sigmas, scheduler.sigmas) and torch.equal(timesteps, scheduler.timesteps)
+
+
+@pytest.mark.parametrize(("schedule", "flux", "qwen"), [("scheduler", "scheduler", "scheduler"),
+                                                         ("shift3", "shift3", "shift3"),
+                                                         ("reference", "shift3", "scheduler"),
+                                                         ("flux", "scheduler", "scheduler"),
+                                                         ("diffsynth", "shift3", "scheduler")])
+def test_a_layout_schedule_is_the_samplers_per_family(tiny_pipe, tiny_qwen_pipe, schedule: str, flux: str,
+                                                      qwen: str) -> None:
+    """`reference` (older name `diffsynth`) is the family's reference schedule; the others are what they name."""
+    layout = parse_layout({"prompt": "a", "schedule": schedule})
+    assert (tiny_pipe.schedule(layout), tiny_qwen_pipe.schedule(layout)) == (flux, qwen)
+
+
+@pytest.mark.parametrize(("schedule", "recorded"), [("scheduler", "flux"), ("reference", "diffsynth"),
+                                                    ("shift3", "shift3")])
+def test_png_metadata_records_a_schedule_under_its_older_name(schedule: str, recorded: str) -> None:
+    """Older eligen reads the metadata (it knows `flux` and `diffsynth`), and this one reads it back unchanged."""
+    layout = parse_layout({"prompt": "a", "schedule": schedule})
+    data = as_recorded(layout)
+    assert data["schedule"] == recorded
+    assert parse_layout(data) == layout

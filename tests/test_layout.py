@@ -53,7 +53,7 @@ def test_defaults_are_as_documented() -> None:
     assert layout.steps == 50
     assert layout.cfg == 3.0
     assert layout.guidance == 3.5
-    assert layout.schedule == "flux"
+    assert layout.schedule == "scheduler"
     assert layout.units == "px"
     assert layout.negative_prompt == ""
     assert layout.max_sequence_length is None  # resolved from the model folder at generation time
@@ -309,7 +309,7 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
     assert layout.seeds == [3, 4]
     assert layout.cfg == 2.0  # None means "not given": the file's value stays
     assert layout.guidance == 1.0  # given only as an override
-    assert layout.schedule == "diffsynth"  # not overridden
+    assert layout.schedule == "reference"  # not overridden (`diffsynth`: the older name of `reference`)
     with pytest.raises(LayoutError, match="greater than 0"):
         load_layout(path, {"steps": 0})  # overrides are validated like the file
 
@@ -396,3 +396,10 @@ def test_png_rerun_reads_the_embedded_layout(tmp_path: Path, monkeypatch: pytest
     result = CliRunner().invoke(app, ["generate", "image.png", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert (run / "image-rerun.preview.png").is_file()  # default name: <png stem>-rerun
+
+
+@pytest.mark.parametrize(("written", "read"), [("flux", "scheduler"), ("diffsynth", "reference"),
+                                                ("scheduler", "scheduler"), ("shift3", "shift3"),
+                                                ("reference", "reference")])
+def test_a_schedule_is_read_under_its_name_or_its_older_one(written: str, read: str) -> None:
+    assert parse_layout({"prompt": "a", "schedule": written}).schedule == read

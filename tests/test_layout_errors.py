@@ -134,9 +134,11 @@ CASES = [
          "    polygon: [[100, 100], [1200, 100], [100, 900]]\n", "entities[0].polygon",
          ("inside the canvas", "0..1000 in units permille"), ("permille", "0..1000")),
     Case("unknown_units", "prompt: a\nunits: inches\n", "units", ("'px', 'fraction' or 'permille'", "'inches'")),
-    Case("unknown_schedule", "prompt: a\nschedule: euler\n", "schedule", ("'flux' or 'diffsynth'", "'euler'")),
+    Case("unknown_schedule", "prompt: a\nschedule: euler\n", "schedule",
+         ("'scheduler', 'shift3' or 'reference'", "'euler'")),
     # the message quotes the value back; it must be printed as text, not as terminal markup
-    Case("value_like_markup", "prompt: a\nschedule: '[/flux]'\n", "schedule", ("'flux' or 'diffsynth'", "'[/flux]'")),
+    Case("value_like_markup", "prompt: a\nschedule: '[/flux]'\n", "schedule",
+         ("'scheduler', 'shift3' or 'reference'", "'[/flux]'")),
     Case("model_folder_missing", "prompt: a\nmodel: ./no-such-folder\n", "model", ("no-such-folder", "does not exist")),
 ]
 

@@ -3,6 +3,7 @@ the regional processor's block invariant, LoRA key reading, batching, and the la
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from eligen.pipeline.families.qwen_image.transformer import text_rotary, use_reg
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.hub import DEFAULT_LORAS
 from eligen.pipeline.layout import LayoutError, parse_layout
+from eligen.pipeline.layout_warnings import LayoutWarning
 from eligen.pipeline.lora import LoraError, apply_loras, remove_loras
 from eligen.pipeline.regional_attention import regional_attention_mask
 
@@ -211,3 +213,52 @@ def test_full_size_model_is_refused_on_the_cpu() -> None:
     with pytest.raises(ModelLoadError, match=r"about 20B parameters.*--device cpu"):
         check_device("Qwen/Qwen-Image", config, torch.device("cpu"), explicit=False)
     check_device("Qwen/Qwen-Image", config, torch.device("cpu"), explicit=True)
+
+
+@pytest.mark.parametrize(("global_tokens", "entity_tokens"), [(4096, 1024), (4097, 1025)])
+def test_the_truncation_warnings_fire_at_the_limits_the_model_reads(
+        tiny_qwen_pipe: EligenPipeline, tiny_qwen_model: Path, global_tokens: int, entity_tokens: int) -> None:
+    """Qwen-Image reads 4096 tokens of the global and negative prompt's group and 1024 of an entity's: a warning at
+    one token more, none at the limit."""
+    def words(n: int) -> str:  # 'a' and each ' red' are one token of the tiny tokenizer; the template closes with 5
+        return "a" + " red" * (n - 6)
+
+    layout = _layout(tiny_qwen_model, prompt=words(global_tokens), negative_prompt=words(global_tokens), cfg=2.0,
+                     entities=[{"prompt": words(entity_tokens), "box": [0, 0, 48, 32]}])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LayoutWarning)
+        tiny_qwen_pipe.prepare(layout, source="long.yaml")
+    messages = [str(w.message) for w in caught if issubclass(w.category, LayoutWarning)]
+    if global_tokens == 4096:
+        assert messages == []
+    else:
+        cut = "the last token is dropped\n  hint: shorten the prompt"
+        assert messages == [f"long.yaml: prompt: 4097 Qwen2.5-VL tokens, the model reads 4096: {cut}",
+                            f"long.yaml: negative_prompt: 4097 Qwen2.5-VL tokens, the model reads 4096: {cut}",
+                            f"long.yaml: entities[0].prompt: 1025 Qwen2.5-VL tokens, the model reads 1024: {cut}"]
+
+
+def test_the_training_cache_keeps_a_long_entity_prompt_as_the_entity_unit_reads_it(
+        tiny_qwen_pipe: EligenPipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt read at two lengths (global 4096, entity 1024) is cached at both; a short one once."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from eligen.pipeline.conditioning import PromptTable
+    from eligen.pipeline.train import cache as train_cache
+
+    long, short = "a" + " red" * 1100, "a red cat"
+    sample = SimpleNamespace(index=0, bucket=(32, 32), layout=SimpleNamespace(prompt=long),
+                             entity_prompts=[long, short])
+    monkeypatch.setattr(train_cache, "load_image", lambda _: Image.new("RGB", (32, 32)))
+    cache = train_cache.TrainCache(tmp_path)
+    train_cache.build_cache(cache, tiny_qwen_pipe, [sample], 1024)
+    encode = tiny_qwen_pipe.prompt_encoder(1024)
+    (embeds, pooled, entity), (short_embeds, _, short_entity) = cache.text(long), cache.text(short)
+    assert pooled is None and short_entity is None
+    assert torch.equal(embeds, encode(long)[0]) and embeds.shape[1] == 1106
+    assert torch.equal(entity, encode.entity(long)) and entity.shape[1] == 1024
+    table = PromptTable({long: (embeds, None), short: (short_embeds, None)}, tiny_qwen_pipe.family.text_ids,
+                        {long: entity})
+    assert torch.equal(table.entity(long), entity) and torch.equal(table.entity(short), encode.entity(short))

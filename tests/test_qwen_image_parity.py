@@ -241,3 +241,25 @@ def test_released_lora_style_merges_as_the_reference_does(pipe: EligenPipeline, 
         assert torch.allclose(mine[name], tensor, rtol=0, atol=1e-6), name
         changed += not torch.equal(tensor, before[name])
     assert changed == len(state) // 2  # every targeted Linear's weight changed, nothing else
+
+
+def words(n: int) -> str:
+    """A prompt whose group holds `n` tokens on the tiny tokenizer: 'a' and each ' red' are one token, the template
+    closes with 5."""
+    return "a" + " red" * (n - 6)
+
+
+@pytest.mark.parametrize("n", [1030, 1500, 4200])
+def test_a_long_prompt_is_read_as_the_references_units_read_it(pipe: EligenPipeline, ref, n: int) -> None:
+    """The global prompt up to 4096 tokens (its prompt embedder), an entity prompt up to 1024 (its entity unit);
+    cut beyond, with the template's closing tokens, exactly as the reference cuts them."""
+    encode = pipe.prompt_encoder(1024)
+    prompt = words(n)
+    assert encode.untruncated_count(prompt) == n
+    ours, pooled = encode(prompt)
+    theirs = QwenImageUnit_PromptEmbedder().process(ref, prompt)["prompt_emb"]
+    assert pooled is None and ours.shape[1] == min(n, 4096)
+    assert torch.equal(ours, theirs)
+    entity = encode.entity(prompt)
+    assert entity.shape[1] == encode.token_count(prompt) == 1024
+    assert torch.equal(entity, QwenImageUnit_EntityControl().get_prompt_emb(ref, prompt)["prompt_emb"])

@@ -31,7 +31,7 @@ AttentionQKV = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 @dataclass(frozen=True)
 class TokenLimit:
     """One text encoder's limit: `count(prompt)` tokens before truncation, of which it reads `limit`; `fields` the
-    layout prompts it reads (None: all)."""
+    layout prompts it reads (`prompt`, `negative_prompt`, `entities` for every entity's; None: all)."""
 
     encoder: str
     count: Callable[[str], int]
@@ -42,14 +42,19 @@ class TokenLimit:
 class PromptEncoder(Protocol):
     """A family's text encoder for prompt groups, each distinct prompt encoded once."""
 
-    max_sequence_length: int
+    max_sequence_length: int  # tokens of an entity prompt's group at most
 
     def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(sequence embeddings (1, L, D), pooled vector (1, D_pooled) or None) of one prompt."""
+        """(sequence embeddings (1, L, D), pooled vector (1, D_pooled) or None) of a global or negative prompt."""
+        ...
+
+    def entity(self, prompt: str) -> torch.Tensor:
+        """Sequence embeddings (1, L, D) of an entity prompt (a family may read it at another length than the
+        global prompt: Qwen-Image)."""
         ...
 
     def token_count(self, prompt: str) -> int:
-        """Tokens of `prompt` the family keeps at most (its own tokens with the end token)."""
+        """Tokens of an entity prompt the family keeps at most (its own tokens with the end token)."""
         ...
 
     def token_limits(self) -> list[TokenLimit]:

@@ -1,7 +1,8 @@
 """`eligen train --cache`: text embeddings and VAE latents computed once and kept as safetensors files.
 
 One file per distinct prompt (`text/<sha256>.safetensors`: the sequence embeddings and the pooled vector, FLUX's
-T5 and CLIP, exactly as the family's prompt encoder returns them) and one per sample
+T5 and CLIP, exactly as the family's prompt encoder returns them for a global prompt; for an entity prompt whose
+encoding as an entity differs, that one too: a Qwen-Image prompt longer than the entity limit) and one per sample
 (`latents/<index>-<W>x<H>.safetensors`: packed VAE latents at its bucket). A `manifest.json` records what the
 cache was built for; a cache built for another model, length or resolution is refused rather than silently mixed.
 Files are written atomically, so an interrupted build resumes.
@@ -44,10 +45,11 @@ class TrainCache:
         width, height = sample.bucket
         return self.folder / "latents" / f"{sample.index:07d}-{width}x{height}.safetensors"
 
-    def text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(sequence embeddings (1, L, D), pooled vector (1, D_pooled) or None) of a prompt."""
+    def text(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(sequence embeddings (1, L, D), pooled vector (1, D_pooled) or None) of a prompt as a global prompt, with
+        its sequence embeddings as an entity prompt where they differ (else None)."""
         tensors = load_file(self.text_path(prompt))
-        return tensors["t5"], tensors.get("pooled")
+        return tensors["t5"], tensors.get("pooled"), tensors.get("entity")
 
     def latents(self, sample: Sample) -> torch.Tensor:
         """Packed VAE latents (1, n_tokens, 4C) of a sample's image at its bucket."""
@@ -77,14 +79,20 @@ def build_cache(
     rank: int = 0, world_size: int = 1, on_item: Callable[[int, int], None] | None = None,
 ) -> None:
     """Write the missing files this process is responsible for (every `world_size`-th prompt and sample)."""
-    prompts = sorted({"", *(s.layout.prompt for s in samples), *(p for s in samples for p in s.entity_prompts)})
+    entities = {"", *(p for s in samples for p in s.entity_prompts)}  # "": the slots padding a batch's entities
+    prompts = sorted({*entities, *(s.layout.prompt for s in samples)})
     work: list[tuple[str, Any]] = [("text", p) for p in prompts[rank::world_size]]
     work += [("latents", s) for s in samples[rank::world_size]]
     for done, (kind, item) in enumerate(work, start=1):
         if kind == "text" and not cache.text_path(item).is_file():
-            embeds, pooled = pipe.prompt_encoder(max_sequence_length)(item)  # a fresh encoder: no memory growth
+            encode = pipe.prompt_encoder(max_sequence_length)  # a fresh encoder: no memory growth
+            embeds, pooled = encode(item)
             # "t5": the key every cache was written with (the embeddings of any family's text encoder)
-            _save(cache.text_path(item), {"t5": embeds} if pooled is None else {"t5": embeds, "pooled": pooled})
+            tensors = {"t5": embeds} if pooled is None else {"t5": embeds, "pooled": pooled}
+            entity = encode.entity(item) if item in entities else embeds
+            if entity.shape != embeds.shape or not torch.equal(entity, embeds):
+                tensors["entity"] = entity
+            _save(cache.text_path(item), tensors)
         elif kind == "latents" and not cache.latent_path(item).is_file():
             _save(cache.latent_path(item), {"latents": pipe.encode_image(load_image(item))})
         if on_item is not None:

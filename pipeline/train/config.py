@@ -49,6 +49,7 @@ class TrainConfig(BaseModel):
     bucket_step: PositiveInt = Field(64, description="Bucket sides are multiples of this (px); images sharing a "
                                      "bucket share batches.")
     max_sequence_length: int | None = Field(None, ge=1, le=1024, description="Text tokens per prompt group "
+                                            "(Qwen-Image: per entity prompt; its global prompt reads up to 4096) "
                                             "[default: the model's, 512 for FLUX.1-dev, 1024 for Qwen-Image].")
     timesteps: TimestepSampling = Field("reference", description="reference: uniform over the reference "
                                         "trainer's 1000 sigmas for the model's family (FLUX: shift 3; Qwen-Image: "

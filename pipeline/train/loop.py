@@ -282,6 +282,12 @@ class Trainer:
             return []
         return prepare_cases(self.pipe, self.validation_source, self.max_sequence_length)
 
+    def _prompt_length(self) -> dict[str, int]:
+        """The global prompt's length where the family reads it at another length than the entity prompts (a key a
+        cache records only then, so the caches of other families stay valid)."""
+        length = self.pipe.family.defaults.prompt_sequence_length
+        return {} if length is None else {"prompt_sequence_length": length}
+
     def _prepare_cache(self) -> TrainCache | None:
         if not self.config.cache:
             return None
@@ -290,7 +296,8 @@ class Trainer:
             metadata = hashlib.sha256(self.dataset.metadata.read_bytes()).hexdigest()
             cache.claim({"model": self.config.model, "data": self.identity["data"], "metadata_sha256": metadata,
                          "dtype": str(self.dtype), "max_sequence_length": self.max_sequence_length,
-                         "resolution": self.config.resolution, "bucket_step": self.config.bucket_step})
+                         "resolution": self.config.resolution, "bucket_step": self.config.bucket_step,
+                         **self._prompt_length()})
         self.accelerator.wait_for_everyone()
         self.report.note(f"caching text embeddings and latents in {cache.folder}")
         build_cache(cache, self.pipe, self.samples, self.max_sequence_length, self.accelerator.process_index,
@@ -324,9 +331,11 @@ class Trainer:
     def _conditioning(self, batch: dict[str, list[Any]], drop: torch.Tensor) -> Conditioning:
         device = self.accelerator.device
         if "embeddings" in batch:
+            texts = {p: text for embeddings in batch["embeddings"] for p, text in embeddings.items()}
             table = {p: (embeds.to(device), None if pooled is None else pooled.to(device))  # Qwen-Image: no pooled
-                     for embeddings in batch["embeddings"] for p, (embeds, pooled) in embeddings.items()}
-            encode: PromptEncoder | PromptTable = PromptTable(table, self.pipe.family.text_ids)
+                     for p, (embeds, pooled, _) in texts.items()}
+            entities = {p: entity.to(device) for p, (_, _, entity) in texts.items() if entity is not None}
+            encode: PromptEncoder | PromptTable = PromptTable(table, self.pipe.family.text_ids, entities)
         else:
             encode = self.pipe.prompt_encoder(self.max_sequence_length)  # per batch: memory stays flat
         names = [[] if d else list(n) for n, d in zip(batch["entity_prompts"], drop.tolist(), strict=True)]

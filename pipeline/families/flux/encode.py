@@ -28,6 +28,10 @@ class PromptEncoder:
             self._cache[prompt] = (t5, pooled)
         return self._cache[prompt]
 
+    def entity(self, prompt: str) -> torch.Tensor:
+        """T5 embeddings of an entity prompt: the same as the global prompt's (one length for every group)."""
+        return self(prompt)[0]
+
     def token_count(self, prompt: str) -> int:
         """T5 tokens of `prompt` before the padding: its own tokens and the end token, at most max_sequence_length."""
         tokens = self.pipe.tokenizer_2(prompt, padding="max_length", max_length=self.max_sequence_length,

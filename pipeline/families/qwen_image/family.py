@@ -45,7 +45,8 @@ class QwenImageFamily(DiffusersFamily):
         return self.pipe.vae_scale_factor
 
     def prompt_encoder(self, max_sequence_length: int) -> PromptEncoder:
-        return PromptEncoder(self.pipe, max_sequence_length)
+        global_length = self.defaults.prompt_sequence_length or max_sequence_length
+        return PromptEncoder(self.pipe, max_sequence_length, global_length)
 
     text_ids = staticmethod(qwen_text_ids)
 
