@@ -279,3 +279,17 @@ def test_buckets_of_several_shapes_train_in_batches(tiny_model: Path, tmp_path: 
     trainer.run()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) == 4 and all(entry["loss"] > 0 for entry in log)
+
+
+def test_caption_dropout_trains_the_empty_prompt_without_entities(dataset: Path, tiny_model: Path,
+                                                                  tmp_path: Path) -> None:
+    """A sample drawn for caption dropout is trained exactly as the empty prompt with its entities dropped (the
+    same noise and timestep, which are drawn before the caption dropout's draw)."""
+    captionless = Trainer(_config(dataset, tiny_model, tmp_path / "a", caption_dropout=1.0))
+    entityless = Trainer(_config(dataset, tiny_model, tmp_path / "b", entity_dropout=1.0))
+    batch = collate([TrainingSet(captionless.samples)[i] for i in range(2)])
+    blank = {**batch, "prompt": [""] * len(batch["prompt"])}
+    with torch.no_grad():
+        dropped = captionless.loss(captionless.transformer, batch, 0).item()
+        assert dropped == entityless.loss(entityless.transformer, blank, 0).item()
+        assert dropped != entityless.loss(entityless.transformer, batch, 0).item()
