@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The short design comparison of docs/shapes.md: four designs trained for the same process CPU time, one torch
 # thread each, every checkpoint kept, then each checkpoint scored on 32 held-out layouts.
-#   bash recipes/shapes_compare.sh RUNS_DIR [CPU_SECONDS] [DESIGN ...]     (default 420 s, all four designs)
+#   bash recipes/shapes_compare.sh RUNS_DIR [CPU_SECONDS] [DESIGN ...]     (default 150 s, all four designs)
 #   python scripts/shapes_compare_plot.py RUNS_DIR -o docs/images/shapes-compare.png      (curves and table)
 # CPU time, not wall time: `ulimit -t` ends each training process when it has used CPU_SECONDS (imports, loading
 # and training; the latents and text embeddings are cached beforehand, outside the budget), so runs on a busy
 # machine, or two side by side, get the same compute. The checkpoints' CPU seconds are in each log.jsonl (cpu_s).
 set -euo pipefail
 runs=$1
-budget=${2:-420}
+budget=${2:-150}
 shift $(( $# < 2 ? $# : 2 ))
 designs=("$@")
 [ ${#designs[@]} -gt 0 ] || designs=(control grid16-warm grid16-scratch grid8-scratch)
@@ -33,10 +33,10 @@ fi
 
 design() {  # name -> model data resolution lr save_every caption_dropout
     case $1 in
-        control) echo "shapes data64 64 2e-4 100 0" ;;            # today's design, continued
-        grid16-warm) echo "warm128 data128 128 2e-4 30 0" ;;      # today's weights on a 16x16 grid
-        grid16-scratch) echo "init128 data128 128 5e-4 30 0.1" ;; # 16x16 grid, one stage from scratch
-        grid8-scratch) echo "init64 data64 64 5e-4 100 0.1" ;;    # 8x8 grid, one stage from scratch
+        control) echo "shapes data64 64 2e-4 50 0" ;;            # today's design, continued
+        grid16-warm) echo "warm128 data128 128 2e-4 15 0" ;;      # today's weights on a 16x16 grid
+        grid16-scratch) echo "init128 data128 128 5e-4 15 0.1" ;; # 16x16 grid, one stage from scratch
+        grid8-scratch) echo "init64 data64 64 5e-4 50 0.1" ;;    # 8x8 grid, one stage from scratch
         *) echo "unknown design $1" >&2; exit 2 ;;
     esac
 }
@@ -51,6 +51,10 @@ for name in "${designs[@]}"; do
             -o "$name" ) > "$name.log" 2>&1 || true  # ended by the CPU limit (SIGXCPU)
     fi
     held="held$side-layouts"
+    case $name in  # the starting point of the designs that start from the shipped weights
+        control|grid16-warm) [ -f "$name/eval/step-000000/results.json" ] || nice -n 10 eligen eval "$held" \
+            --model "$model" --seeds 1 --steps 16 --cfg 3 -o "$name/eval/step-000000" > /dev/null 2>&1 ;;
+    esac
     for checkpoint in "$name"/checkpoints/step-*; do
         [ -f "$checkpoint/transformer.safetensors" ] || continue
         out="$name/eval/$(basename "$checkpoint")"

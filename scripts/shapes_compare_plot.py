@@ -24,7 +24,7 @@ def curves(run: Path) -> tuple[list[tuple[float, float]], list[tuple[int, float,
     """(cpu s, mean loss) every 25 steps, and (step, cpu s, success, mIoU) of every scored checkpoint."""
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text(encoding="utf-8").splitlines() if line]
     start = rows[0]["cpu_s"] - (rows[1]["cpu_s"] - rows[0]["cpu_s"] if len(rows) > 1 else 0.0)
-    cpu = {r["step"]: r["cpu_s"] - start for r in rows}
+    cpu = {0: 0.0, **{r["step"]: r["cpu_s"] - start for r in rows}}
     loss = [(cpu[rows[i + 24]["step"]], sum(r["loss"] for r in rows[i:i + 25]) / 25)
             for i in range(0, len(rows) - 24, 25)]
     scored = []
