@@ -44,8 +44,8 @@ design() {  # name -> model data resolution lr save_every caption_dropout
 for name in "${designs[@]}"; do
     read -r model data side lr every captions <<< "$(design "$name")"
     common=(--config "$here/shapes-compare.yaml" --model "$model" --data "$data" --resolution "$side" --lr "$lr"
-            --caption-dropout "$captions" --cache-dir "cache$side")
-    [ -d "cache$side" ] || eligen train "${common[@]}" -o "precache$side" --steps 1
+            --caption-dropout "$captions" --cache-dir "cache-$model")
+    [ -d "cache-$model" ] || eligen train "${common[@]}" -o "precache-$model" --steps 1
     if [ ! -f "$name/log.jsonl" ]; then
         ( ulimit -t "$budget"; exec nice -n 10 eligen train "${common[@]}" --save-every "$every" --steps 100000 \
             -o "$name" ) > "$name.log" 2>&1 || true  # ended by the CPU limit (SIGXCPU)

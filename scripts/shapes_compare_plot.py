@@ -30,8 +30,8 @@ def curves(run: Path) -> tuple[list[tuple[float, float]], list[tuple[int, float,
     scored = []
     for results in sorted((run / "eval").glob("step-*/results.json")):
         step = int(results.parent.name.removeprefix("step-"))
-        totals = json.loads(results.read_text(encoding="utf-8"))["totals"]
-        scored.append((step, cpu[step], totals["success"], totals["miou"]))
+        totals = json.loads(results.read_text(encoding="utf-8"))["levels"]["all"]["instance_means"]
+        scored.append((step, cpu[step], totals["success"], totals["iou"]))
     return loss, scored
 
 
