@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     names = [n for n in args.design or DESIGNS if (args.runs / n / "log.jsonl").is_file()]
     data = {n: curves(args.runs / n) for n in names}
-    print("| design | checkpoint step | training CPU s | success | mIoU | loss (mean of the last full 25-step window before it) |")
+    print("| design | checkpoint step | training CPU s | success | mIoU | loss (last full 25-step mean before it) |")
     print("|---|---|---|---|---|---|")
     for name, (loss, scored) in data.items():
         for step, cpu, success, miou in scored:
