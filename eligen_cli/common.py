@@ -19,6 +19,9 @@ EntityTokensOpt = Annotated[str | None, typer.Option(
     "tokens) or a number [default: the layout's, else max].")]
 DeviceOpt = Annotated[str | None, typer.Option(
     metavar="DEVICE", help="cuda, mps or cpu [default: the best available].")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    min=1, metavar="N", help="Torch CPU threads [default: OMP_NUM_THREADS if set, else 1 for a small model such "
+    "as shapes, else torch's].")]
 
 # How a model is loaded (`eligen generate`, `eligen inpaint`, `eligen studio`).
 TransformerOpt = Annotated[str | None, typer.Option(

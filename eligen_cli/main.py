@@ -23,6 +23,7 @@ from .common import (
     OffloadOpt,
     OverwriteOpt,
     QuantizeOpt,
+    ThreadsOpt,
     TransformerOpt,
     entity_tokens_value,
     err,
@@ -175,20 +176,24 @@ def _wrote(path: Path, size: tuple[int, int], steps: int, started: float) -> Non
 class _Models:
     """Loads each distinct model once per command."""
 
-    def __init__(self, device: str | None, dtype: str | None, offload: str, quantize: str, fuse_loras: bool) -> None:
+    def __init__(self, device: str | None, dtype: str | None, offload: str, quantize: str, fuse_loras: bool,
+                 threads: int | None = None) -> None:
         self.options = {"device": device, "dtype": dtype, "offload": offload, "quantize": quantize,
                         "fuse_loras": fuse_loras}
+        self.threads = threads
         self.loaded: dict[tuple[str, str | None, str | None], EligenPipeline] = {}
 
     def __call__(self, model: str, loras: object = None, transformer: str | None = None) -> EligenPipeline:
         """The loaded model (with `transformer` replacing its own); with fused LoRAs, one copy per distinct LoRA
         set (`loras`)."""
+        from eligen.pipeline.devices import use_threads
         from eligen.pipeline.generate import EligenPipeline
 
         key = (model, transformer, repr(loras) if self.options["fuse_loras"] else None)
         if key not in self.loaded:
             with status(f"loading {model}" + (f" with transformer {transformer}" if transformer else "")):
                 self.loaded[key] = EligenPipeline.from_pretrained(model, transformer=transformer, **self.options)
+            use_threads(self.threads, self.loaded[key].device, self.loaded[key].transformer)
         return self.loaded[key]
 
 
@@ -239,6 +244,7 @@ def generate(
     model: ModelOpt = None,
     transformer: TransformerOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     dtype: DtypeOpt = None,
     offload: OffloadOpt = "none",
     quantize: QuantizeOpt = "none",
@@ -301,7 +307,7 @@ def generate(
         if dry_run:
             err.print(f"{len(jobs)} layout(s) valid; dry run, no image generated")
             return
-        models = _Models(device, dtype, offload, quantize, fuse_loras)
+        models = _Models(device, dtype, offload, quantize, fuse_loras, threads)
         for src, _, _, outs in jobs:
             _render(models(src.layout.model, src.layout.loras, src.layout.transformer), src, outs, batch_cfg, maps)
 
@@ -384,6 +390,7 @@ def inpaint(
     model: ModelOpt = None,
     transformer: TransformerOpt = None,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     dtype: DtypeOpt = None,
     offload: OffloadOpt = "none",
     quantize: QuantizeOpt = "none",
@@ -431,7 +438,8 @@ def inpaint(
         check_memory(early.layout, device, job.source)
         from eligen.pipeline.render import SourceImage, prepare_render
 
-        pipe = _Models(device, dtype, offload, quantize, fuse_loras)(job.edits.model, transformer=job.edits.transformer)
+        models = _Models(device, dtype, offload, quantize, fuse_loras, threads)
+        pipe = models(job.edits.model, transformer=job.edits.transformer)
         canvas = place(job.edits, job.masks, job.image.size, pipe.scale_factor, job.source)
         (w, h), (gw, gh) = job.image.size, canvas.layout.size
         if (w, h) != (gw, gh):

@@ -184,6 +184,7 @@ def train(
     max_sequence_length: Annotated[int | None, _option("max_sequence_length")] = None,
     timesteps: Annotated[TimestepSampling | None, _option("timesteps")] = None,
     entity_dropout: Annotated[float | None, _option("entity_dropout")] = None,
+    caption_dropout: Annotated[float | None, _option("caption_dropout")] = None,
     cache: Annotated[bool | None, _flag("cache")] = None,
     cache_dir: Annotated[Path | None, _option("cache_dir")] = None,
     gradient_checkpointing: Annotated[bool | None, _flag("gradient_checkpointing")] = None,

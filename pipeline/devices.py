@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import torch
@@ -78,3 +79,29 @@ def place(pipe: Any, device: torch.device, offload: Offload) -> Any:
     else:
         pipe.enable_sequential_cpu_offload(device=device)
     return pipe
+
+
+SMALL_MODEL_PARAMETERS = 50_000_000  # a transformer this small does too little work per op to share between threads
+
+
+def pick_threads(requested: int | None, device: torch.device, transformer: torch.nn.Module) -> int | None:
+    """The torch CPU threads to run a loaded model with, or None to leave torch's choice alone.
+
+    `requested` (`--threads`) wins, then an `OMP_NUM_THREADS` in the environment (torch already follows it).
+    Otherwise a small transformer on the CPU (the built-in shapes model, the test models) gets one thread: its
+    matrices are so small that the threads spend more time waiting for each other than computing, and on a
+    busy machine a thread that waits for a descheduled partner stalls the whole step (measured in
+    docs/performance.md). Larger models and accelerators keep torch's default.
+    """
+    if requested is not None:
+        return requested
+    if "OMP_NUM_THREADS" in os.environ or device.type != "cpu":
+        return None
+    return 1 if sum(p.numel() for p in transformer.parameters()) < SMALL_MODEL_PARAMETERS else None
+
+
+def use_threads(requested: int | None, device: torch.device, transformer: torch.nn.Module) -> None:
+    """Set torch's CPU thread count as `pick_threads` chooses (nothing when it leaves the choice to torch)."""
+    threads = pick_threads(requested, device, transformer)
+    if threads is not None:
+        torch.set_num_threads(threads)

@@ -27,3 +27,7 @@ eval=(eligen eval "$runs/heldout-layouts" --seeds 4 --steps 16)
 "${eval[@]}" --model shapes-base --global-only -o "$runs/eval-a"
 "${eval[@]}" --model shapes-base -o "$runs/eval-b"
 "${eval[@]}" --model shapes -o "$runs/eval-c"
+# the next design (docs/shapes.md, "The next design"): four designs at equal CPU time, then the chosen one's long
+# run (a 16x16 token grid from the shipped weights; resumable: run the same line again); not shipped yet
+bash "$here/shapes_compare.sh" "$runs/next" 150
+bash "$here/shapes_long.sh" "$runs/next"

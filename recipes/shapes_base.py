@@ -1,12 +1,15 @@
 """Train the shapes base model and write it as a diffusers FLUX folder (step 2 of the shapes recipe).
 
     python recipes/shapes_base.py --vae runs/shapes/vae -o runs/shapes/base [--steps 3000] [--minutes 35]
+    python recipes/shapes_base.py --vae VAE -o FOLDER --steps 0 --pool 64 --size 128 --heads 8   (untrained)
 
 Frozen random CLIP and T5 (2 layers, width 64) over a word-level vocabulary (every word of the shape
 captions is one token; T5 length 16), and a FluxTransformer2DModel (2 dual + 4 single blocks, 4 heads x 32,
 no guidance embedding: use true CFG) trained from scratch on global captions only: rectified flow,
 logit-normal t, 10% caption dropout (the empty prompt), AdamW with warmup and cosine decay, EMA 0.999 (the
 EMA weights are saved). Training scenes are a fixed pool encoded once by the VAE of `shapes_vae.py`.
+`--size` (scene side, 64 by default: with the factor-4 VAE, 128 gives a 16x16 token grid) and `--heads`,
+`--head-dim` change the design; `--steps 0` writes an untrained folder for a single-stage `eligen train --full`.
 The folder holds fp16 weights and `eligen.json` (T5 length 16, the native size, steps and CFG, the vocabulary
 and the most shapes per training scene); `train_summary.json` records wall time, samples/s and the loss curve.
 Runs on CUDA when there is a GPU (`--device`); the random draws come from a CPU generator, so they are the same.
@@ -46,7 +49,7 @@ STEPS, CFG = 24, 3.0  # the model's sampling defaults: what the README layout an
 MAX_ENTITIES = 4  # the most shapes in a training scene (`scenes` and `eligen data shapes` default to 1-4)
 
 
-def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxPipeline:
+def build_pipeline(vae: AutoencoderKL, seed: int, heads: int = 4, head_dim: int = 32) -> FluxPipeline:
     """The shapes FluxPipeline: tokenizers, random text encoders and an untrained transformer."""
     tokenizer, tokenizer_2 = _build_tokenizers(MAX_SEQUENCE_LENGTH, WORDS)
     torch.manual_seed(seed)
@@ -63,8 +66,8 @@ def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxPipeline:
     ))
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=4 * vae.config.latent_channels, num_layers=2, num_single_layers=4,
-        attention_head_dim=32, num_attention_heads=4, joint_attention_dim=TEXT_WIDTH,
-        pooled_projection_dim=TEXT_WIDTH, guidance_embeds=False, axes_dims_rope=(8, 12, 12),
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=TEXT_WIDTH,
+        pooled_projection_dim=TEXT_WIDTH, guidance_embeds=False, axes_dims_rope=rope_axes(head_dim),
     )
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(**_FLUX_DEV_SCHEDULER), vae=vae, text_encoder=text_encoder,
@@ -75,10 +78,16 @@ def build_pipeline(vae: AutoencoderKL, seed: int) -> FluxPipeline:
     return pipe
 
 
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """FLUX's rotary split of a head (text index, y, x): a quarter for the index, the rest shared by y and x."""
+    first = head_dim // 4
+    return first, (head_dim - first) // 2, (head_dim - first) // 2
+
+
 @torch.no_grad()
-def encode_pool(vae: AutoencoderKL, count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+def encode_pool(vae: AutoencoderKL, count: int, seed: int, size: int = SIDE) -> tuple[torch.Tensor, list[str]]:
     """Packed, scaled latents (count, n, 64) of `count` scenes, and their captions."""
-    chosen = scenes(count, seed)
+    chosen = scenes(count, seed, size)
     latents = []
     for i in range(0, count, 256):
         pixels = np.stack([np.asarray(render(s)) for s in chosen[i:i + 256]])
@@ -109,20 +118,23 @@ def main() -> None:
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--pool", type=int, default=16384, help="training scenes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=SIDE, help="scene side in px (a multiple of 16)")
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--init", type=Path, help="start from the transformer of an earlier base folder (continue)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
 
     vae = AutoencoderKL.from_pretrained(args.vae)
-    pipe = build_pipeline(vae, args.seed)
+    pipe = build_pipeline(vae, args.seed, args.heads, args.head_dim)
     if args.init is not None:  # its text encoders too: they are frozen, and the transformer learned them
         pipe.register_modules(
             transformer=FluxTransformer2DModel.from_pretrained(args.init, subfolder="transformer").float(),
             text_encoder=CLIPTextModel.from_pretrained(args.init, subfolder="text_encoder").float().eval(),
             text_encoder_2=T5EncoderModel.from_pretrained(args.init, subfolder="text_encoder_2").float().eval(),
         )
-    latents, captions = encode_pool(vae, args.pool, args.seed)
+    latents, captions = encode_pool(vae, args.pool, args.seed, args.size)
     pipe.to(device)
     latents = latents.to(device)
     transformer = pipe.transformer
@@ -169,9 +181,10 @@ def main() -> None:
     pipe.register_modules(transformer=ema)
     pipe.to("cpu", torch.float16).save_pretrained(args.output, safe_serialization=True)
     _write_compat_files(args.output, *_clip_vocab_and_merges(WORDS))
-    meta = {"note": "the built-in shapes model (recipes/shapes_base.py): 64x64 scenes of 1-4 flat shapes, "
-            "captions in the words of `vocabulary`", "max_sequence_length": MAX_SEQUENCE_LENGTH,
-            "size": [SIDE, SIDE], "steps": STEPS, "cfg": CFG, "vocabulary": list(WORDS), "max_entities": MAX_ENTITIES}
+    meta = {"note": f"the built-in shapes model (recipes/shapes_base.py): {args.size}x{args.size} scenes of 1-4 "
+            "flat shapes, captions in the words of `vocabulary`", "max_sequence_length": MAX_SEQUENCE_LENGTH,
+            "size": [args.size, args.size], "steps": STEPS, "cfg": CFG, "vocabulary": list(WORDS),
+            "max_entities": MAX_ENTITIES}
     (args.output / "eligen.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     summary = {"steps": step, "batch_size": args.batch_size, "wall_s": round(wall, 1),
                "samples_per_s": round(step * args.batch_size / wall, 2), "parameters": transformer.num_parameters(),

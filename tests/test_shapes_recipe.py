@@ -68,3 +68,26 @@ def test_recipe_scripts_run_in_order_and_ship_a_loadable_model(tmp_path: Path) -
     (image,) = pipe.generate(layout, [0])
     assert image.size == (64, 64)  # the folder's declared size, not FLUX.1-dev's 1024
     assert np.isfinite(np.asarray(image, dtype=float)).all()
+
+
+def test_base_script_writes_an_untrained_folder_of_another_design(tmp_path: Path) -> None:
+    """`--steps 0` with `--size 128 --heads 8` (a 16x16 token grid, twice the width): the start of a single-stage
+    design; a layout without `size`, in fractions of the canvas as for the 64x64 world, renders at the folder's
+    declared 128x128."""
+    vae, base = tmp_path / "vae", tmp_path / "base"
+    run(sys.executable, RECIPES / "shapes_vae.py", "-o", vae, "--steps", "1", "--batch-size", "2")
+    run(sys.executable, RECIPES / "shapes_base.py", "--vae", vae, "-o", base, "--steps", "0", "--pool", "4",
+        "--size", "128", "--heads", "8")
+    assert json.loads((base / "eligen.json").read_text())["size"] == [128, 128]
+    config = json.loads((base / "transformer" / "config.json").read_text())
+    design = (config["num_attention_heads"], config["attention_head_dim"], config["axes_dims_rope"])
+    assert design == (8, 32, [8, 12, 12])
+
+    from eligen.pipeline.generate import EligenPipeline
+    from eligen.pipeline.layout import parse_layout
+
+    pipe = EligenPipeline.from_pretrained(str(base), device="cpu")
+    layout = parse_layout({"prompt": "a red circle", "steps": 1, "units": "fraction",
+                           "entities": [{"prompt": "a red circle", "box": [0.15, 0.15, 0.6, 0.6]}]})
+    (image,) = pipe.generate(layout, [0])
+    assert image.size == (128, 128)

@@ -295,3 +295,17 @@ def test_qwen_image_reference_timesteps_match_diffsynth() -> None:
     assert torch.allclose(weights, scheduler.linear_timesteps_weights, rtol=0, atol=1e-6)
     flux_sigmas, _ = reference_timesteps()
     assert (sigmas - flux_sigmas).abs().max() > 0.05  # the two families' draws differ
+
+
+def test_caption_dropout_trains_the_empty_prompt_without_entities(dataset: Path, tiny_model: Path,
+                                                                  tmp_path: Path) -> None:
+    """A sample drawn for caption dropout is trained exactly as the empty prompt with its entities dropped (the
+    same noise and timestep, which are drawn before the caption dropout's draw)."""
+    captionless = Trainer(_config(dataset, tiny_model, tmp_path / "a", caption_dropout=1.0))
+    entityless = Trainer(_config(dataset, tiny_model, tmp_path / "b", entity_dropout=1.0))
+    batch = collate([TrainingSet(captionless.samples)[i] for i in range(2)])
+    blank = {**batch, "prompt": [""] * len(batch["prompt"])}
+    with torch.no_grad():
+        dropped = captionless.loss(captionless.transformer, batch, 0).item()
+        assert dropped == entityless.loss(entityless.transformer, blank, 0).item()
+        assert dropped != entityless.loss(entityless.transformer, batch, 0).item()

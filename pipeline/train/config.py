@@ -57,6 +57,8 @@ class TrainConfig(BaseModel):
                                         "logit-normal: weight 1.")
     entity_dropout: Fraction = Field(0.0, description="Fraction of samples trained without their entities (plain "
                                      "FLUX, no mask).")
+    caption_dropout: Fraction = Field(0.0, description="Fraction of samples trained with the empty prompt and no "
+                                      "entities (the branch true CFG subtracts), for a model trained from scratch.")
     cache: bool = Field(False, description="Precompute text embeddings and VAE latents once (then the text encoders "
                         "leave memory).")
     cache_dir: Path | None = Field(None, description="Where --cache keeps its files [default: OUTPUT/cache].")

@@ -153,11 +153,12 @@ def _run_identity(config: TrainConfig, dataset: Dataset, train_samples: int, bat
         "weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps, "lr_schedule": config.lr_schedule,
         "max_grad_norm": config.max_grad_norm, "resolution": config.resolution, "bucket_step": config.bucket_step,
         "max_sequence_length": max_sequence_length, "seed": config.seed, "timesteps": config.timesteps,
-        "entity_dropout": config.entity_dropout, "holdout": config.holdout,
+        "entity_dropout": config.entity_dropout, "caption_dropout": config.caption_dropout, "holdout": config.holdout,
     }
 
 
-LATER_SETTINGS = {"lr_schedule": "constant"}  # settings added after runs existed: what runs without them did
+# settings added after runs existed: what runs without them did
+LATER_SETTINGS = {"lr_schedule": "constant", "caption_dropout": 0.0}
 
 
 def lr_factor(step: int, warmup: int, steps: int, cosine: bool) -> float:
@@ -307,7 +308,9 @@ class Trainer:
         return cache
 
     def _inputs(self, batch: dict[str, list[Any]], epoch: int) -> tuple[torch.Tensor, ...]:
-        """(x0, noise, t, weight) of a batch; the per-sample draws depend only on (seed, epoch, index)."""
+        """(x0, noise, t, weight, drop) of a batch; the per-sample draws depend only on (seed, epoch, index).
+
+        `drop` is 0 for a sample trained as it is, 1 without its entities, 2 without its entities and caption."""
         config, device = self.config, self.accelerator.device
         if "latents" in batch:
             x0 = torch.cat(batch["latents"]).to(device)
@@ -319,8 +322,11 @@ class Trainer:
         noise, t, weight, drop = [], [], [], []
         for index in batch["index"]:
             draws = torch.Generator().manual_seed(sample_seed(config.seed, epoch, index, "draws"))
-            drop.append(torch.rand((), generator=draws).item() < config.entity_dropout)
+            code = int(torch.rand((), generator=draws).item() < config.entity_dropout)
             t_i, w_i = draw_timestep(config.timesteps, draws, self.pipe.family.defaults)
+            if config.caption_dropout and torch.rand((), generator=draws).item() < config.caption_dropout:
+                code = 2  # drawn after the others, so runs without caption dropout keep their draws
+            drop.append(code)
             t.append(t_i)
             weight.append(w_i)
             seed = sample_seed(config.seed, epoch, index, "noise")
@@ -340,7 +346,8 @@ class Trainer:
             encode = self.pipe.prompt_encoder(self.max_sequence_length)  # per batch: memory stays flat
         names = [[] if d else list(n) for n, d in zip(batch["entity_prompts"], drop.tolist(), strict=True)]
         regions = [r[:0] if d else r for r, d in zip(batch["regions"], drop.tolist(), strict=True)]
-        return batch_conditioning(encode, batch["prompt"], names, regions)
+        prompts = ["" if d == 2 else p for p, d in zip(batch["prompt"], drop.tolist(), strict=True)]
+        return batch_conditioning(encode, prompts, names, regions)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, list[Any]], epoch: int) -> torch.Tensor:
         """The rectified-flow loss of a batch (a collated `TrainingSet` slice) with the draws of `epoch`."""
@@ -462,7 +469,8 @@ class Trainer:
                     report = StepReport(step, config.steps, last_loss, used_lr, rate)
                     self.report.step(report)
                     if log is not None:
-                        log.write(json.dumps({**asdict(report), "epoch": epoch}) + "\n")
+                        log.write(json.dumps({**asdict(report), "epoch": epoch,
+                                              "cpu_s": round(time.process_time(), 2)}) + "\n")
                         log.flush()
                     if step == config.steps or (config.save_every and step % config.save_every == 0):
                         self._checkpoint(step, epoch, offset)
