@@ -4,7 +4,6 @@ turns what is read here into deltas on its transformer's modules."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ import torch
 from safetensors import safe_open
 
 from .lora import LoraError
+from .structured_text import load_json
 
 # One LoRA tensor: "<module>.lora_down.weight", "<module>.lora_A[.default].weight", "<module>.alpha", ...
 LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?:(?P<factor>lora_down|lora_up|lora_A|lora_B)(?:\.default)?\.weight|alpha)$")
@@ -53,7 +53,12 @@ def peft_alphas(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, s
     raw = (metadata or {}).get("lora_adapter_metadata")
     if not raw:
         return {}
-    config = json.loads(raw)
+    try:
+        config = load_json(raw)
+    except ValueError as exc:
+        raise LoraError(f"its lora_adapter_metadata header is not readable JSON ({exc})", source=source) from None
+    if not isinstance(config, dict):
+        raise LoraError("its lora_adapter_metadata header is not a JSON mapping", source=source)
     if any(k.startswith("transformer.") for k in config):
         config = {k.removeprefix("transformer."): v for k, v in config.items() if k.startswith("transformer.")}
     if config.get("use_dora"):

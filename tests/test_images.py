@@ -88,3 +88,13 @@ def test_references_and_sources_share_the_opener(tmp_path: Path) -> None:
     reference = open_reference("a.png", tmp_path, "layout.yaml", "ip_adapter.image")
     source, _ = read_source_image(tmp_path / "a.png")
     assert reference.getpixel((0, 0)) == source.getpixel((0, 0)) == BACKGROUND
+
+
+def test_the_studio_reads_uploads_as_the_commands_read_files(tmp_path: Path) -> None:
+    from eligen.studio.inputs import Upload, open_image
+
+    upload = Upload("a.png", _transparent(tmp_path / "a.png").read_bytes())
+    assert open_image(upload).getpixel((0, 0)) == open_rgb(tmp_path / "a.png", "a.png", "(image)").getpixel((0, 0))
+    assert open_image(upload).getpixel((0, 0)) == BACKGROUND
+    exif_upload = Upload("r.png", _rotated(tmp_path / "r.png", (6, 4)).read_bytes())
+    assert open_image(exif_upload).size == (4, 6)

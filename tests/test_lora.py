@@ -533,3 +533,14 @@ def test_parity_with_diffusers_kohya_conversion_at_flux_dev_size():
         )
     worst = max(errors, key=errors.get)
     assert errors[worst] < 1e-6, (worst, errors[worst])
+
+
+@pytest.mark.parametrize("header", ["{not json", "[" * 100_000, "[1, 2]"])
+def test_an_unreadable_adapter_metadata_header_is_a_lora_error(header: str) -> None:
+    """A peft-style file's `lora_adapter_metadata` header is data from the file: broken, hostile (nested past the
+    recursion limit) or of the wrong type, it is a LoraError naming the file, not a traceback."""
+    from eligen.pipeline.lora import LoraError
+    from eligen.pipeline.lora_files import peft_alphas
+
+    with pytest.raises(LoraError, match="lora_adapter_metadata"):
+        peft_alphas({}, {"lora_adapter_metadata": header}, "style.safetensors")

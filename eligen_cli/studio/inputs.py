@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from eligen.pipeline.images import to_rgb
 from eligen.pipeline.layout import (
     DATA_URL_PREFIX,
     Edits,
@@ -73,7 +74,8 @@ def uploads(items: Any, source: str = "upload") -> list[Upload]:
 
 
 def open_image(upload: Upload) -> Image.Image:
-    """An uploaded PNG, JPEG or WebP, upright (EXIF orientation applied) and RGB, within MAX_PIXELS."""
+    """An uploaded PNG, JPEG or WebP within MAX_PIXELS, as every command reads images: upright (EXIF orientation
+    applied) and RGB, transparency composited on white."""
     try:
         image = Image.open(io.BytesIO(upload.data))
         if image.format not in IMAGE_FORMATS:
@@ -81,7 +83,7 @@ def open_image(upload: Upload) -> Image.Image:
         if image.width * image.height > MAX_PIXELS:
             raise LayoutError(upload.name, "(image)", f"expected at most {MAX_PIXELS} pixels, got "
                               f"{image.width}x{image.height}")
-        return ImageOps.exif_transpose(image).convert("RGB")
+        return to_rgb(image)
     except UnidentifiedImageError:
         raise LayoutError(upload.name, "(image)", "expected a readable PNG, JPEG or WebP image, this is none of "
                           "them") from None
