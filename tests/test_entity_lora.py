@@ -330,17 +330,21 @@ def test_cli_records_entity_loras_and_reruns_the_png(tiny_model: Path, tmp_path:
     assert np.array_equal(np.asarray(Image.open(moved)), np.asarray(Image.open(tmp_path / "moved-again.png")))
 
 
-def test_studio_takes_only_its_own_or_hub_loras_for_entities(tiny_model: Path) -> None:
+def test_studio_takes_only_its_own_loras_for_entities(tiny_model: Path) -> None:
+    """An entity's LoRAs posted from the page are checked against the studio's start-up list like the layout's:
+    local files and hub LoRAs alike must be on it."""
     from eligen.studio.inputs import browser_layout
+    from eligen.studio.paths import Allowed
 
-    server = ["/models/style.safetensors"]
+    allowed = Allowed(loras=("/models/style.safetensors", "user/repo/char.safetensors"))
     data = {"prompt": "shapes", "entities": [{"prompt": "a red circle", "box": [0, 0, 64, 64],
                                               "loras": [{"path": "/models/style.safetensors", "scale": 0.5},
                                                         {"path": "user/repo/char.safetensors"}]}]}
-    layout = browser_layout(data, str(tiny_model), server)
+    layout = browser_layout(data, str(tiny_model), allowed)
     assert [(s.path, s.file) for s in layout.entities[0].loras] == [("/models/style.safetensors", None),
                                                                     ("user/repo", "char.safetensors")]
-    data["entities"][0]["loras"] = [{"path": "/etc/secret.safetensors"}]
-    with pytest.raises(LayoutError) as refused:
-        browser_layout(data, str(tiny_model), server)
-    assert refused.value.field == "entities[0].loras[0].path" and "started with" in refused.value.expected
+    for refused_path in ("/etc/secret.safetensors", "other/repo/char.safetensors"):
+        data["entities"][0]["loras"] = [{"path": refused_path}]
+        with pytest.raises(LayoutError) as refused:
+            browser_layout(data, str(tiny_model), allowed)
+        assert refused.value.field == "entities[0].loras[0].path" and "started with" in refused.value.expected
