@@ -107,3 +107,14 @@ def test_a_lora_picked_for_one_entity_is_in_the_result_and_changes_it(page: Any,
     assert "loras" not in entities[0] and "loras" not in entities[2]
     assert not metadata["layout"].get("loras")  # not a global LoRA
     assert not np.array_equal(without, with_lora)
+
+    # picked away, then the result restored onto the canvas: the picker shows the LoRA and its scale again
+    pickers.nth(1).select_option("")
+    page.wait_for_function("S.docs.generate.entities[1].loras.length === 0")
+    page.locator("#gallery .result").nth(0).get_by_role("button", name="Restore").click()
+    page.wait_for_function("/^restored from .*\\.png$/.test(document.querySelector('#notice').textContent)")
+    settle(page)
+    card = page.locator("#entities .entity").nth(1)
+    assert card.locator(".entity-lora select").input_value() == str(lora.resolve())
+    assert float(card.locator(".entity-lora input[type=number]").input_value()) == 0.75
+    assert page.evaluate("S.docs.generate.entities.map((e) => e.loras.length)") == [0, 1, 0]
