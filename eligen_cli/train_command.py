@@ -165,6 +165,7 @@ def train(
     output: Annotated[Path | None, _option("output", "-o", "--output")] = None,
     model: Annotated[str | None, _option("model")] = None,
     steps: Annotated[int | None, _option("steps")] = None,
+    stop_at: Annotated[int | None, _option("stop_at")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML file of options (keys as the options, with "
                                                 "underscores); the command line wins.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate the whole dataset (every image decoded) and "

@@ -165,6 +165,20 @@ def test_resume_continues_exactly(dataset: Path, tiny_model: Path, tmp_path: Pat
         train(_config(dataset, tiny_model, tmp_path / "parts", **options))
 
 
+def test_stop_at_pauses_a_cosine_run_that_resumes_exactly(dataset: Path, tiny_model: Path, tmp_path: Path) -> None:
+    options = {"steps": 6, "save_every": 0, "batch_size": 1, "lr": 1e-3, "warmup_steps": 1, "lr_schedule": "cosine"}
+    whole = train(_config(dataset, tiny_model, tmp_path / "whole", **options))
+    paused = train(_config(dataset, tiny_model, tmp_path / "parts", **options, stop_at=4))
+    assert paused.step == 4 and paused.outputs == [tmp_path / "parts" / "checkpoints" / "step-000004"]
+    assert not (tmp_path / "parts" / "lora.safetensors").exists()
+    with pytest.raises(TrainError, match="already at step 4"):
+        train(_config(dataset, tiny_model, tmp_path / "parts", **options, stop_at=4, resume="latest"))
+    resumed = train(_config(dataset, tiny_model, tmp_path / "parts", **options, resume="latest"))
+    a, b = _lora(tmp_path / "whole" / "lora.safetensors"), _lora(tmp_path / "parts" / "lora.safetensors")
+    assert resumed.step == 6 and resumed.loss == whole.loss
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_checkpoints_layout_pruning_and_validation(dataset: Path, tiny_model: Path, tmp_path: Path) -> None:
     layouts = tmp_path / "layouts"
     layouts.mkdir()

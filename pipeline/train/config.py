@@ -32,6 +32,9 @@ class TrainConfig(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Diffusers FLUX or Qwen-Image folder, hub id or built-in name to "
                        "train on.")
     steps: PositiveInt = Field(1000, description="Optimizer steps.")
+    stop_at: PositiveInt | None = Field(None, description="Stop after this step with a checkpoint (and no final "
+                                        "weights), to continue later with --resume latest; the learning-rate "
+                                        "schedule still runs to --steps.")
     batch_size: PositiveInt = Field(1, description="Samples per process per micro-batch.")
     grad_accum: PositiveInt = Field(1, description="Micro-batches per optimizer step.")
     rank: PositiveInt | None = Field(None, description="LoRA rank [default: the family's, 64 for FLUX, 32 for "

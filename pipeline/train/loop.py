@@ -46,6 +46,7 @@ from .loss import draw_timestep, rectified_flow_loss
 from .state import (
     Position,
     commit,
+    final_dir,
     find_checkpoint,
     load_optimizer,
     load_rng,
@@ -438,19 +439,22 @@ class Trainer:
         return loss.detach().float().cpu()
 
     def run(self) -> TrainResult:
-        """Train to `config.steps`, writing checkpoints, validation grids, the log and the final weights."""
+        """Train to `config.steps` (or `config.stop_at`), writing checkpoints, validation grids, the log and the final weights."""
         config, accelerator = self.config, self.accelerator
         cases = self._prepare_validation()
         model, optimizer, loader = self._prepare(self._prepare_cache())
         batches_per_epoch = len(self.sampler)
         step = self.position.step
+        end = min(config.steps, config.stop_at or config.steps)
+        if config.stop_at is not None and step >= config.stop_at:
+            raise TrainError(f"--stop-at {config.stop_at}: {self.resumed_from} is already at step {step}")
         epoch, offset = divmod(self.position.epoch * batches_per_epoch + self.position.batch, batches_per_epoch)
         samples_per_step = config.batch_size * accelerator.num_processes * config.grad_accum
         self.report.start(config.steps, step)
         started, first_step, running, last_loss = time.perf_counter(), step, torch.zeros(()), None
         log = (self.out / "log.jsonl").open("a", encoding="utf-8") if self.main else None
         try:
-            while step < config.steps:
+            while step < end:
                 self.sampler.epoch = epoch
                 for batch in accelerator.skip_first_batches(loader, offset) if offset else loader:
                     running += self._micro_step(model, optimizer, batch, epoch)
@@ -472,17 +476,19 @@ class Trainer:
                         log.write(json.dumps({**asdict(report), "epoch": epoch,
                                               "cpu_s": round(time.process_time(), 2)}) + "\n")
                         log.flush()
-                    if step == config.steps or (config.save_every and step % config.save_every == 0):
+                    if step == end or (config.save_every and step % config.save_every == 0):
                         self._checkpoint(step, epoch, offset)
                     if config.validate_every and step % config.validate_every == 0:
                         self._validate(cases, step)
-                    if step == config.steps:
+                    if step == end:
                         break
                 else:
                     epoch, offset = epoch + 1, 0
         finally:
             if log is not None:
                 log.close()
+        if step < config.steps:  # stopped at --stop-at: the checkpoint is the output
+            return TrainResult(step, last_loss, [final_dir(self.out, step)])
         return TrainResult(step, last_loss, self._finish(cases, step))
 
 
