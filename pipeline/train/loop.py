@@ -439,7 +439,7 @@ class Trainer:
         return loss.detach().float().cpu()
 
     def run(self) -> TrainResult:
-        """Train to `config.steps` (or `config.stop_at`), writing checkpoints, validation grids, the log and the final weights."""
+        """Train to `config.steps` (or `config.stop_at`): checkpoints, validation grids, the log, the final weights."""
         config, accelerator = self.config, self.accelerator
         cases = self._prepare_validation()
         model, optimizer, loader = self._prepare(self._prepare_cache())
