@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole shapes recipe (docs/shapes.md), seeded: data, VAE, base model, EliGen weights, evaluation, shipping.
+# The whole shapes recipe (docs/shapes.md), seeded: data, VAE, base model, EliGen weights, the 16x16-grid run,
+# shipping, evaluation.
 #   bash recipes/shapes.sh [RUNS_DIR]      (default runs/shapes; on a busy machine: OMP_NUM_THREADS=1)
 # Each training script also stops at its --minutes; set them high (as here) for a result that depends on the
 # seed only, not on the machine's speed. docs/shapes.md says how the shipped run was made.
@@ -22,12 +23,14 @@ eligen train --config "$here/shapes-eligen-continue.yaml" --model "$runs/stage3/
     -o "$runs/eligen2"
 python "$here/shapes_vae.py" -o "$runs/vae-sharp" --init "$runs/vae" --decoder-only --lr 5e-4 --steps 800 --seed 1
 python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" --eligen "$runs/eligen2" \
-    --vae "$runs/vae-sharp" -o "$here/../pipeline/shapes/builtin-models"
-eval=(eligen eval "$runs/heldout-layouts" --seeds 4 --steps 16)
-"${eval[@]}" --model shapes-base --global-only -o "$runs/eval-a"
-"${eval[@]}" --model shapes-base -o "$runs/eval-b"
-"${eval[@]}" --model shapes -o "$runs/eval-c"
-# the next design (docs/shapes.md, "The next design"): four designs at equal CPU time, then the chosen one's long
-# run (a 16x16 token grid from the shipped weights; resumable: run the same line again); not shipped yet
-bash "$here/shapes_compare.sh" "$runs/next" 150
-bash "$here/shapes_long.sh" "$runs/next"
+    --vae "$runs/vae-sharp" -o "$runs/stage5"    # the 8x8 design (the built-in models of 2-6 Dec 2026)
+# the next design: four designs at equal CPU time, then the chosen one's long run (a 16x16 token grid, 128x128
+# scenes, from the 8x8 model's weights; in parts: run the same line again to continue it)
+bash "$here/shapes_compare.sh" "$runs/next" "$runs/stage5/shapes" 150
+bash "$here/shapes_long.sh" "$runs/next" "$runs/stage5/shapes"
+python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" --eligen "$runs/eligen2" \
+    --eligen "$runs/next/long" --vae "$runs/vae-sharp" --size 128 -o "$here/../pipeline/shapes/builtin-models"
+eval=(eligen eval --seeds 4 --steps 16)
+"${eval[@]}" "$runs/heldout-layouts" --model shapes-base --global-only -o "$runs/eval-a"
+"${eval[@]}" "$runs/heldout-layouts" --model shapes-base -o "$runs/eval-b"
+"${eval[@]}" "$runs/next/held128-64-layouts" --model shapes -o "$runs/eval-c"

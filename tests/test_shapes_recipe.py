@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
 
 
-def run(*args: str | Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def run(*args: str | Path, **extra_env: str) -> None:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the scripts call `eligen`
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": path, **extra_env}
     done = subprocess.run([str(a) for a in args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -59,15 +60,30 @@ def test_recipe_scripts_run_in_order_and_ship_a_loadable_model(tmp_path: Path) -
     stages = json.loads((shipped / "shapes" / "eligen_train_config.json").read_text())
     assert [s["lr"] for s in stages] == [3e-4, 2e-4]  # both EliGen stages' settings, in order
 
+    # the 16x16-grid stage: shapes_long.sh in miniature (its three parts, each ending at its --stop-at)
+    next_runs = tmp_path / "next"
+    run("bash", RECIPES / "shapes_long.sh", next_runs, shipped / "shapes", SCENES="4", HELD="2",
+        PARTS="4:1 3:2 3", TRAIN_ARGS="--batch-size 4 --save-every 0")
+    assert json.loads((next_runs / "warm128" / "eligen.json").read_text())["size"] == [128, 128]
+    log = [json.loads(line) for line in (next_runs / "long" / "log.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["total"]) for e in log] == [(1, 4), (2, 3), (3, 3)]
+    final = tmp_path / "final"
+    run(sys.executable, RECIPES / "shapes_ship.py", "--base", base, "--eligen", tmp_path / "eligen",
+        "--eligen", tmp_path / "eligen2", "--eligen", next_runs / "long", "--vae", sharp, "--size", "128", "-o", final)
+    assert json.loads((final / "shapes" / "eligen.json").read_text())["size"] == [128, 128]
+    assert json.loads((final / "shapes-base" / "eligen.json").read_text())["size"] == [64, 64]
+    assert len(json.loads((final / "shapes" / "eligen_train_config.json").read_text())) == 3
+
     from eligen.pipeline.generate import EligenPipeline
     from eligen.pipeline.layout import parse_layout
 
-    pipe = EligenPipeline.from_pretrained(str(shipped / "shapes"), device="cpu")
     layout = parse_layout({"prompt": "a red circle", "steps": 2,
                            "entities": [{"prompt": "a red circle", "box": [10, 10, 40, 40]}]})
-    (image,) = pipe.generate(layout, [0])
-    assert image.size == (64, 64)  # the folder's declared size, not FLUX.1-dev's 1024
-    assert np.isfinite(np.asarray(image, dtype=float)).all()
+    for folder, side in ((shipped / "shapes", 64), (final / "shapes", 128), (final / "shapes-base", 64)):
+        pipe = EligenPipeline.from_pretrained(str(folder), device="cpu")
+        (image,) = pipe.generate(layout, [0])
+        assert image.size == (side, side)  # the folder's declared size, not FLUX.1-dev's 1024
+        assert np.isfinite(np.asarray(image, dtype=float)).all()
 
 
 def test_base_script_writes_an_untrained_folder_of_another_design(tmp_path: Path) -> None:
