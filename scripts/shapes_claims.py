@@ -1,10 +1,11 @@
 """Measure every number docs/shapes.md gives for the built-in `shapes` model, in one command.
 
     python scripts/shapes_claims.py [--model shapes] [--transformer FILE] [--runs shapes-claims] [--size 128]
-        [--skip PARTS] [--contact docs/images/shapes-contact.png] [--figures docs/images] [--quick]
+        [--jobs 1] [--threads 1] [--skip PARTS] [--contact docs/images/shapes-contact.png] [--figures docs/images]
+        [--quick]
 
-Every step writes into the work folder RUNS and is skipped when its output is there, so the same command continues
-an interrupted run (`eligen eval` itself resumes an unfinished one image by image):
+Every step writes into the work folder RUNS (its output in RUNS/logs/) and is skipped when its result is there, so
+the same command continues an interrupted run (`eligen eval` itself resumes an unfinished one image by image):
 
 1. layout sets (`eligen data shapes --size SIZE --layouts ...`): the held-out set of the page's protocol
    (`--n 64 --seed 999 --entities 2-3`), the same scenes with `--regions polygon` and `--regions mask`, 4 entities
@@ -22,7 +23,8 @@ an interrupted run (`eligen eval` itself resumes an unfinished one image by imag
 
 `--skip polygon,mask,four,many,seeds8,auto,inpaint,figures,contact` leaves parts out (the protocol run is always
 made). `--quick` tries everything on tiny sets (4 layouts, 1 seed, 4 steps) into RUNS, the images too.
-Thread count: torch's default, or OMP_NUM_THREADS.
+`--jobs N` runs N steps side by side, each a process with `--threads` torch threads (default OMP_NUM_THREADS, else
+1: on this small model one thread per process is fastest, and two threads on a busy CPU are many times slower).
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,24 +102,35 @@ def write_text(path: Path, text: str) -> None:
 
 
 class Steps:
-    """Runs the steps' commands and keeps their wall times in RUNS/timings.json (kept across resumed runs)."""
+    """Runs the steps' commands, each with its output in RUNS/logs/STEP.log and OMP_NUM_THREADS=`threads`, and keeps
+    their wall times in RUNS/timings.json (added up across resumed runs)."""
 
-    def __init__(self, runs: Path) -> None:
-        self.path = runs / "timings.json"
+    def __init__(self, runs: Path, threads: int) -> None:
+        self.path, self.logs = runs / "timings.json", runs / "logs"
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         self.seconds: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.lock = threading.Lock()
 
     def run(self, step: str, command: list[str]) -> None:
-        """Run a command (its output to this terminal); a failing command ends this one."""
-        log(" ".join(command))
+        """Run a command; RuntimeError (with its log's end) when it fails."""
+        log_file = self.logs / f"{step.replace(' ', '-')}.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log(f"{step}: {' '.join(command)} (output in {log_file})")
         start = time.perf_counter()
-        if subprocess.run(command).returncode != 0:
-            sys.exit(f"failed: {' '.join(command)}")
-        self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
-        write_text(self.path, json.dumps(self.seconds, indent=1) + "\n")
+        with log_file.open("w", encoding="utf-8") as output:
+            code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=self.env).returncode
+        if code != 0:
+            tail = "\n".join(log_file.read_text(encoding="utf-8").splitlines()[-15:])
+            raise RuntimeError(f"{step} failed (exit {code}): {' '.join(command)}\n{tail}")
+        seconds = time.perf_counter() - start
+        log(f"{step}: done in {seconds:.0f} s")
+        with self.lock:
+            self.seconds[step] = self.seconds.get(step, 0.0) + seconds
+            write_text(self.path, json.dumps(self.seconds, indent=1) + "\n")
 
 
 def make_sets(runs: Path, size: int, quick: bool, wanted: set[str], steps: Steps) -> None:
-    for name in wanted:
+    for name in (n for n in SETS if n in wanted):
         spec = SETS[name]
         data, layouts = runs / "data" / name, runs / "layouts" / name
         if (data / "metadata.jsonl").is_file():  # written last: the set is complete
@@ -130,6 +147,8 @@ def start_from(protocol: Path, out: Path, seeds: int) -> None:
     """Start `out`, the held-out run over more seeds, from the protocol run's images and scores (hard links): `eligen
     eval` then generates only the missing seeds. Its run.json is the protocol's with the new seed count, so eval
     refuses to resume if any other option of the two runs differs."""
+    if not (protocol / "results.json").is_file():
+        raise RuntimeError(f"eval seeds8 needs the finished protocol run in {protocol}")
     if (out / "run.json").is_file():
         return
     for sub in ("images", "scores"):
@@ -145,18 +164,21 @@ def start_from(protocol: Path, out: Path, seeds: int) -> None:
     write_text(out / "run.json", json.dumps({**before, "seeds": seeds}, indent=1) + "\n")
 
 
-def run_evals(args: argparse.Namespace, model_args: list[str], wanted: list[str], steps: Steps) -> None:
-    for name in wanted:
-        spec, out = EVALS[name], args.runs / "eval" / name
-        if (out / "results.json").is_file():
-            continue
-        seeds = seed_count(spec.seeds, args.quick)
+def run_eval(args: argparse.Namespace, model_args: list[str], name: str, steps: Steps,
+             protocol_done: threading.Event) -> None:
+    spec, out = EVALS[name], args.runs / "eval" / name
+    seeds = seed_count(spec.seeds, args.quick)
+    try:
         if name == "seeds8":
+            protocol_done.wait()
             start_from(args.runs / "eval" / "protocol", out, seeds)
         steps.run(f"eval {name}", [
             sys.executable, "-m", "eligen", "eval", str(args.runs / "layouts" / spec.layouts), *model_args,
             "--seeds", str(seeds), "--steps", str(QUICK_STEPS if args.quick else STEPS), "--device", "cpu",
             "-o", str(out), *spec.options])
+    finally:
+        if name == "protocol":
+            protocol_done.set()
 
 
 def seed_count(seeds: int, quick: bool) -> int:
@@ -199,6 +221,11 @@ def num(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def seed_range(summary: dict[str, Any]) -> str:
+    seeds = summary["options"]["seeds"]
+    return "seed 0" if seeds == 1 else f"seeds 0-{seeds - 1}"
+
+
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(row) + " |" for row in rows), ""]
@@ -212,7 +239,7 @@ def markdown(results: dict[str, Any]) -> str:
              f"{results['finished']}{' (--quick: tiny sets, not the protocol)' if setup['quick'] else ''}.", ""]
     if "protocol" in evals:
         p = evals["protocol"]
-        lines += [f"## Held-out layouts (2-3 entities, seed 999), seeds 0-{p['options']['seeds'] - 1}", ""]
+        lines += [f"## Held-out layouts (2-3 entities, seed 999), {seed_range(p)}", ""]
         lines += table(["", "model", "mIoU", "success", "circles", "squares", "triangles"], [
             ["(c)", f"`{setup['model']}`", num(p["mIoU"]), pct(p["success"]), pct(p.get("circles")),
              pct(p.get("squares")), pct(p.get("triangles"))]])
@@ -229,13 +256,14 @@ def markdown(results: dict[str, Any]) -> str:
         lines += table(["regions", "mIoU", "success", "mask IoU", "coverage"], region_rows)
     more = [[f"{title}: {level}", str(v["images"]), str(v["entities"]), num(v["iou"]), pct(v["success"])]
             for name, title in (("four", "4 entities (seed 997)"), ("many", "5-6 entities (seed 998)"))
-            if name in evals for level, v in evals[name]["levels"].items()]
+            if name in evals for level, v in evals[name]["levels"].items() if len(evals[name]["levels"]) > 2 or
+            level != "all"]
     if more:
         lines += ["## More entities than trained", ""]
         lines += table(["layouts", "images", "entities", "mIoU", "success"], more)
     if "seeds8" in evals:
         s = evals["seeds8"]
-        lines += [f"## Seed robustness (held-out layouts, seeds 0-{s['options']['seeds'] - 1})", "",
+        lines += [f"## Seed robustness (held-out layouts, {seed_range(s)})", "",
                   f"success {pct(s['success'])}, mIoU {num(s['mIoU'])}; the success rate of single seeds varies with a "
                   f"standard deviation of {100 * s['success std over seeds']:.1f} points; "
                   f"{pct(s['layouts all right, mean over seeds'])} of the layouts have every entity right on average "
@@ -294,6 +322,9 @@ def main() -> None:
                         "RUNS/shapes-contact.png with --quick]")
     parser.add_argument("--figures", type=Path, help="folder for shapes_figures.py's PNGs [default: docs/images; "
                         "RUNS/figures with --quick]")
+    parser.add_argument("--jobs", type=int, default=1, help="steps run side by side (each its own process)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
+                        help="torch threads of each step's process [default: OMP_NUM_THREADS, else 1]")
     parser.add_argument("--quick", action="store_true", help="tiny sets, 1 seed, 4 steps: to try the script")
     args = parser.parse_args()
     skip = {p for p in args.skip.split(",") if p}
@@ -313,17 +344,30 @@ def main() -> None:
     figures = args.figures or (images / "figures" if args.quick else images)
     args.runs.mkdir(parents=True, exist_ok=True)
 
-    steps = Steps(args.runs)
+    steps = Steps(args.runs, args.threads)
     evals = ["protocol", *(e for e in EVALS if e != "protocol" and e not in skip)]
     make_sets(args.runs, args.size, args.quick, {EVALS[e].layouts for e in evals}, steps)
-    run_evals(args, model_args, evals, steps)
+    protocol_done = threading.Event()
+    if (args.runs / "eval" / "protocol" / "results.json").is_file():
+        protocol_done.set()
+    jobs: list[Callable[[], None]] = [partial(run_eval, args, model_args, name, steps, protocol_done) for name in evals
+                                      if not (args.runs / "eval" / name / "results.json").is_file()]
     quick = ["--n", "2", "--seeds", "1", "--steps", str(QUICK_STEPS)] if args.quick else []
     if "inpaint" not in skip and not (args.runs / "inpaint.json").is_file():
-        steps.run("inpaint", [sys.executable, str(HERE / "shapes_inpaint_eval.py"), *model_args, *quick,
-                                  "--json", str(args.runs / "inpaint.json")])
+        jobs.append(partial(steps.run, "inpaint", [sys.executable, str(HERE / "shapes_inpaint_eval.py"), *model_args,
+                                                   *quick, "--json", str(args.runs / "inpaint.json")]))
     if "figures" not in skip and not (args.runs / "figures.json").is_file():
-        steps.run("figures", [sys.executable, str(HERE / "shapes_figures.py"), *model_args, "--out", str(figures),
-                                  "--seeds", "2" if args.quick else "8", "--json", str(args.runs / "figures.json")])
+        jobs.append(partial(steps.run, "figures", [
+            sys.executable, str(HERE / "shapes_figures.py"), *model_args, "--out", str(figures),
+            "--seeds", "2" if args.quick else "8", "--json", str(args.runs / "figures.json")]))
+    with ThreadPoolExecutor(args.jobs) as pool:  # the protocol run first: the seeds8 run waits for it
+        futures = [pool.submit(job) for job in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except RuntimeError as exc:
+            pool.shutdown(cancel_futures=True)
+            sys.exit(str(exc))
     if "contact" not in skip:
         write_contact(args, contact)
 
