@@ -30,6 +30,7 @@ made). `--quick` tries everything on tiny sets (4 layouts, 1 seed, 4 steps) into
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -49,7 +50,7 @@ from shapes_eval_summary import summary
 from eligen.pipeline.bench.layout_items import item_ids, layout_item
 from eligen.pipeline.bench.report import Report, ScoredImage, contact_sheet
 from eligen.pipeline.layout import load_layout
-from eligen.pipeline.model_info import default_size
+from eligen.pipeline.model_info import default_size, model_folder
 from eligen.pipeline.outputs import save_png, write_atomic
 from eligen.pipeline.regions import entity_masks
 
@@ -127,6 +128,31 @@ class Steps:
         with self.lock:
             self.seconds[step] = self.seconds.get(step, 0.0) + seconds
             write_text(self.path, json.dumps(self.seconds, indent=1) + "\n")
+
+
+def weights_sha256(model: str, transformer: Path | None) -> str:
+    """The transformer weights measured: the --transformer file, else the model folder's safetensors."""
+    files = [transformer] if transformer else sorted((Path(model_folder(model)) / "transformer").glob("*.safetensors"))
+    digest = hashlib.sha256()
+    for file in files:
+        with file.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def check_runs(runs: Path, setup: dict[str, Any]) -> str | None:
+    """RUNS keeps what it measured (setup.json). Another run's folder is refused (the message), as its finished steps
+    would be skipped and their numbers reported as these weights'."""
+    path = runs / "setup.json"
+    if path.is_file():
+        before = json.loads(path.read_text(encoding="utf-8"))
+        changed = [k for k in setup if before.get(k) != setup[k]]
+        if changed:
+            return (f"--runs {runs} holds measurements of other weights or options ({changed[0]}: "
+                    f"{before.get(changed[0])!r} there, {setup[changed[0]]!r} now); choose another --runs folder")
+    runs.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(setup, indent=1) + "\n")
+    return None
 
 
 def make_sets(runs: Path, size: int, quick: bool, wanted: set[str], steps: Steps) -> None:
@@ -342,7 +368,12 @@ def main() -> None:
     images = args.runs if args.quick else REPO / "docs" / "images"
     contact = args.contact or images / "shapes-contact.png"
     figures = args.figures or (images / "figures" if args.quick else images)
-    args.runs.mkdir(parents=True, exist_ok=True)
+    setup = {"model": model, "transformer": str(args.transformer.resolve()) if args.transformer else None,
+             "weights_sha256": weights_sha256(model, args.transformer), "size": args.size, "quick": args.quick,
+             "steps": QUICK_STEPS if args.quick else STEPS}
+    refused = check_runs(args.runs, setup)
+    if refused:
+        parser.error(refused)
 
     steps = Steps(args.runs, args.threads)
     evals = ["protocol", *(e for e in EVALS if e != "protocol" and e not in skip)]
@@ -372,9 +403,7 @@ def main() -> None:
         write_contact(args, contact)
 
     results: dict[str, Any] = {
-        "setup": {"model": args.model, "transformer": str(args.transformer) if args.transformer else None,
-                  "size": args.size, "steps": QUICK_STEPS if args.quick else STEPS, "quick": args.quick,
-                  "skipped": sorted(skip)},
+        "setup": {**setup, "skipped": sorted(skip)},
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "evals": {name: eval_summary(args.runs / "eval" / name) for name in evals}, "timings": steps.seconds}
     for part in ("inpaint", "figures"):
