@@ -18,8 +18,10 @@ the same command continues an interrupted run (`eligen eval` itself resumes an u
    `--figures` folder, its detector counts into RUNS/figures.json;
 5. `contact`: the contact sheet of the first 16 held-out layouts x seeds 0-1 from the protocol run's images,
    drawn as `eligen eval`'s contact.png draws them, at `--contact`;
-6. the summary: per-shape rates (scripts/shapes_eval_summary.py) of every run, the issue's targets met or not,
-   printed as markdown and written to RUNS/summary.md and RUNS/summary.json.
+6. the summary: per-shape rates (scripts/shapes_eval_summary.py) of every run and each target met or not (2-3
+   entities: success >= 85%, mIoU >= 0.70, each shape >= 75%; 4 entities, polygon and mask regions >= 75%;
+   inpainting: the new entity >= 80% with every pixel outside kept), printed as markdown and written to
+   RUNS/summary.md and RUNS/summary.json.
 
 `--skip polygon,mask,four,many,seeds8,auto,inpaint,figures,contact` leaves parts out (the protocol run is always
 made). `--quick` tries everything on tiny sets (4 layouts, 1 seed, 4 steps) into RUNS, the images too.
