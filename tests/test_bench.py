@@ -17,7 +17,7 @@ from eligen.main import app
 from eligen.pipeline.bench.coco_mig import read_coco_mig, split_phrase
 from eligen.pipeline.bench.items import BenchItem, Instance
 from eligen.pipeline.bench.layout_items import item_ids
-from eligen.pipeline.bench.report import means
+from eligen.pipeline.bench.report import Report, ScoredImage, contact_sheet, means, overlay
 from eligen.pipeline.bench.run import Shard, generate_shard, image_path, score_shard
 from eligen.pipeline.bench.scoring import ImageScore
 from eligen.pipeline.bench.shapes_scorer import ShapesScorer
@@ -148,6 +148,25 @@ def test_the_shapes_scorer_scores_as_the_shapes_evaluation(tmp_path: Path) -> No
         got = ShapesScorer().score(image, item).instances
         assert [r["iou"] for r in got] == [e.iou for e in expected]
         assert [r["success"] for r in got] == [e.success for e in expected]
+
+
+def test_contact_sheet_cells_are_the_overlays_at_the_given_size(tmp_path: Path) -> None:
+    """`contact_sheet(..., cell=N)`: `columns` cells a row, each the image with its layout drawn over it, N px."""
+    images = []
+    for i, scene in enumerate(scenes(3, seed=5)):
+        entities = [{"prompt": s.prompt, "box": list(s.box)} for s in scene.shapes]
+        layout = parse_layout({"model": "shapes", "prompt": scene.caption, "size": [scene.size, scene.size],
+                               "entities": entities})
+        item = BenchItem(f"i{i}", "L", layout, tuple(Instance(e["prompt"], tuple(map(float, e["box"])))
+                                                     for e in entities))
+        image_path(tmp_path, item, 0).parent.mkdir(exist_ok=True)
+        render(scene).save(image_path(tmp_path, item, 0))
+        images.append(ScoredImage(item, 0, [], {}))
+    sheet = contact_sheet(Report(images), tmp_path, columns=2, cell=100)
+    assert sheet.size == (200, 200)
+    last = overlay(render(scenes(3, seed=5)[2]), images[2].item).convert("RGB").resize((100, 100))
+    assert sheet.crop((0, 100, 100, 200)).tobytes() == last.tobytes()  # the third image: second row, first cell
+    assert sheet.crop((100, 100, 200, 200)).getextrema() == ((255, 255),) * 3  # no fourth image: blank
 
 
 def test_item_ids_are_unique_and_file_safe() -> None:

@@ -92,13 +92,13 @@ def overlay(image: Image.Image, item: BenchItem) -> Image.Image:
                         background=image)
 
 
-def contact_sheet(report: Report, out: Path, columns: int) -> Image.Image:
-    """The first MAX_CELLS images with their layouts drawn over them, `columns` a row."""
+def contact_sheet(report: Report, out: Path, columns: int, cell: int = CELL) -> Image.Image:
+    """The first MAX_CELLS images with their layouts drawn over them, `columns` a row, each `cell` pixels square."""
     shown = report.images[:MAX_CELLS]
     rows = max(1, math.ceil(len(shown) / columns))
-    sheet = Image.new("RGB", (columns * CELL, rows * CELL), (255, 255, 255))
+    sheet = Image.new("RGB", (columns * cell, rows * cell), (255, 255, 255))
     for i, scored in enumerate(shown):
         with Image.open(image_path(out, scored.item, scored.seed)) as opened:
-            cell = overlay(opened.convert("RGB"), scored.item)
-        sheet.paste(cell.convert("RGB").resize((CELL, CELL)), ((i % columns) * CELL, (i // columns) * CELL))
+            drawn = overlay(opened.convert("RGB"), scored.item)
+        sheet.paste(drawn.convert("RGB").resize((cell, cell)), ((i % columns) * cell, (i // columns) * cell))
     return sheet
