@@ -29,10 +29,12 @@ class Renderer:
         self.loaded: dict[str, EligenPipeline] = {}
 
     def pipeline(self, model: str) -> EligenPipeline:
+        from eligen.pipeline.devices import use_threads
         from eligen.pipeline.generate import EligenPipeline
 
         if model not in self.loaded:
             self.loaded[model] = EligenPipeline.from_pretrained(model, device=self.device, dtype=self.dtype)
+            use_threads(None, self.loaded[model].device, self.loaded[model].transformer)  # one for small models
         return self.loaded[model]
 
     def generate(self, layout: Layout, base_dir: Path, seed: int, out: Path,

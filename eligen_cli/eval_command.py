@@ -142,6 +142,7 @@ class _Renderer:
         self.prepared: tuple[str, Render] | None = None  # the last item's, by id
 
     def _prepare(self, item: BenchItem) -> Render:
+        from eligen.pipeline.devices import use_threads
         from eligen.pipeline.generate import EligenPipeline
         from eligen.pipeline.render import prepare_render
 
@@ -151,6 +152,7 @@ class _Renderer:
         if key not in self.pipes:
             with status(f"loading {key[0]}"):
                 self.pipes[key] = EligenPipeline.from_pretrained(key[0], transformer=key[1], device=self.device)
+                use_threads(None, self.pipes[key].device, self.pipes[key].transformer)  # one for small models
         shown = item.layout.model_copy(update={"entities": []}) if self.global_only else item.layout
         self.prepared = item.id, prepare_render(self.pipes[key], shown, base_dir=item.base_dir, source=item.source,
                                                 extra_metadata={"benchmark_item": item.id})

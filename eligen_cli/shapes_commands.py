@@ -24,7 +24,8 @@ def data_shapes(
     output: Annotated[Path, typer.Option("-o", "--output", help="Dataset folder (metadata.jsonl, images/, masks/).")],
     n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed; the dataset depends on it only.")] = 0,
-    size: Annotated[int, typer.Option(min=16, help="Image side in pixels (a multiple of 16).")] = 64,
+    size: Annotated[int | None, typer.Option(min=16, help="Image side in pixels (a multiple of 16) [default: the "
+                                             "built-in shapes model's, 128].")] = None,
     entities: Annotated[str, typer.Option(
         metavar="N|LOW-HIGH", help="Allowed shape counts per scene (1-7: one colour each), e.g. 1-4 or 2-3; "
         "a shape that finds no free spot is left out.")] = "1-4",
@@ -38,12 +39,13 @@ def data_shapes(
 
     \b
     Examples:
-      eligen data shapes -o shapes-data --n 12000 --seed 1          # a training set
+      eligen data shapes -o shapes-data --n 8000 --seed 1           # a training set (128x128 scenes)
       eligen data shapes -o heldout --n 64 --seed 999 --entities 2-3 --layouts heldout-layouts
       eligen data shapes -o masked --n 64 --seed 999 --entities 2-3 --layouts masked-layouts --regions mask
       eligen generate heldout-layouts/00000.yaml                     # a scene's layout, on the shapes model
     """
-    from eligen.pipeline.shapes.scenes import PALETTE, write_shapes_dataset
+    from eligen.pipeline.model_info import default_size
+    from eligen.pipeline.shapes.scenes import PALETTE, SHAPES_MODEL, write_shapes_dataset
 
     low, _, high = entities.partition("-")
     most = len(PALETTE)
@@ -52,6 +54,8 @@ def data_shapes(
                                  param_hint="--entities")
     if regions not in ("box", "polygon", "mask"):
         raise typer.BadParameter(f"expected box, polygon or mask, got {regions!r}", param_hint="--regions")
+    if size is None:  # the world the built-in model was trained in, so the layouts render at its size
+        size = default_size(SHAPES_MODEL)[0]
     if size % 16:
         raise typer.BadParameter(f"expected a multiple of 16, got {size}", param_hint="--size")
     if (output / "metadata.jsonl").exists():

@@ -102,6 +102,7 @@ def transfer(
         in_context = LoraSpec(path=str(local.resolve()) if local.is_file() else in_context_lora,
                               scale=in_context_scale)
 
+        from eligen.pipeline.devices import use_threads
         from eligen.pipeline.generate import EligenPipeline
         from eligen.pipeline.render import SourceImage, TransferJob, prepare_render
 
@@ -110,6 +111,7 @@ def transfer(
         with status(f"loading {spec.model}"):
             pipe = EligenPipeline.from_pretrained(spec.model, transformer=spec.transformer, device=device, dtype=dtype,
                                                   offload=offload, quantize=quantize)
+        use_threads(None, pipe.device, pipe.transformer)  # one thread for a small model on the CPU
         job = TransferJob(canvas, in_context, SourceImage(source, source_image.name, sha256))
         prepared = prepare_render(pipe, spec, base_dir=layout.parent, source=str(layout), transfer=job)
         for seed_value, out, panels_out in zip(seeds, outs, panels or [None] * len(outs), strict=True):

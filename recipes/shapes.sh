@@ -10,15 +10,16 @@ here=$(dirname "$0")
 mkdir -p "$runs"
 python "$here/shapes_vae.py" -o "$runs/vae" --steps 700 --minutes 600
 python "$here/shapes_base.py" --vae "$runs/vae" -o "$runs/base" --steps 5000 --minutes 600
-eligen data shapes -o "$runs/data" --n 12000 --seed 1
-eligen data shapes -o "$runs/heldout" --n 64 --seed 999 --entities 2-3 --layouts "$runs/heldout-layouts"
+eligen data shapes -o "$runs/data" --n 12000 --seed 1 --size 64
+eligen data shapes -o "$runs/heldout" --n 64 --seed 999 --entities 2-3 --size 64 \
+    --layouts "$runs/heldout-layouts"
 eligen train --config "$here/shapes-eligen.yaml" --model "$runs/base" --data "$runs/data" -o "$runs/eligen"
 # the shipped weights continued that run (the cosine restarts at half the rate, decays to 0 at step 3000)
 eligen train --config "$here/shapes-eligen.yaml" --model "$runs/base" --data "$runs/data" -o "$runs/eligen" \
     --resume latest --steps 3000
 python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" -o "$runs/stage3"
 # step 3b: more EliGen training on 40,000 fresh scenes from those weights; step 1b: a sharper decoder
-eligen data shapes -o "$runs/data2" --n 40000 --seed 2
+eligen data shapes -o "$runs/data2" --n 40000 --seed 2 --size 64
 eligen train --config "$here/shapes-eligen-continue.yaml" --model "$runs/stage3/shapes" --data "$runs/data2" \
     -o "$runs/eligen2"
 python "$here/shapes_vae.py" -o "$runs/vae-sharp" --init "$runs/vae" --decoder-only --lr 5e-4 --steps 800 --seed 1

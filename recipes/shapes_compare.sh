@@ -19,9 +19,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 export OMP_NUM_THREADS=1
 mkdir -p "$runs"
 cd "$runs"
-[ -d data64 ] || eligen data shapes -o data64 --n 8000 --seed 1
+[ -d data64 ] || eligen data shapes -o data64 --n 8000 --seed 1 --size 64
 [ -d data128 ] || eligen data shapes -o data128 --n 8000 --seed 1 --size 128
-[ -d held64 ] || eligen data shapes -o held64 --n 32 --seed 999 --entities 2-3 --layouts held64-layouts
+[ -d held64 ] || eligen data shapes -o held64 --n 32 --seed 999 --entities 2-3 --size 64 --layouts held64-layouts
 [ -d held128 ] || eligen data shapes -o held128 --n 32 --seed 999 --entities 2-3 --size 128 \
     --layouts held128-layouts
 # untrained folders (START's VAE and text encoders, a fresh transformer); START as it is, and at 128x128

@@ -47,7 +47,7 @@ def test_recipe_scripts_run_in_order_and_ship_a_loadable_model(tmp_path: Path) -
     run(sys.executable, RECIPES / "shapes_base.py", "--vae", vae, "-o", base, "--steps", "2", "--batch-size", "4",
         "--pool", "16", "--warmup", "1")
     assert json.loads((base / "eligen.json").read_text())["size"] == [64, 64]
-    eligen("data", "shapes", "-o", tmp_path / "data", "--n", "8", "--seed", "1")
+    eligen("data", "shapes", "-o", tmp_path / "data", "--n", "8", "--seed", "1", "--size", "64")
     small = ("--data", tmp_path / "data", "--steps", "2", "--batch-size", "4", "--save-every", "0")
     eligen("train", "--config", RECIPES / "shapes-eligen.yaml", "--model", base, "-o", tmp_path / "eligen", *small)
     run(sys.executable, RECIPES / "shapes_ship.py", "--base", base, "--eligen", tmp_path / "eligen",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -41,3 +43,21 @@ def test_generate_on_the_shapes_model_runs_one_thread(monkeypatch: pytest.Monkey
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     pipe = EligenPipeline.from_pretrained("shapes", device="cpu")
     assert pick_threads(None, pipe.device, pipe.transformer) == 1
+
+
+def test_eval_runs_a_small_model_on_one_thread(tiny_model: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`eligen eval` (like generate, transfer, the studio and the agent) makes the same choice on what it loads."""
+    from typer.testing import CliRunner
+
+    from eligen.main import app
+    from eligen.pipeline.shapes.scenes import write_shapes_dataset
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    chosen: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", chosen.append)
+    write_shapes_dataset(tmp_path / "d", 1, seed=0, counts=(2,), layouts=tmp_path / "layouts")
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "layouts"), "--model", str(tiny_model), "--seeds", "1",
+                                      "--steps", "1", "-o", str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert chosen == [1]

@@ -153,11 +153,13 @@ def studio(
             settings = load_settings({"url": mllm_url, "model": mllm_model, "family": mllm_family,
                                       "timeout": mllm_timeout})
             chat = StudioChat(make_backend(settings), settings.family, chosen)
+        from eligen.pipeline.devices import use_threads
         from eligen.pipeline.generate import EligenPipeline
 
         with err.status(f"loading {chosen}" + (f" with transformer {transformer}" if transformer else "")):
             pipe = EligenPipeline.from_pretrained(chosen, transformer=transformer, device=device, dtype=dtype,
                                                   offload=offload, quantize=quantize)
+        use_threads(None, pipe.device, pipe.transformer)  # one thread for a small model on the CPU
         engine = Engine(pipe, chosen, transformer)
         if initial is not None and "image" in initial:
             path: Path = initial["image"]
