@@ -5,15 +5,15 @@
 # kept), until its final transformer is written (RUNS_DIR/long/transformer).
 #   bash recipes/shapes_long.sh RUNS_DIR START             (stop it at any time; the same command resumes it)
 #   bash recipes/shapes_long.sh RUNS_DIR START --score     (score the newest checkpoint on the held-out layouts)
-# The shipped run's length was changed twice, to fit the work periods it ran in: a cosine decay planned over 6,000
-# steps until step 1,450, over 5,000 until step 1,550, then over 4,000 to the end. The three parts below repeat
-# that (each part stops with --stop-at; a resume is exact). One torch thread under nice by default
-# (OMP_NUM_THREADS wins). For a trial in miniature (the test suite's), SCENES, HELD and PARTS (`STEPS:STOP_AT ...`)
-# change the data and the parts, and TRAIN_ARGS is added to every `eligen train`.
+# The shipped run's length was changed three times, to fit the work periods it ran in: a cosine decay planned over
+# 6,000 steps until step 1,450, over 5,000 until 1,550, over 4,000 until 1,950, then over 3,600 to the end. The
+# four parts below repeat that (each part but the last stops with --stop-at; a resume is exact). One torch thread
+# under nice by default (OMP_NUM_THREADS wins). For a trial in miniature (the test suite's), SCENES, HELD and PARTS
+# (`STEPS:STOP_AT ...`) change the data and the parts, and TRAIN_ARGS is added to every `eligen train`.
 set -euo pipefail
 scenes=${SCENES:-8000}
 held=${HELD:-64}
-parts=${PARTS:-6000:1450 5000:1550 4000}
+parts=${PARTS:-6000:1450 5000:1550 4000:1950 3600}
 read -r -a train_args <<< "${TRAIN_ARGS:-}"
 runs=$1
 start=$(cd "$2" && pwd)
