@@ -3,14 +3,17 @@ compared in paired runs.
 
     python benchmarks/generate_startup.py --a /path/to/old/venv/bin/eligen --b .venv/bin/eligen [--runs 7]
     python benchmarks/generate_startup.py --a OLD --b NEW --scale 2 --model /path/to/a/128x128/shapes/model
+    python benchmarks/generate_startup.py --a OLD --b NEW --without scipy --without torchvision --without torchao
 
 Runs the two `eligen` executables in turn (A B A B ..., one warm-up each first, not counted), each a fresh process
 writing to a temporary folder, and prints a Markdown table: wall and CPU seconds (user + sys, of the process and its
 children, from the kernel's accounting: `os.wait4`) and peak resident memory, each as min / median / max, and the
 ratio B/A of each pair, so that a machine whose speed drifts during the runs still compares fairly. `--scale 2`
 renders a copy of the layout at 128x128 with every box doubled (give a model made at that size with `--model`).
-The load average before and after is printed with the table: on a busy machine the absolute times are pessimistic,
-the ratios less so.
+`--without PACKAGE` runs both as if PACKAGE were not installed (the command line started by the executable's own
+`python`, with `sys.modules[PACKAGE] = None` first, which is how an importer sees a missing package): diffusers and
+transformers import some optional packages only because they are there. The load average before and after is
+printed with the table: on a busy machine the absolute times are pessimistic, the ratios less so.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from pathlib import Path
 import yaml
 
 LAYOUT = Path(__file__).resolve().parent.parent / "layouts" / "shapes.yaml"
+# The command line with the packages named in argv[1] (comma-separated) hidden; the rest of argv its arguments
+WITHOUT = ("import sys; sys.modules.update(dict.fromkeys(filter(None, sys.argv[1].split(','))));"
+           "sys.argv = ['eligen', *sys.argv[2:]]; from eligen.main import app; app()")
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="counted runs of each (default 7)")
     parser.add_argument("--scale", type=int, default=1, help="multiply the layout's size and boxes (default 1)")
     parser.add_argument("--model", help="the model to render with (default: the layout's, the built-in shapes)")
+    parser.add_argument("--without", action="append", default=[], metavar="PACKAGE",
+                        help="run both as if PACKAGE were not installed; repeat for more")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,8 +94,11 @@ def main() -> None:
         layout = scaled_layout(args.scale, folder)
         size = yaml.safe_load(layout.read_text(encoding="utf-8"))["size"]
         extra = ["--model", args.model] if args.model else []
-        commands = {name: [exe, "generate", str(layout), "-o", str(folder / f"{name}.png"), "--overwrite", *extra]
-                    for name, exe in (("A", args.a), ("B", args.b))}
+        commands = {}
+        for name, exe in (("A", args.a), ("B", args.b)):
+            start = [str(Path(exe).with_name("python")), "-c", WITHOUT, ",".join(args.without)] if args.without \
+                else [exe]
+            commands[name] = [*start, "generate", str(layout), "-o", str(folder / f"{name}.png"), "--overwrite", *extra]
         before = load_average()
         for command in commands.values():
             run_once(command)  # warm-up: file caches
@@ -100,7 +111,9 @@ def main() -> None:
     print(f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
           f"Python {platform.python_version()}; load average (1, 5, 15 min) {before} before, {after} after")
     print(f"`eligen generate` of layouts/shapes.yaml at {size[0]}x{size[1]}"
-          f"{' with --model ' + args.model if args.model else ''}, {args.runs} paired runs after one warm-up each")
+          f"{' with --model ' + args.model if args.model else ''}"
+          f"{', without ' + ', '.join(args.without) if args.without else ''}, {args.runs} paired runs after one "
+          "warm-up each")
     print(f"A = {args.a}\nB = {args.b}\n")
     print("| | wall s (min / median / max) | CPU s | peak MiB |")
     print("|---|---|---|---|")
