@@ -15,6 +15,7 @@ import typer
 from eligen import __version__
 from eligen.pipeline.outputs import check_writable, save_png
 
+from . import collector
 from .agent_commands import register as register_agent_commands
 from .common import (
     DeviceOpt,
@@ -186,13 +187,17 @@ class _Models:
     def __call__(self, model: str, loras: object = None, transformer: str | None = None) -> EligenPipeline:
         """The loaded model (with `transformer` replacing its own); with fused LoRAs, one copy per distinct LoRA
         set (`loras`)."""
-        from eligen.pipeline.devices import use_threads
-        from eligen.pipeline.generate import EligenPipeline
-
         key = (model, transformer, repr(loras) if self.options["fuse_loras"] else None)
         if key not in self.loaded:
             with status(f"loading {model}" + (f" with transformer {transformer}" if transformer else "")):
+                with collector.imports():  # the code the model runs on: torch, diffusers, transformers
+                    from eligen.pipeline.families.loading import family_class
+                    from eligen.pipeline.generate import EligenPipeline
+
+                    family_class(model)
                 self.loaded[key] = EligenPipeline.from_pretrained(model, transformer=transformer, **self.options)
+            from eligen.pipeline.devices import use_threads
+
             use_threads(self.threads, self.loaded[key].device, self.loaded[key].transformer)
         return self.loaded[key]
 
@@ -294,7 +299,8 @@ def generate(
             src = load_source(path, overrides)
             masks, preview_image = _preview_image(src, scale_factor(src.layout.model))
             _check_references(src.layout, src.base_dir, src.source)
-            check_memory(src.layout, device, src.source, refuse=not dry_run)  # before anything is loaded
+            with collector.imports():  # the first check imports torch
+                check_memory(src.layout, device, src.source, refuse=not dry_run)  # before anything is loaded
             jobs.append((src, masks, preview_image, src.output_paths(output)))
         targets = [p for *_, outs in jobs for p in outs]
         previews = [_preview_path(p) for p in targets] if preview or dry_run else []
@@ -326,12 +332,12 @@ def _attention_path(image_path: Path) -> Path:
 
 def _attention_request(wanted: bool, steps: list[int] | None, block: str) -> tuple[list[int] | None, Any] | None:
     """(steps or None for the default ones, the block) of `--attention-maps`, or None when not asked."""
-    from eligen.pipeline.attention_maps import Block
-
     if not wanted:
         if steps:
             raise typer.BadParameter("given without --attention-maps", param_hint="--attention-step")
         return None
+    from eligen.pipeline.attention_maps import Block  # imports torch and diffusers: only when asked for
+
     try:
         return steps or None, Block.parse(block)
     except ValueError as exc:
@@ -342,7 +348,6 @@ def _render(pipe: EligenPipeline, src: LayoutSource, outs: list[Path], batch_cfg
             maps: tuple[list[int] | None, Any] | None = None) -> None:
     """Render every seed of one layout, writing each PNG with the resolved layout embedded (and, with `maps`, its
     attention maps beside it)."""
-    from eligen.pipeline.attention_maps import attention_maps, default_steps, draw_attention_grid
     from eligen.pipeline.render import prepare_render
 
     prepared = prepare_render(pipe, src.layout, base_dir=src.base_dir, source=src.source)
@@ -355,6 +360,8 @@ def _render(pipe: EligenPipeline, src: LayoutSource, outs: list[Path], batch_cfg
         _wrote(out, layout.size, layout.steps, started)
         if maps is None:
             continue
+        from eligen.pipeline.attention_maps import attention_maps, default_steps, draw_attention_grid
+
         steps, block = maps
         try:
             with step_progress(f"attention maps, seed {seed}", layout.steps) as on_step:
@@ -435,7 +442,8 @@ def inpaint(
         factor = scale_factor(job.edits.model)
         early = place(job.edits, job.masks, job.image.size, factor, job.source)  # fail before torch is imported
         check_layout(early.layout, early.grid_masks, factor, job.source)
-        check_memory(early.layout, device, job.source)
+        with collector.imports():  # the check imports torch
+            check_memory(early.layout, device, job.source)
         from eligen.pipeline.render import SourceImage, prepare_render
 
         models = _Models(device, dtype, offload, quantize, fuse_loras, threads)
