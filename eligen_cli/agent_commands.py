@@ -207,7 +207,7 @@ def chat(
     \b
     Examples:
       eligen chat --mllm-url http://localhost:8000/v1
-      eligen chat --model shapes --mllm-url http://localhost:8000/v1   # renders on a CPU, at 64x64
+      eligen chat --model shapes --mllm-url http://localhost:8000/v1   # renders on a CPU, at 128x128
       eligen chat --session chat-20260101-120000                       # resume a session
       printf 'a red circle\\n/render\\n' | eligen chat --model shapes ...  # piped input works too
     """

@@ -1,8 +1,8 @@
 """A layout's sampling defaults from its model: what the layout leaves out, the model declares.
 
 The `Layout` schema's own defaults (1024x1024, 50 steps, CFG 3.0, no negative prompt) are FLUX.1-dev's. For every
-key the layout did not set itself, a model folder's `eligen.json` (`size`, `steps`, `cfg`; the built-in shapes
-models: 64x64) comes first, then the model's family (`families/defaults.py`; Qwen-Image: 40 steps, CFG 4, the
+key the layout did not set itself, a model folder's `eligen.json` (`size`, `steps`, `cfg`; the built-in `shapes`
+model: 128x128) comes first, then the model's family (`families/defaults.py`; Qwen-Image: 40 steps, CFG 4, the
 negative prompt " "). Values set in the file or on the command line always win.
 No torch here: `eligen preview` resolves layouts the same way.
 """

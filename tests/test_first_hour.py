@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from eligen.main import app
 from eligen.pipeline.layout_warnings import LayoutWarning
+from eligen.pipeline.model_info import default_size
 from eligen.pipeline.outputs import read_png_metadata
 from eligen.terminal import PLAIN_PERIOD_S, library_output
 
@@ -101,7 +102,8 @@ def test_a_piped_run_is_quiet_and_prints_progress_lines(tmp_path: Path) -> None:
     lines = run.stderr.splitlines()
     assert lines[0] == "loading shapes"
     assert any(line.startswith("shapes.yaml seed 0: step 1/24, ") and " it/s, ETA " in line for line in lines), lines
-    assert lines[-1].startswith(f"wrote {out} (64x64, 24 steps, ")
+    width, height = default_size("shapes")  # the layout has no size: the model's own
+    assert lines[-1].startswith(f"wrote {out} ({width}x{height}, 24 steps, ")
     for noise in ("Loading pipeline components", "Loading weights", "it/s]", "torch/utils", "torchao"):
         assert noise not in run.stderr, run.stderr
     # loading, progress at step 1 and then at most every PLAIN_PERIOD_S of the run (however slow the machine:
@@ -142,7 +144,7 @@ def test_data_shapes_layouts_render_on_the_shapes_model(tmp_path: Path, monkeypa
     result = runner.invoke(app, ["generate", str(layout), "-o", "out.png", "--steps", "2", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert read_png_metadata(tmp_path / "out.png")["model"] == "shapes"
-    assert Image.open(tmp_path / "out.png").size == (64, 64)
+    assert Image.open(tmp_path / "out.png").size == default_size("shapes")  # --size defaults to the model's world
 
 
 # 4. An output path that is a folder is refused before any model is loaded, --overwrite or not.

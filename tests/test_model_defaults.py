@@ -16,12 +16,14 @@ from typer.testing import CliRunner
 from eligen.main import app
 from eligen.pipeline.layout import DEFAULT_MODEL, parse_layout
 from eligen.pipeline.model_defaults import with_model_defaults
-from eligen.pipeline.model_info import ModelLoadError, declaration
+from eligen.pipeline.model_info import BUILTIN_MODELS, EXTRA_CONFIG, ModelLoadError, declaration
 from eligen.pipeline.outputs import read_png_metadata
 from eligen.sources import load_edits, load_source
 
 runner = CliRunner()
 CIRCLE = {"prompt": "a red circle", "box": [8, 8, 40, 40]}
+# the size the built-in shapes model declares, read from its eligen.json as written
+SHAPES_SIZE = tuple(json.loads((BUILTIN_MODELS / "shapes" / EXTRA_CONFIG).read_text())["size"])
 
 
 def _layout(folder: Path, name: str = "scene.yaml", **data: object) -> Path:
@@ -30,15 +32,16 @@ def _layout(folder: Path, name: str = "scene.yaml", **data: object) -> Path:
     return path
 
 
-def test_a_shapes_layout_without_size_renders_at_64x64(tmp_path: Path) -> None:
+def test_a_shapes_layout_without_size_renders_at_the_declared_size(tmp_path: Path) -> None:
+    width, height = SHAPES_SIZE
     layout = _layout(tmp_path, model="shapes", seed=0)
     out = tmp_path / "out.png"
     result = runner.invoke(app, ["generate", str(layout), "-o", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert Image.open(out).size == (64, 64)
+    assert Image.open(out).size == SHAPES_SIZE
     recorded = read_png_metadata(out)["layout"]
-    assert (recorded["size"], recorded["steps"], recorded["cfg"]) == ([64, 64], 24, 3.0)  # shapes' eligen.json
-    assert f"wrote {out} (64x64, 24 steps, " in result.output
+    assert (recorded["size"], recorded["steps"], recorded["cfg"]) == ([width, height], 24, 3.0)  # shapes' eligen.json
+    assert f"wrote {out} ({width}x{height}, 24 steps, " in result.output
 
 
 def test_a_flux_layout_without_size_still_defaults_to_1024(tmp_path: Path) -> None:
@@ -49,14 +52,15 @@ def test_a_flux_layout_without_size_still_defaults_to_1024(tmp_path: Path) -> No
 
 
 def test_the_layout_wins_over_the_model_and_the_command_line_over_both(tmp_path: Path) -> None:
-    layout = _layout(tmp_path, model="shapes", size=[128, 128], steps=10)
+    assert SHAPES_SIZE != (160, 96)  # the layout's size is not the model's
+    layout = _layout(tmp_path, model="shapes", size=[160, 96], steps=10)
     src = load_source(layout, {})
-    assert (src.layout.size, src.layout.steps, src.layout.cfg) == ((128, 128), 10, 3.0)
+    assert (src.layout.size, src.layout.steps, src.layout.cfg) == ((160, 96), 10, 3.0)
     src = load_source(layout, {"steps": 5, "cfg": 2.0})
-    assert (src.layout.size, src.layout.steps, src.layout.cfg) == ((128, 128), 5, 2.0)
+    assert (src.layout.size, src.layout.steps, src.layout.cfg) == ((160, 96), 5, 2.0)
     # --model switches the defaults to the new model's
     plain = _layout(tmp_path, "plain.yaml")
-    assert load_source(plain, {"model": "shapes"}).layout.size == (64, 64)
+    assert load_source(plain, {"model": "shapes"}).layout.size == SHAPES_SIZE
 
 
 def test_inpaint_edits_take_steps_and_cfg_from_the_model(tmp_path: Path) -> None:
@@ -74,13 +78,14 @@ def test_eval_and_the_python_api_use_the_model_defaults(tmp_path: Path) -> None:
                                  "-o", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     options = json.loads((tmp_path / "eval" / "results.json").read_text())["options"]
-    assert (options["model"], options["steps"], options["cfg"], options["size"]) == ("shapes", 24, 3.0, [64, 64])
+    assert (options["model"], options["steps"], options["cfg"], options["size"]) == ("shapes", 24, 3.0,
+                                                                                      list(SHAPES_SIZE))
 
     from eligen.pipeline.generate import EligenPipeline
 
     pipe = EligenPipeline.from_pretrained("shapes", device="cpu")
     (image,) = pipe.generate(parse_layout({"prompt": "a red circle", "steps": 2, "entities": [CIRCLE]}), [0])
-    assert image.size == (64, 64)  # the loaded model's size, though the layout names no model
+    assert image.size == SHAPES_SIZE  # the loaded model's size, though the layout names no model
 
 
 def test_chat_rendering_uses_the_model_defaults(tmp_path: Path) -> None:
@@ -89,7 +94,7 @@ def test_chat_rendering_uses_the_model_defaults(tmp_path: Path) -> None:
     out = tmp_path / "chat.png"
     Renderer(device="cpu").generate(parse_layout({"model": "shapes", "prompt": "a red circle", "entities": [CIRCLE]}),
                                     tmp_path, 0, out)
-    assert Image.open(out).size == (64, 64)
+    assert Image.open(out).size == SHAPES_SIZE
     assert read_png_metadata(out)["layout"]["steps"] == 24
 
 
@@ -99,7 +104,7 @@ def test_preview_resolves_the_size_without_torch(tmp_path: Path) -> None:
               f"r = CliRunner().invoke(app, ['preview', {str(layout)!r}, '-o', {str(tmp_path / 'p.png')!r}])\n"
               "assert r.exit_code == 0, r.output\nassert 'torch' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", script], check=True)
-    assert Image.open(tmp_path / "p.png").size == (512, 512)  # 64x64 drawn 8x; a 1024 canvas would stay 1024
+    assert Image.open(tmp_path / "p.png").size == (512, 512)  # 128x128 drawn 4x; a 1024 canvas would stay 1024
 
 
 @pytest.mark.parametrize(("content", "words"), [
@@ -131,7 +136,7 @@ def test_chat_designs_at_the_model_size_and_renders_with_its_steps(tmp_path: Pat
                                input="a red circle\n/render\n/edit make it blue\n/quit\n")
     assert result.exit_code == 0, result.output
     layout = yaml.safe_load((folder / "layout-001.yaml").read_text())
-    assert layout["size"] == [64, 64] and "steps" not in layout  # no --size, no --steps: the model's
+    assert layout["size"] == list(SHAPES_SIZE) and "steps" not in layout  # no --size, no --steps: the model's
     assert read_png_metadata(folder / "image-002.png")["layout"]["steps"] == 24
-    assert Image.open(folder / "image-002.png").size == (64, 64)
+    assert Image.open(folder / "image-002.png").size == SHAPES_SIZE
     assert read_png_metadata(folder / "image-003.png")["edits"]["steps"] == 24

@@ -15,6 +15,7 @@ from eligen.pipeline.layout import load_layout
 from eligen.pipeline.model_info import (
     BUILTIN_MODELS,
     default_max_sequence_length,
+    default_size,
     model_folder,
     resolve_model,
     scale_factor,
@@ -77,7 +78,9 @@ FLOOR = 0.5  # the shipped model scores 0.7 on them (7 of 10 entities, seeds 0-1
 def test_eval_of_the_shapes_model_keeps_its_success_rate(tmp_path: Path) -> None:
     seed, keep = CHECKED
     # the held-out set of docs/shapes.md: eligen data shapes --n 64 --seed 999 --entities 2-3 --layouts ...
-    write_shapes_dataset(tmp_path / "d", max(keep) + 1, seed=seed, counts=(2, 3), layouts=tmp_path / "all")
+    # (scenes in the model's own world, as `eligen data shapes` writes them by default)
+    write_shapes_dataset(tmp_path / "d", max(keep) + 1, seed=seed, size=default_size("shapes")[0], counts=(2, 3),
+                         layouts=tmp_path / "all")
     (tmp_path / "layouts").mkdir()
     for index in keep:
         (tmp_path / "all" / f"{index:05d}.yaml").rename(tmp_path / "layouts" / f"{index:05d}.yaml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from eligen.main import app
 from eligen.pipeline import memory_estimate
 from eligen.pipeline.layout import LayoutError, parse_layout
 from eligen.pipeline.memory_estimate import check_memory, estimate_memory
+from eligen.pipeline.model_info import default_size
 
 runner = CliRunner()
 GIB = 1024**3
@@ -54,8 +56,10 @@ def test_a_size_that_cannot_fit_is_refused_before_loading(command: str, tmp_path
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     assert "error: big.yaml: size: expected a generation that fits in memory: 4096x4096 with 1 entity needs " \
            "about 133 GiB" in message
-    assert "this machine has 16 GiB available" in message and "the model's own is 64x64" in message
-    assert "warning: big.yaml: size: 4096x4096 is far from the 64x64 the model declares: 4096x" in message
+    width, height = default_size("shapes")  # what the shapes model's eligen.json declares
+    assert "this machine has 16 GiB available" in message and f"the model's own is {width}x{height}" in message
+    assert f"warning: big.yaml: size: 4096x4096 is far from the {width}x{height} the model declares: " \
+           f"{4096 * 4096 // (width * height)}x its pixels" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.yaml"]
 
 
@@ -66,7 +70,9 @@ def test_a_dry_run_warns_instead_and_a_fitting_size_passes(monkeypatch: pytest.M
         check_memory(_layout(4096), "cpu", "big.yaml", refuse=False)
     with pytest.raises(LayoutError, match=r"big\.yaml: size: expected a generation that fits"):
         check_memory(_layout(4096), "cpu", "big.yaml")
-    assert check_memory(_layout(64), "cpu").total < GIB  # the model's own size: no warning, no refusal
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_memory(_layout(default_size("shapes")[0]), "cpu").total < GIB  # the model's own size: no warning
 
 
 def test_inpaint_and_transfer_check_the_size_too(tiny_model: Path, tmp_path: Path,

@@ -34,7 +34,7 @@ from studio_browser import (
 
 from eligen.pipeline.inpaint import dilate
 from eligen.pipeline.layout import load_layout
-from eligen.pipeline.model_info import scale_factor
+from eligen.pipeline.model_info import default_size, scale_factor
 from eligen.pipeline.outputs import read_png_metadata
 from eligen.pipeline.regions import entity_masks, token_masks
 
@@ -42,6 +42,7 @@ playwright = pytest.importorskip("playwright.sync_api", reason="the studio's bro
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="the studio's browser tests need /usr/bin/chromium "
                                 "(apt-get install chromium chromium-driver; .ci/run installs it)")
 SHAPES = Path(__file__).parent.parent / "layouts" / "shapes.yaml"
+WIDTH, HEIGHT = default_size("shapes")  # the canvas the studio opens with on the shapes model
 
 
 @pytest.fixture(scope="module")
@@ -220,10 +221,10 @@ def test_bad_uploads_and_an_out_of_canvas_region_get_a_message_and_nothing_is_wr
     page.locator(".entity .prompt").first.fill("a red circle")
     settle(page)
     assert _entity_messages(page) == [""]
-    page.fill(".entity .x2", "70")
+    page.fill(".entity .x2", str(WIDTH + 6))  # past the canvas's right edge
     page.dispatch_event(".entity .x2", "change")
     page.wait_for_function("document.querySelector('.entity .message').textContent !== ''")
-    expected = "layout: entities[0].box: expected coordinates inside the canvas (0..64 x 0..64 in units px)"
+    expected = f"layout: entities[0].box: expected coordinates inside the canvas (0..{WIDTH} x 0..{HEIGHT} in units px)"
     assert _entity_messages(page)[0].startswith(expected)  # the CLI's message, next to the entity
     page.click("#generate")
     page.wait_for_function(f"document.querySelector('#status').textContent.startsWith({expected!r})")
@@ -328,7 +329,7 @@ def test_polygon_duplicate_reorder_delete_and_undo(page: Any) -> None:
 
 
 def test_a_colour_coded_png_makes_one_entity_per_colour(page: Any, tmp_path: Path) -> None:
-    regions = np.zeros((64, 64, 3), dtype=np.uint8)
+    regions = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)  # the canvas's size: one PNG pixel, one canvas pixel
     regions[4:30, 4:30] = (255, 0, 0)
     regions[34:58, 34:58] = (0, 0, 255)
     path = tmp_path / "regions.png"
@@ -341,21 +342,21 @@ def test_a_colour_coded_png_makes_one_entity_per_colour(page: Any, tmp_path: Pat
 
 
 def test_a_mask_png_becomes_an_entity_region(page: Any, tmp_path: Path) -> None:
-    mask = np.zeros((32, 32), dtype=np.uint8)  # half the canvas size: scaled up with nearest sampling
+    mask = np.zeros((HEIGHT // 2, WIDTH // 2), dtype=np.uint8)  # half the canvas size: scaled up with nearest sampling
     mask[2:10, 4:20] = 200
     path = tmp_path / "mask.png"
     Image.fromarray(mask).save(path)
     page.click("#add-entity")
     page.set_input_files(".entity input[type=file]", str(path))
     page.wait_for_function("S.docs.generate.entities[0].kind === 'mask'")
-    pixels = np.asarray(page.evaluate("Array.from(S.docs.generate.entities[0].mask)")).reshape(64, 64)
-    expected = np.zeros((64, 64), dtype=bool)
+    pixels = np.asarray(page.evaluate("Array.from(S.docs.generate.entities[0].mask)")).reshape(HEIGHT, WIDTH)
+    expected = np.zeros((HEIGHT, WIDTH), dtype=bool)
     expected[4:20, 8:40] = True
     assert np.array_equal(pixels.astype(bool), expected)
 
 
 def test_the_page_shows_the_cli_defaults_and_the_model_words(page: Any) -> None:
-    assert page.input_value("#width") == "64" and page.input_value("#height") == "64"  # the shapes model's size
+    assert (page.input_value("#width"), page.input_value("#height")) == (str(WIDTH), str(HEIGHT))  # the model's size
     assert page.input_value("#steps") == "24" and page.input_value("#cfg") == "3"  # the shapes model's, as the CLI
     assert page.input_value("#guidance") == "3.5" and page.input_value("#entity_tokens") == "max"
     assert "circle, square, triangle" in page.inner_text("#words")
@@ -431,13 +432,15 @@ def test_the_chat_panel_designs_and_refines_the_canvas(context: Any, tmp_path: P
         page.fill("#chat-input", "a red circle and a blue square")
         page.click("#chat-form button")
         page.wait_for_function("S.docs.generate.entities.length === 2")
-        assert page.evaluate("S.docs.generate.entities.map(e => e.box)") == [[0, 0, 32, 32], [32, 32, 64, 64]]
+        half_w, half_h = WIDTH // 2, HEIGHT // 2  # the MLLM's 0-1000 boxes on the model's canvas
+        assert page.evaluate("S.docs.generate.entities.map(e => e.box)") == [[0, 0, half_w, half_h],
+                                                                             [half_w, half_h, WIDTH, HEIGHT]]
         page.fill("#chat-input", "move the circle to the right")
         page.click("#chat-form button")
-        page.wait_for_function("S.docs.generate.entities[0].box[0] === 32")
+        page.wait_for_function(f"S.docs.generate.entities[0].box[0] === {half_w}")
         assert page.input_value("#prompt") == "a red circle and a blue square"
         page.click("#undo")  # the person can step back from what the MLLM did
-        assert page.evaluate("S.docs.generate.entities[0].box") == [0, 0, 32, 32]
+        assert page.evaluate("S.docs.generate.entities[0].box") == [0, 0, half_w, half_h]
         assert "eligen: a red circle and a blue square (2: a red circle, a blue square)" in page.inner_text("#chat-log")
         sent = mllm.chat_requests[1]["body"]["messages"][-1]["content"]
         assert "move the circle to the right" in json.dumps(sent)

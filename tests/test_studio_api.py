@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import eligen.pipeline.shapes as shapes_package
 from eligen.main import app
+from eligen.pipeline.model_info import default_size
 from eligen.pipeline.outputs import read_png_metadata
 
 runner = CliRunner()
@@ -82,7 +83,8 @@ def test_loading_options_are_used_and_recorded_so_generate_repeats_the_image(
         assert f"transformer: {SHAPES_TRANSFORMER}" in layout_yaml
     assert list(cwd.iterdir()) == []
     assert read_png_metadata(io.BytesIO(png))["layout"]["transformer"] == str(SHAPES_TRANSFORMER)
-    assert Image.open(io.BytesIO(png)).size == (64, 64)  # a layout without a size gets the model's, as in the CLI
+    assert Image.open(io.BytesIO(png)).size == default_size("shapes")  # a layout without a size gets the model's,
+    # as in the CLI
     (tmp_path / "studio.yaml").write_text(layout_yaml)
     monkeypatch.chdir(tmp_path)
     run_cli("generate", "studio.yaml", "-o", "cli.png", "--dtype", "fp32", "--device", "cpu")

@@ -12,6 +12,9 @@ import pytest
 import yaml
 from studio_browser import CHROMIUM, chromium, drag, open_page, serve, settle, wait_results
 
+from eligen.pipeline.model_info import default_size
+from eligen.studio.limits import max_pixels
+
 playwright = pytest.importorskip("playwright.sync_api", reason="the studio's browser tests need playwright")
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="the studio's browser tests need /usr/bin/chromium")
 SHAPES = Path(__file__).parent.parent / "layouts" / "shapes.yaml"
@@ -122,16 +125,18 @@ def test_regions_follow_the_canvas_when_its_size_changes(page: Any) -> None:
     for point in [(40, 40), (60, 40), (50, 60)]:
         page.mouse.click(*_screen(page, point))
     page.mouse.click(*_screen(page, (40, 40)))
+    width = default_size("shapes")[0]  # the canvas the studio opens with
     page.fill("#width", "4096")
     page.dispatch_event("#width", "change")
     page.wait_for_function("S.size[0] === 4096")
+    x = 4096 // width  # the regions stretch with the canvas
     assert page.evaluate("S.docs.generate.entities.map(e => e.box || e.polygon)") == [
-        [256, 4, 1664, 26], [[2560, 40], [3840, 40], [3200, 60]]]
+        [4 * x, 4, 26 * x, 26], [[40 * x, 40], [60 * x, 40], [50 * x, 60]]]
     settle(page)  # the size is beyond the model's: said next to the setting
-    assert "expected a canvas of at most 16384 pixels" in page.inner_text("#settings-message")
-    page.fill("#width", "64")
+    assert f"expected a canvas of at most {max_pixels('shapes')} pixels" in page.inner_text("#settings-message")
+    page.fill("#width", str(width))
     page.dispatch_event("#width", "change")
-    page.wait_for_function("S.size[0] === 64")
+    page.wait_for_function(f"S.size[0] === {width}")
     assert page.evaluate("S.docs.generate.entities[0].box") == [4, 4, 26, 26]
 
 

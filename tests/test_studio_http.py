@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 
 import eligen.pipeline.hub as hub
 from eligen.pipeline.layout import parse_layout
+from eligen.pipeline.model_info import default_size, scale_factor
 from eligen.studio.api import Studio
 from eligen.studio.command import page_info
 from eligen.studio.engine import Engine
@@ -51,11 +52,13 @@ sys.addaudithook(_audit)
 
 @pytest.fixture(scope="module")
 def allowed_mask(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A mask file on the server that the studio was started with (--allow-file): the top-left quarter."""
+    """A mask file on the server that the studio was started with (--allow-file): the top-left quarter of the
+    shapes model's canvas."""
     from PIL import Image
 
-    mask = np.zeros((64, 64), dtype=np.uint8)
-    mask[:32, :32] = 255
+    width, height = default_size("shapes")
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[:height // 2, :width // 2] = 255
     path = tmp_path_factory.mktemp("allowed") / "quarter.png"
     Image.fromarray(mask).save(path)
     return path
@@ -334,7 +337,10 @@ def test_an_allowed_file_is_used_and_the_page_lists_the_allowed_loras(
                                                                       "file": "style.safetensors"}])
     answer = client.post("/api/check", json={"mode": "generate", "layout": layout})
     assert answer.status_code == 200, answer.text
-    quarter = [y * 8 + x for y in range(4) for x in range(4)]  # 8x8 tokens of 8 px: the top-left quarter
+    width, height = default_size("shapes")
+    token = 2 * scale_factor("shapes")  # px a token spans: the VAE's factor times the 2x2 packing
+    grid = width // token
+    quarter = [y * grid + x for y in range(height // token // 2) for x in range(grid // 2)]  # top-left quarter
     assert answer.json()["cells"] == [quarter]
     assert str(allowed_mask) in OPENED and recorded == []  # checking a layout fetches no LoRA
     assert client.get("/api/info").json()["loras"] == [ALLOWED_LORA]
@@ -360,9 +366,11 @@ def test_steps_seeds_entities_and_size_are_bounded_with_a_400_naming_the_field(c
     many = [{"prompt": "a red circle", "box": [0, 0, 8, 8]}] * (MAX_ENTITIES + 1)
     body = _refused(_check(client, {**LAYOUT, "entities": many}), 400, "layout", f"at most {MAX_ENTITIES} entities")
     assert body["field"] == "entities"
-    assert max_pixels("shapes") == 4 * 64 * 64  # the size the shapes model declares, four times over
-    assert _check(client, {**LAYOUT, "size": [128, 128]}).status_code == 200
-    body = _refused(_check(client, {**LAYOUT, "size": [128, 144]}), 400, "layout", "at most 16384 pixels")
+    width, height = default_size("shapes")
+    assert max_pixels("shapes") == 4 * width * height  # the size the shapes model declares, four times over
+    assert _check(client, {**LAYOUT, "size": [2 * width, 2 * height]}).status_code == 200
+    body = _refused(_check(client, {**LAYOUT, "size": [2 * width, 2 * height + 16]}), 400, "layout",
+                    f"at most {4 * width * height} pixels")
     assert body["field"] == "size"
     body = _refused(_check(client, {**LAYOUT, "size": [4096, 64]}), 400, "layout", "got 4096x64 = 262144")
 
@@ -370,12 +378,13 @@ def test_steps_seeds_entities_and_size_are_bounded_with_a_400_naming_the_field(c
 def test_an_image_too_large_for_the_model_is_refused_in_inpaint_mode(client: TestClient) -> None:
     from PIL import Image
 
+    width, height = default_size("shapes")
     buffer = io.BytesIO()
-    Image.new("RGB", (256, 256), (9, 9, 9)).save(buffer, format="PNG")
+    Image.new("RGB", (4 * width, 4 * height), (9, 9, 9)).save(buffer, format="PNG")  # 16x the model's pixels
     files = [{"name": "big.png", "data": base64.b64encode(buffer.getvalue()).decode()}]
     image = client.post("/api/image", json={"files": files}).json()["image"]
     body = _refused(client.post("/api/check", json={"mode": "inpaint", "image": image, "layout": LAYOUT}), 400,
-                    "layout", "at most 16384 pixels")
+                    "layout", f"at most {4 * width * height} pixels")
     assert body["field"] == "(image)"
 
 

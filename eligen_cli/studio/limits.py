@@ -20,7 +20,7 @@ SIZE_FACTOR = 4  # a canvas may have this many times the pixels of the size the 
 
 def max_pixels(model: str) -> int:
     """The largest canvas (width x height) the studio renders on `model`: SIZE_FACTOR times the pixels of the size the
-    model declares (1024x1024 for FLUX.1-dev, 64x64 for the shapes model), however much memory is free."""
+    model declares (1024x1024 for FLUX.1-dev, 128x128 for the shapes model), however much memory is free."""
     width, height = default_size(model)
     return SIZE_FACTOR * width * height
 
