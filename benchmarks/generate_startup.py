@@ -2,14 +2,14 @@
 compared in paired runs.
 
     python benchmarks/generate_startup.py --a /path/to/old/venv/bin/eligen --b .venv/bin/eligen [--runs 7]
-    python benchmarks/generate_startup.py --a OLD --b NEW --scale 2 --model /path/to/a/128x128/shapes/model
+    python benchmarks/generate_startup.py --a OLD --b NEW --model pipeline/shapes/builtin-models/shapes
     python benchmarks/generate_startup.py --a OLD --b NEW --without scipy --without torchvision --without torchao
 
 Runs the two `eligen` executables in turn (A B A B ..., one warm-up each first, not counted), each a fresh process
 writing to a temporary folder, and prints a Markdown table: wall and CPU seconds (user + sys, of the process and its
 children, from the kernel's accounting: `os.wait4`) and peak resident memory, each as min / median / max, and the
-ratio B/A of each pair, so that a machine whose speed drifts during the runs still compares fairly. `--scale 2`
-renders a copy of the layout at 128x128 with every box doubled (give a model made at that size with `--model`).
+ratio B/A of each pair, so that a machine whose speed drifts during the runs still compares fairly. `--model` gives
+both the same model (an older install's built-in `shapes` may be another model, of another size).
 `--without PACKAGE` runs both as if PACKAGE were not installed (the command line started by the executable's own
 `python`, with `sys.modules[PACKAGE] = None` first, which is how an importer sees a missing package): diffusers and
 transformers import some optional packages only because they are there. The load average before and after is
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from eligen.pipeline.model_info import default_size
+
 LAYOUT = Path(__file__).resolve().parent.parent / "layouts" / "shapes.yaml"
 # The command line with the packages named in argv[1] (comma-separated) hidden; the rest of argv its arguments
 WITHOUT = ("import sys; sys.modules.update(dict.fromkeys(filter(None, sys.argv[1].split(','))));"
@@ -41,19 +43,6 @@ class Run:
     wall: float  # s
     cpu: float  # s, user + sys
     peak: float  # MiB, the largest resident set of the process
-
-
-def scaled_layout(scale: int, folder: Path) -> Path:
-    """layouts/shapes.yaml with its size and boxes multiplied by `scale` (the file itself for 1)."""
-    if scale == 1:
-        return LAYOUT
-    data = yaml.safe_load(LAYOUT.read_text(encoding="utf-8"))
-    data["size"] = [side * scale for side in data["size"]]
-    for entity in data["entities"]:
-        entity["box"] = [value * scale for value in entity["box"]]
-    path = folder / f"shapes-{data['size'][0]}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def run_once(command: list[str]) -> Run:
@@ -83,7 +72,6 @@ def main() -> None:
     parser.add_argument("--a", required=True, help="the first eligen executable (the baseline)")
     parser.add_argument("--b", required=True, help="the second eligen executable")
     parser.add_argument("--runs", type=int, default=7, help="counted runs of each (default 7)")
-    parser.add_argument("--scale", type=int, default=1, help="multiply the layout's size and boxes (default 1)")
     parser.add_argument("--model", help="the model to render with (default: the layout's, the built-in shapes)")
     parser.add_argument("--without", action="append", default=[], metavar="PACKAGE",
                         help="run both as if PACKAGE were not installed; repeat for more")
@@ -91,8 +79,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        layout = scaled_layout(args.scale, folder)
-        size = yaml.safe_load(layout.read_text(encoding="utf-8"))["size"]
+        layout = LAYOUT
+        size = yaml.safe_load(layout.read_text(encoding="utf-8")).get("size") or default_size(args.model or "shapes")
         extra = ["--model", args.model] if args.model else []
         commands = {}
         for name, exe in (("A", args.a), ("B", args.b)):
