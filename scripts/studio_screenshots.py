@@ -19,7 +19,14 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from studio_browser import chromium, drag, open_page, serve, settle, wait_results  # noqa: E402 (after the path)
 
+from eligen.pipeline.model_info import default_size  # noqa: E402
+
 IMAGES = REPO / "docs" / "images"
+K = default_size("shapes")[0] / 64  # the drawing below is in 64x64 units, scaled to the model's canvas
+
+
+def at(x: float, y: float) -> tuple[float, float]:
+    return x * K, y * K
 
 
 def main() -> None:
@@ -32,13 +39,13 @@ def main() -> None:
             page.set_viewport_size({"width": 1400, "height": 900})
             page.screenshot(path=IMAGES / "studio-blank.png")
             page.fill("#prompt", "a red circle and a blue square and a yellow triangle")
-            drag(page, (4, 4), (26, 26))
+            drag(page, at(4, 4), at(26, 26))
             page.locator(".entity .prompt").nth(0).fill("a red circle")
-            drag(page, (38, 6), (60, 28))
+            drag(page, at(38, 6), at(60, 28))
             page.locator(".entity .prompt").nth(1).fill("a blue square")
             page.click("[data-tool=brush]")
-            page.fill("#brush-size", "9")
-            for start, end in [((22, 58), (32, 40)), ((32, 40), (42, 58)), ((22, 58), (42, 58))]:
+            page.fill("#brush-size", str(round(9 * K)))
+            for start, end in [(at(22, 58), at(32, 40)), (at(32, 40), at(42, 58)), (at(22, 58), at(42, 58))]:
                 drag(page, start, end)  # strokes go on painting the selected (third) entity
             page.locator(".entity .prompt").nth(2).fill("a yellow triangle")
             page.fill("#seeds", "0, 1")  # every other setting stays the model's default
