@@ -100,8 +100,10 @@ def test_a_piped_run_is_quiet_and_prints_progress_lines(tmp_path: Path) -> None:
                           "--device", "cpu"], capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr
     lines = run.stderr.splitlines()
+    seed = yaml.safe_load(SHAPES_LAYOUT.read_text())["seed"]
     assert lines[0] == "loading shapes"
-    assert any(line.startswith("shapes.yaml seed 0: step 1/24, ") and " it/s, ETA " in line for line in lines), lines
+    first = f"shapes.yaml seed {seed}: step 1/24, "
+    assert any(line.startswith(first) and " it/s, ETA " in line for line in lines), lines
     width, height = default_size("shapes")  # the layout has no size: the model's own
     assert lines[-1].startswith(f"wrote {out} ({width}x{height}, 24 steps, ")
     for noise in ("Loading pipeline components", "Loading weights", "it/s]", "torch/utils", "torchao"):
@@ -110,7 +112,7 @@ def test_a_piped_run_is_quiet_and_prints_progress_lines(tmp_path: Path) -> None:
     # the run's own time is in the last line), wrote; nothing else
     seconds = float(lines[-1].rsplit(", ", 1)[1].removesuffix(" s)"))
     progress = lines[1:-1]
-    assert all(line.startswith("shapes.yaml seed 0: step ") for line in progress), lines
+    assert all(line.startswith(f"shapes.yaml seed {seed}: step ") for line in progress), lines
     assert 1 <= len(progress) <= 2 + seconds // PLAIN_PERIOD_S, lines
 
 

@@ -184,7 +184,7 @@ def test_a_dropped_png_restores_its_layout(page: Any, tmp_path: Path, monkeypatc
     boxes = page.evaluate("S.docs.generate.entities.map(e => e.box)")
     assert boxes == [list(e.box) for e in source.entities]
     assert page.input_value("#prompt") == source.prompt
-    assert page.input_value("#seeds") == "0" and page.input_value("#steps") == "2"
+    assert page.input_value("#seeds") == str(source.seed) and page.input_value("#steps") == "2"
     assert page.evaluate("S.check.cells.length") == 3
 
     page.click("#undo")  # back to the empty canvas
