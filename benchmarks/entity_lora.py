@@ -27,7 +27,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from regional_attention import build_pipeline, layout, synchronize
+from regional_attention import build_pipeline, layout, timed
 
 from eligen.pipeline.entity_lora import LoraTokens, active_tokens, batched_tokens, token_stream
 from eligen.pipeline.generate import EligenPipeline
@@ -60,15 +59,6 @@ def lora_file(transformer: torch.nn.Module, rank: int, seed: int, path: Path) ->
             * 0.01
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, str(path))
     return str(path)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        fn()
-    synchronize(device)
-    return time.perf_counter() - start
 
 
 Run = tuple[Callable[[], object], Callable[[], object]]  # (untimed set-up, timed call)

@@ -36,7 +36,7 @@ from torch import nn
 from .hub import lora_file
 from .layout import Layout, LayoutError
 from .layout_warnings import LayoutWarning
-from .lora import LoraDelta, LoraError
+from .lora import LoraDelta, LoraError, lora_targets
 
 if TYPE_CHECKING:
     from .conditioning import Conditioning
@@ -146,31 +146,19 @@ def attach_entity_loras(transformer: nn.Module, files: Sequence[list[LoraDelta]]
     Returns the modules left out because they map one vector per sample (see the module docstring). Raises
     :class:`LoraError` for a delta that fits no Linear, before anything changes.
     """
+    targets = lora_targets(transformer, [delta for deltas in files for delta in deltas])
     per_module: dict[str, list[tuple[int, LoraDelta]]] = {}
-    problems: list[str] = []
     left_out: set[str] = set()
     for slot, deltas in enumerate(files):
         for delta in deltas:
-            try:
-                module = transformer.get_submodule(delta.module)
-            except AttributeError:
-                problems.append(f"{delta.module}: no such module")
-                continue
-            if not isinstance(module, nn.Linear) or delta.down.shape[1] != module.in_features \
-                    or delta.up.shape[0] != module.out_features:
-                problems.append(f"{delta.module}: does not fit a LoRA down {tuple(delta.down.shape)} / up "
-                                f"{tuple(delta.up.shape)}")
-                continue
             if token_stream(delta.module) is None:
                 left_out.add(delta.module)
-                continue
-            per_module.setdefault(delta.module, []).append((slot, delta))
-    if problems:
-        raise LoraError("LoRA deltas do not fit the transformer", keys=problems)
+            else:
+                per_module.setdefault(delta.module, []).append((slot, delta))
     detach_entity_loras(transformer)
     with torch.no_grad():
         for name, entries in per_module.items():
-            module = transformer.get_submodule(name)
+            module = targets[name]
             weight = module.weight
             for k, (_, delta) in enumerate(entries):
                 dtype = torch.promote_types(torch.promote_types(delta.down.dtype, delta.up.dtype), weight.dtype)

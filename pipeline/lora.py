@@ -87,6 +87,29 @@ def _lora_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     return (output.to(extra.dtype) + extra).to(output.dtype)
 
 
+def lora_targets(transformer: nn.Module, deltas: Iterable[LoraDelta]) -> dict[str, nn.Linear]:
+    """The Linear each delta applies to, by module name; a :class:`LoraError` listing every delta whose module does
+    not exist, is not a Linear, or whose factors do not fit it."""
+    problems: list[str] = []
+    targets: dict[str, nn.Linear] = {}
+    for delta in deltas:
+        try:
+            module = transformer.get_submodule(delta.module)
+        except AttributeError:
+            problems.append(f"{delta.module}: no such module")
+            continue
+        if not isinstance(module, nn.Linear):
+            problems.append(f"{delta.module}: is a {type(module).__name__}, not a torch.nn.Linear")
+        elif delta.down.shape[1] != module.in_features or delta.up.shape[0] != module.out_features:
+            problems.append(f"{delta.module}: LoRA down {tuple(delta.down.shape)} / up {tuple(delta.up.shape)} "
+                            f"do not fit a Linear({module.in_features}, {module.out_features})")
+        else:
+            targets[delta.module] = module
+    if problems:
+        raise LoraError("LoRA deltas do not fit the transformer", keys=problems)
+    return targets
+
+
 def apply_loras(transformer: nn.Module, loras: Sequence[tuple[list[LoraDelta], float]], *, fuse: bool = False) -> None:
     """Attach several LoRAs, each with its own user scale ``s``.
 
@@ -101,28 +124,7 @@ def apply_loras(transformer: nn.Module, loras: Sequence[tuple[list[LoraDelta], f
     Everything is checked before anything changes: a module that does not exist or is not a Linear, or
     factors whose shapes do not fit it, raise :class:`LoraError` listing every problem.
     """
-    problems: list[str] = []
-    targets: dict[str, nn.Linear] = {}
-    for deltas, _ in loras:
-        for delta in deltas:
-            try:
-                module = transformer.get_submodule(delta.module)
-            except AttributeError:
-                problems.append(f"{delta.module}: no such module")
-                continue
-            if not isinstance(module, nn.Linear):
-                problems.append(f"{delta.module}: is a {type(module).__name__}, not a torch.nn.Linear")
-                continue
-            if delta.down.shape[1] != module.in_features or delta.up.shape[0] != module.out_features:
-                problems.append(
-                    f"{delta.module}: LoRA down {tuple(delta.down.shape)} / up {tuple(delta.up.shape)} "
-                    f"do not fit a Linear({module.in_features}, {module.out_features})"
-                )
-                continue
-            targets[delta.module] = module
-    if problems:
-        raise LoraError("LoRA deltas do not fit the transformer", keys=problems)
-
+    targets = lora_targets(transformer, [delta for deltas, _ in loras for delta in deltas])
     with torch.no_grad():
         if fuse:
             updates: dict[str, torch.Tensor] = {}
