@@ -4,12 +4,16 @@ compared in paired runs.
     python benchmarks/generate_startup.py --a /path/to/old/venv/bin/eligen --b .venv/bin/eligen [--runs 7]
     python benchmarks/generate_startup.py --a OLD --b NEW --model pipeline/shapes/builtin-models/shapes
     python benchmarks/generate_startup.py --a OLD --b NEW --without scipy --without torchvision --without torchao
+    python benchmarks/generate_startup.py --a .venv/bin/eligen --b .venv/bin/eligen --a-layout OLD/shapes.yaml \
+        --a-model OLD/shapes                 # one install, an older layout and model folder as A
 
 Runs the two `eligen` executables in turn (A B A B ..., one warm-up each first, not counted), each a fresh process
 writing to a temporary folder, and prints a Markdown table: wall and CPU seconds (user + sys, of the process and its
 children, from the kernel's accounting: `os.wait4`) and peak resident memory, each as min / median / max, and the
 ratio B/A of each pair, so that a machine whose speed drifts during the runs still compares fairly. `--model` gives
 both the same model (an older install's built-in `shapes` may be another model, of another size).
+`--a-layout` and `--a-model` give A another layout file and model (an older `layouts/shapes.yaml` and built-in folder,
+say), so one install compares two versions of the README's command.
 `--without PACKAGE` runs both as if PACKAGE were not installed (the command line started by the executable's own
 `python`, with `sys.modules[PACKAGE] = None` first, which is how an importer sees a missing package): diffusers and
 transformers import some optional packages only because they are there. The load average before and after is
@@ -73,19 +77,22 @@ def main() -> None:
     parser.add_argument("--b", required=True, help="the second eligen executable")
     parser.add_argument("--runs", type=int, default=7, help="counted runs of each (default 7)")
     parser.add_argument("--model", help="the model to render with (default: the layout's, the built-in shapes)")
+    parser.add_argument("--a-layout", type=Path, default=LAYOUT, help="the layout A renders (default: B's, "
+                        "layouts/shapes.yaml)")
+    parser.add_argument("--a-model", help="the model A renders with (default: --model)")
     parser.add_argument("--without", action="append", default=[], metavar="PACKAGE",
                         help="run both as if PACKAGE were not installed; repeat for more")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        layout = LAYOUT
-        size = yaml.safe_load(layout.read_text(encoding="utf-8")).get("size") or default_size(args.model or "shapes")
-        extra = ["--model", args.model] if args.model else []
+        size = yaml.safe_load(LAYOUT.read_text(encoding="utf-8")).get("size") or default_size(args.model or "shapes")
         commands = {}
-        for name, exe in (("A", args.a), ("B", args.b)):
+        for name, exe, layout, model in (("A", args.a, args.a_layout, args.a_model or args.model),
+                                         ("B", args.b, LAYOUT, args.model)):
             start = [str(Path(exe).with_name("python")), "-c", WITHOUT, ",".join(args.without)] if args.without \
                 else [exe]
+            extra = ["--model", model] if model else []
             commands[name] = [*start, "generate", str(layout), "-o", str(folder / f"{name}.png"), "--overwrite", *extra]
         before = load_average()
         for command in commands.values():
@@ -102,7 +109,9 @@ def main() -> None:
           f"{' with --model ' + args.model if args.model else ''}"
           f"{', without ' + ', '.join(args.without) if args.without else ''}, {args.runs} paired runs after one "
           "warm-up each")
-    print(f"A = {args.a}\nB = {args.b}\n")
+    a_renders = "" if args.a_layout == LAYOUT and not args.a_model else \
+        f" rendering {args.a_layout}{' with --model ' + args.a_model if args.a_model else ''}"
+    print(f"A = {args.a}{a_renders}\nB = {args.b}\n")
     print("| | wall s (min / median / max) | CPU s | peak MiB |")
     print("|---|---|---|---|")
     for name in runs:

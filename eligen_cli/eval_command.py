@@ -291,7 +291,7 @@ def eval_command(
         "layouts].")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
     steps: Annotated[int | None, typer.Option(
-        help="Sampling steps [default: the file's, else the model's: 24 for shapes, 50 for FLUX.1-dev, 40 for "
+        help="Sampling steps [default: the file's, else the model's: 16 for shapes, 50 for FLUX.1-dev, 40 for "
         "Qwen-Image].")] = None,
     cfg: Annotated[float | None, typer.Option(
         metavar="SCALE", help="True CFG scale [default: the file's, else the model's: 3.0 for FLUX, 4.0 for "

@@ -59,7 +59,7 @@ app = typer.Typer(
 # Options shared by the commands that render.
 SeedOpt = Annotated[list[int] | None, typer.Option(metavar="N", help="Seed; repeat for one image per seed.")]
 StepsOpt = Annotated[int | None, typer.Option(
-    help="Sampling steps [default: the layout's, else the model's: 50 for FLUX.1-dev, 40 for Qwen-Image, 24 for "
+    help="Sampling steps [default: the layout's, else the model's: 50 for FLUX.1-dev, 40 for Qwen-Image, 16 for "
     "shapes].")]
 CfgOpt = Annotated[float | None, typer.Option(
     metavar="SCALE", help="True CFG scale, 1 turns it off [default: the layout's, else the model's: 3.0 for FLUX, "
@@ -271,7 +271,7 @@ def generate(
     """Render layout files to PNGs with entity-level regional attention.
 
     What a layout leaves out (size, steps, cfg, negative prompt) comes from its model: 1024x1024, 50 steps, CFG 3
-    for FLUX.1-dev; 40 steps, CFG 4 and the negative prompt " " for Qwen-Image; 128x128 and 24 steps for the
+    for FLUX.1-dev; 40 steps, CFG 4 and the negative prompt " " for Qwen-Image; 128x128 and 16 steps for the
     built-in shapes model. Options given here win over both.
 
     \b

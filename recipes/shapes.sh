@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole shapes recipe (docs/shapes.md), seeded: data, VAE, base model, EliGen weights, the 16x16-grid run,
+# The whole shapes recipe (docs/shapes.md), seeded: data, VAE, base model, EliGen weights, the 16x16-grid runs,
 # shipping, evaluation.
 #   bash recipes/shapes.sh [RUNS_DIR]      (default runs/shapes; on a busy machine: OMP_NUM_THREADS=1)
 # Each training script also stops at its --minutes; set them high (as here) for a result that depends on the
@@ -30,7 +30,13 @@ python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" --elig
 bash "$here/shapes_compare.sh" "$runs/next" "$runs/stage5/shapes" 150
 bash "$here/shapes_long.sh" "$runs/next" "$runs/stage5/shapes"
 python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" --eligen "$runs/eligen2" \
-    --eligen "$runs/next/long" --vae "$runs/vae-sharp" --size 128 -o "$here/../pipeline/shapes/builtin-models"
+    --eligen "$runs/next/long" --vae "$runs/vae-sharp" --size 128 -o "$runs/stage7"  # the built-in models of 6 Dec
+# a second stage on the 16x16 grid: the long run's weights trained on, as they are and with two more blocks, side
+# by side; the first (`more`) is shipped, with 16 sampling steps by default
+bash "$here/shapes_more.sh" "$runs/more" "$runs/stage7/shapes"
+python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" --eligen "$runs/eligen2" \
+    --eligen "$runs/next/long" --eligen "$runs/more/more" --vae "$runs/vae-sharp" --size 128 --steps 16 \
+    -o "$here/../pipeline/shapes/builtin-models"
 eval=(eligen eval --seeds 4 --steps 16)
 "${eval[@]}" "$runs/heldout-layouts" --model shapes-base --global-only -o "$runs/eval-a"
 "${eval[@]}" "$runs/heldout-layouts" --model shapes-base -o "$runs/eval-b"

@@ -1,14 +1,16 @@
 """Assemble the built-in shapes models from a recipe run (last step of docs/shapes.md).
 
     python recipes/shapes_ship.py --base runs/shapes/base --eligen runs/shapes/eligen \
-        [--eligen runs/shapes/eligen2 ...] [--vae runs/shapes/vae-sharp] [--size 128] -o pipeline/shapes/builtin-models
+        [--eligen runs/shapes/eligen2 ...] [--vae runs/shapes/vae-sharp] [--size 128] [--steps 16] \
+        -o pipeline/shapes/builtin-models
 
 Writes OUT/shapes-base (the base folder as written by shapes_base.py) and OUT/shapes (the same folder with
 the transformer of the last `--eligen` run (`eligen train --full`) in fp16 in place of the base transformer, and
 the training settings of every `--eligen` run in order, without this machine's paths). `--vae` puts a VAE whose
 decoder was sharpened with `shapes_vae.py --decoder-only` into both folders: its encoder, and so the latents the
 transformers were trained on, are the base folder's. `--size N` declares N x N scenes in `shapes`' eligen.json (the
-size its last stage was trained at), so a layout without `size` renders at it; `shapes-base` keeps the base's.
+size its last stage was trained at), so a layout without `size` renders at it; `--steps N` its default sampling
+steps; `shapes-base` keeps the base's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> None:
                         help="output folder of `eligen train --full` (again for each later stage, in order)")
     parser.add_argument("--vae", type=Path, help="a VAE from `shapes_vae.py --decoder-only` for both folders")
     parser.add_argument("--size", type=int, help="the scene side `shapes` declares [default: the base's]")
+    parser.add_argument("--steps", type=int, help="the sampling steps `shapes` declares [default: the base's]")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
 
@@ -49,13 +52,15 @@ def main() -> None:
         config = json.loads((run / "config.json").read_text(encoding="utf-8"))
         stages.append({k: v for k, v in config.items() if k not in ("data", "output", "model", "cache_dir", "resume")})
     (shapes / "eligen_train_config.json").write_text(json.dumps(stages, indent=2) + "\n", encoding="utf-8")
+    declared = shapes / "eligen.json"
+    meta = json.loads(declared.read_text(encoding="utf-8"))
     if args.size is not None:
-        declared = shapes / "eligen.json"
-        meta = json.loads(declared.read_text(encoding="utf-8"))
         side = meta["size"][0]
         meta["note"] = meta["note"].replace(f"{side}x{side}", f"{args.size}x{args.size}")
         meta["size"] = [args.size, args.size]
-        declared.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if args.steps is not None:
+        meta["steps"] = args.steps
+    declared.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {base} and {shapes}")
 
 

@@ -22,6 +22,7 @@ from eligen.pipeline.bench.run import Shard, generate_shard, image_path, score_s
 from eligen.pipeline.bench.scoring import ImageScore
 from eligen.pipeline.bench.shapes_scorer import ShapesScorer
 from eligen.pipeline.layout import LayoutError, parse_layout
+from eligen.pipeline.model_info import declaration
 from eligen.pipeline.shapes.evaluation import score_image
 from eligen.pipeline.shapes.scenes import render, scenes, write_shapes_dataset
 
@@ -53,7 +54,7 @@ def test_coco_mig_items_follow_the_prompts_file(tmp_path: Path) -> None:
     assert birds.instances[1].box == pytest.approx((0.6 * 64, 0.0, 64.0, 0.3 * 64))  # fractions to pixels
     assert (birds.instances[2].colour, birds.instances[2].category) == ("white", "bus")
     assert split_phrase("a brown teddy bear") == ("brown", "teddy bear") and split_phrase("a cat") == (None, "cat")
-    assert items[1].layout.steps == 24  # what the overrides leave out comes from the model (shapes: 24 steps)
+    assert items[1].layout.steps == declaration("shapes").steps  # what the overrides leave out: the model's
 
 
 def test_mig_bench_json_gives_the_same_items(tmp_path: Path) -> None:

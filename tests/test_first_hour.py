@@ -100,12 +100,13 @@ def test_a_piped_run_is_quiet_and_prints_progress_lines(tmp_path: Path) -> None:
                           "--device", "cpu"], capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr
     lines = run.stderr.splitlines()
-    seed = yaml.safe_load(SHAPES_LAYOUT.read_text())["seed"]
+    shapes_layout = yaml.safe_load(SHAPES_LAYOUT.read_text())
+    seed, steps = shapes_layout["seed"], shapes_layout["steps"]
     assert lines[0] == "loading shapes"
-    first = f"shapes.yaml seed {seed}: step 1/24, "
+    first = f"shapes.yaml seed {seed}: step 1/{steps}, "
     assert any(line.startswith(first) and " it/s, ETA " in line for line in lines), lines
     width, height = default_size("shapes")  # the layout has no size: the model's own
-    assert lines[-1].startswith(f"wrote {out} ({width}x{height}, 24 steps, ")
+    assert lines[-1].startswith(f"wrote {out} ({width}x{height}, {steps} steps, ")
     for noise in ("Loading pipeline components", "Loading weights", "it/s]", "torch/utils", "torchao"):
         assert noise not in run.stderr, run.stderr
     # loading, progress at step 1 and then at most every PLAIN_PERIOD_S of the run (however slow the machine:

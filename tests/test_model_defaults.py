@@ -22,8 +22,9 @@ from eligen.sources import load_edits, load_source
 
 runner = CliRunner()
 CIRCLE = {"prompt": "a red circle", "box": [8, 8, 40, 40]}
-# the size the built-in shapes model declares, read from its eligen.json as written
-SHAPES_SIZE = tuple(json.loads((BUILTIN_MODELS / "shapes" / EXTRA_CONFIG).read_text())["size"])
+# the size and sampling steps the built-in shapes model declares, read from its eligen.json as written
+SHAPES_DECLARED = json.loads((BUILTIN_MODELS / "shapes" / EXTRA_CONFIG).read_text())
+SHAPES_SIZE, SHAPES_STEPS = tuple(SHAPES_DECLARED["size"]), SHAPES_DECLARED["steps"]
 
 
 def _layout(folder: Path, name: str = "scene.yaml", **data: object) -> Path:
@@ -40,8 +41,8 @@ def test_a_shapes_layout_without_size_renders_at_the_declared_size(tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == SHAPES_SIZE
     recorded = read_png_metadata(out)["layout"]
-    assert (recorded["size"], recorded["steps"], recorded["cfg"]) == ([width, height], 24, 3.0)  # shapes' eligen.json
-    assert f"wrote {out} ({width}x{height}, 24 steps, " in result.output
+    assert (recorded["size"], recorded["steps"], recorded["cfg"]) == ([width, height], SHAPES_STEPS, 3.0)
+    assert f"wrote {out} ({width}x{height}, {SHAPES_STEPS} steps, " in result.output
 
 
 def test_a_flux_layout_without_size_still_defaults_to_1024(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ def test_the_layout_wins_over_the_model_and_the_command_line_over_both(tmp_path:
 def test_inpaint_edits_take_steps_and_cfg_from_the_model(tmp_path: Path) -> None:
     Image.new("RGB", (80, 48), (240, 240, 240)).save(tmp_path / "photo.png")
     job = load_edits(tmp_path / "photo.png", _layout(tmp_path, "edits.yaml", model="shapes"), {})
-    assert (job.edits.size, job.edits.steps, job.edits.cfg) == ((80, 48), 24, 3.0)  # the size is the image's
+    assert (job.edits.size, job.edits.steps, job.edits.cfg) == ((80, 48), SHAPES_STEPS, 3.0)  # the image's size
     job = load_edits(tmp_path / "photo.png", tmp_path / "edits.yaml", {"steps": 3})
     assert job.edits.steps == 3
 
@@ -78,7 +79,7 @@ def test_eval_and_the_python_api_use_the_model_defaults(tmp_path: Path) -> None:
                                  "-o", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     options = json.loads((tmp_path / "eval" / "results.json").read_text())["options"]
-    assert (options["model"], options["steps"], options["cfg"], options["size"]) == ("shapes", 24, 3.0,
+    assert (options["model"], options["steps"], options["cfg"], options["size"]) == ("shapes", SHAPES_STEPS, 3.0,
                                                                                       list(SHAPES_SIZE))
 
     from eligen.pipeline.generate import EligenPipeline
@@ -95,7 +96,7 @@ def test_chat_rendering_uses_the_model_defaults(tmp_path: Path) -> None:
     Renderer(device="cpu").generate(parse_layout({"model": "shapes", "prompt": "a red circle", "entities": [CIRCLE]}),
                                     tmp_path, 0, out)
     assert Image.open(out).size == SHAPES_SIZE
-    assert read_png_metadata(out)["layout"]["steps"] == 24
+    assert read_png_metadata(out)["layout"]["steps"] == SHAPES_STEPS
 
 
 def test_preview_resolves_the_size_without_torch(tmp_path: Path) -> None:
@@ -137,6 +138,6 @@ def test_chat_designs_at_the_model_size_and_renders_with_its_steps(tmp_path: Pat
     assert result.exit_code == 0, result.output
     layout = yaml.safe_load((folder / "layout-001.yaml").read_text())
     assert layout["size"] == list(SHAPES_SIZE) and "steps" not in layout  # no --size, no --steps: the model's
-    assert read_png_metadata(folder / "image-002.png")["layout"]["steps"] == 24
+    assert read_png_metadata(folder / "image-002.png")["layout"]["steps"] == SHAPES_STEPS
     assert Image.open(folder / "image-002.png").size == SHAPES_SIZE
-    assert read_png_metadata(folder / "image-003.png")["edits"]["steps"] == 24
+    assert read_png_metadata(folder / "image-003.png")["edits"]["steps"] == SHAPES_STEPS

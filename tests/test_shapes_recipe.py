@@ -74,12 +74,33 @@ def test_recipe_scripts_run_in_order_and_ship_a_loadable_model(tmp_path: Path) -
     assert json.loads((final / "shapes-base" / "eligen.json").read_text())["size"] == [64, 64]
     assert len(json.loads((final / "shapes" / "eligen_train_config.json").read_text())) == 3
 
+    # the second 16x16 stage: shapes_more.sh in miniature (both designs side by side, every checkpoint kept and
+    # scored), then shipped from the deeper design
+    more_runs = tmp_path / "more"
+    run("bash", RECIPES / "shapes_more.sh", more_runs, final / "shapes", SCENES="4", HELD="2", MORE_STEPS="2",
+        DEEPER_STEPS="2", SCORE_EVERY="1", TRAIN_ARGS="--batch-size 4 --save-every 1")
+    blocks = lambda folder: json.loads((folder / "config.json").read_text())["num_single_layers"]  # noqa: E731
+    assert blocks(more_runs / "deeper" / "transformer") == blocks(final / "shapes" / "transformer") + 2
+    for name in ("more", "deeper"):
+        assert sorted(p.name for p in (more_runs / name / "kept").iterdir()) == [
+            "step-000001.safetensors", "step-000002.safetensors"]
+        for step in range(3):
+            assert (more_runs / name / "eval" / f"step-{step:06d}" / "results.json").is_file()
+    deeper = tmp_path / "deeper"
+    run(sys.executable, RECIPES / "shapes_ship.py", "--base", base, "--eligen", tmp_path / "eligen",
+        "--eligen", tmp_path / "eligen2", "--eligen", next_runs / "long", "--eligen", more_runs / "deeper",
+        "--vae", sharp, "--size", "128", "--steps", "16", "-o", deeper)
+    declared = json.loads((deeper / "shapes" / "eligen.json").read_text())
+    assert (declared["size"], declared["steps"]) == ([128, 128], 16)
+    assert json.loads((deeper / "shapes-base" / "eligen.json").read_text())["steps"] == 24
+
     from eligen.pipeline.generate import EligenPipeline
     from eligen.pipeline.layout import parse_layout
 
     layout = parse_layout({"prompt": "a red circle", "steps": 2,
                            "entities": [{"prompt": "a red circle", "box": [10, 10, 40, 40]}]})
-    for folder, side in ((shipped / "shapes", 64), (final / "shapes", 128), (final / "shapes-base", 64)):
+    for folder, side in ((shipped / "shapes", 64), (final / "shapes", 128), (final / "shapes-base", 64),
+                         (deeper / "shapes", 128)):
         pipe = EligenPipeline.from_pretrained(str(folder), device="cpu")
         (image,) = pipe.generate(layout, [0])
         assert image.size == (side, side)  # the folder's declared size, not FLUX.1-dev's 1024

@@ -34,7 +34,7 @@ from studio_browser import (
 
 from eligen.pipeline.inpaint import dilate
 from eligen.pipeline.layout import load_layout
-from eligen.pipeline.model_info import default_size, scale_factor
+from eligen.pipeline.model_info import declaration, default_size, scale_factor
 from eligen.pipeline.outputs import read_png_metadata
 from eligen.pipeline.regions import entity_masks, token_masks
 
@@ -357,7 +357,8 @@ def test_a_mask_png_becomes_an_entity_region(page: Any, tmp_path: Path) -> None:
 
 def test_the_page_shows_the_cli_defaults_and_the_model_words(page: Any) -> None:
     assert (page.input_value("#width"), page.input_value("#height")) == (str(WIDTH), str(HEIGHT))  # the model's size
-    assert page.input_value("#steps") == "24" and page.input_value("#cfg") == "3"  # the shapes model's, as the CLI
+    steps = str(declaration("shapes").steps)
+    assert page.input_value("#steps") == steps and page.input_value("#cfg") == "3"  # the shapes model's, as the CLI
     assert page.input_value("#guidance") == "3.5" and page.input_value("#entity_tokens") == "max"
     assert "circle, square, triangle" in page.inner_text("#words")
     assert page.is_hidden("#chat-panel")  # no --mllm-url
