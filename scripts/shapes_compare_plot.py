@@ -47,7 +47,7 @@ def panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], title: str, series
         value = lo + (hi - lo) * k / 4
         y = y1 - (y1 - y0) * k / 4
         draw.line([x0 - 3, y, x0, y], fill=(120, 120, 120))
-        draw.text((ox + 2, y - 6), f"{value:.2f}", fill=(60, 60, 60))
+        draw.text((ox + 2, y - 6), f"{value:.{2 if hi - lo >= 0.1 else 3}f}", fill=(60, 60, 60))
     for k in range(5):
         x = x0 + (x1 - x0) * k / 4
         draw.text((x - 10, y1 + 6), f"{x_max * k / 4:.0f}", fill=(60, 60, 60))
