@@ -46,9 +46,9 @@ keep() {  # NAME: copy its checkpoints at multiples of `every` steps to NAME/kep
         mv "$1/kept/tmp.safetensors" "$1/kept/${checkpoint##*/}.safetensors"
     done
 }
-score() {  # NAME WEIGHTS OUT
-    [ -f "$3/results.json" ] || nice -n 10 eligen eval held128-32-layouts --model "$1-init" --transformer "$2" \
-        --seeds 1 --steps 16 --cfg 3 -o "$3" > "$3.log" 2>&1
+score() {  # NAME OUT [WEIGHTS]: score NAME's starting folder, with WEIGHTS as its transformer when given
+    [ -f "$2/results.json" ] || nice -n 10 eligen eval held128-32-layouts --model "$1-init" ${3:+--transformer "$3"} \
+        --seeds 1 --steps 16 --cfg 3 -o "$2" > "$2.log" 2>&1
 }
 
 train more "${MORE_STEPS:-2000}" & more=$!
@@ -63,11 +63,10 @@ wait "$deeper"
 for name in more deeper; do
     keep "$name"
     mkdir -p "$name/eval"
-    [ -f "$name/eval/step-000000/results.json" ] || nice -n 10 eligen eval held128-32-layouts --model "$name-init" \
-        --seeds 1 --steps 16 --cfg 3 -o "$name/eval/step-000000" > "$name/eval/step-000000.log" 2>&1
+    score "$name" "$name/eval/step-000000"
     for kept in "$name"/kept/step-*.safetensors; do
-        [ -f "$kept" ] && score "$name" "$kept" "$name/eval/$(basename "$kept" .safetensors)"
+        [ -f "$kept" ] && score "$name" "$name/eval/$(basename "$kept" .safetensors)" "$kept"
     done
     final=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['steps'])" "$name/config.json")
-    score "$name" "$name/transformer/diffusion_pytorch_model.safetensors" "$name/eval/$(printf 'step-%06d' "$final")"
+    score "$name" "$name/eval/$(printf 'step-%06d' "$final")" "$name/transformer/diffusion_pytorch_model.safetensors"
 done
