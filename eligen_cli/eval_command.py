@@ -343,7 +343,7 @@ def eval_command(
     \b
     Examples:
       eligen eval layouts/shapes.yaml --model shapes --seeds 8
-      eligen eval heldout-layouts --model shapes --seeds 4 --steps 16 -o eval-out
+      eligen eval heldout-layouts --model shapes --seeds 4 -o eval-out
       eligen eval heldout-layouts --model shapes-base --global-only   # the baseline without entities
       eligen eval MIGC/bench_file -o coco-mig --num-processes 8       # COCO-MIG on 8 GPUs (docs/bench.md)
       eligen eval MIGC/bench_file -o coco-mig --score-only --scorer judge --mllm-url http://127.0.0.1:8000/v1

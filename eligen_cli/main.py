@@ -271,7 +271,7 @@ def generate(
     """Render layout files to PNGs with entity-level regional attention.
 
     What a layout leaves out (size, steps, cfg, negative prompt) comes from its model: 1024x1024, 50 steps, CFG 3
-    for FLUX.1-dev; 40 steps, CFG 4 and the negative prompt " " for Qwen-Image; 128x128 and 16 steps for the
+    for FLUX.1-dev; 40 steps, CFG 4 and the negative prompt " " for Qwen-Image; 128x128 and 12 steps for the
     built-in shapes model. Options given here win over both.
 
     \b

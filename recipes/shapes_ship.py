@@ -2,7 +2,7 @@
 
     python recipes/shapes_ship.py --base runs/shapes/base --eligen runs/shapes/eligen \
         [--eligen runs/shapes/eligen2 ...] [--vae runs/shapes/vae-sharp] [--size 128] [--steps 16] \
-        -o pipeline/shapes/builtin-models
+        [--shift 3] -o pipeline/shapes/builtin-models
 
 Writes OUT/shapes-base (the base folder as written by shapes_base.py) and OUT/shapes (the same folder with
 the transformer of the last `--eligen` run (`eligen train --full`) in fp16 in place of the base transformer, and
@@ -10,7 +10,8 @@ the training settings of every `--eligen` run in order, without this machine's p
 decoder was sharpened with `shapes_vae.py --decoder-only` into both folders: its encoder, and so the latents the
 transformers were trained on, are the base folder's. `--size N` declares N x N scenes in `shapes`' eligen.json (the
 size its last stage was trained at), so a layout without `size` renders at it; `--steps N` its default sampling
-steps; `shapes-base` keeps the base's.
+steps; `--shift S` a static shift S of its sigma schedule (`sigma = S*s / (1 + (S-1)*s)`, s linear from 1) in place of
+the resolution-dependent one of the base's scheduler config. `shapes-base` keeps the base's size, steps and schedule.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--vae", type=Path, help="a VAE from `shapes_vae.py --decoder-only` for both folders")
     parser.add_argument("--size", type=int, help="the scene side `shapes` declares [default: the base's]")
     parser.add_argument("--steps", type=int, help="the sampling steps `shapes` declares [default: the base's]")
+    parser.add_argument("--shift", type=float, help="a static sigma shift for `shapes`' scheduler instead of the "
+                        "base's resolution-dependent one [default: the base's]")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
 
@@ -61,6 +64,11 @@ def main() -> None:
     if args.steps is not None:
         meta["steps"] = args.steps
     declared.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if args.shift is not None:
+        scheduler = shapes / "scheduler" / "scheduler_config.json"
+        config = json.loads(scheduler.read_text(encoding="utf-8"))
+        config.update(use_dynamic_shifting=False, shift=args.shift)
+        scheduler.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {base} and {shapes}")
 
 

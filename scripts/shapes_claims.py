@@ -10,9 +10,9 @@ the same command continues an interrupted run (`eligen eval` itself resumes an u
 1. layout sets (`eligen data shapes --size SIZE --layouts ...`): the held-out set of the page's protocol
    (`--n 64 --seed 999 --entities 2-3`), the same scenes with `--regions polygon` and `--regions mask`, 4 entities
    (`--n 64 --seed 997 --entities 4`) and 5-6 entities (`--n 32 --seed 998 --entities 5-6`), in RUNS/layouts/;
-2. `eligen eval` on each, 16 steps at the model's CFG, into RUNS/eval/NAME: `protocol`, `polygon`, `mask`, `four`,
-   `many` (seeds 0-3), `seeds8` (the held-out set over seeds 0-7: it starts from the protocol run's images and
-   generates seeds 4-7 only) and `auto` (`--entity-tokens auto`, seeds 0-3);
+2. `eligen eval` on each, at the model's own steps and CFG (its `eligen.json`), into RUNS/eval/NAME: `protocol`,
+   `polygon`, `mask`, `four`, `many` (seeds 0-3), `seeds8` (the held-out set over seeds 0-7: it starts from the
+   protocol run's images and generates seeds 4-7 only) and `auto` (`--entity-tokens auto`, seeds 0-3);
 3. `inpaint`: scripts/shapes_inpaint_eval.py (32 scenes, seeds 0-3, 24 steps) into RUNS/inpaint.json;
 4. `figures`: scripts/shapes_figures.py (layouts/shapes.yaml over seeds 0-7, the inpainting figure) into the
    `--figures` folder, its detector counts into RUNS/figures.json;
@@ -52,14 +52,13 @@ from shapes_eval_summary import summary
 from eligen.pipeline.bench.layout_items import item_ids, layout_item
 from eligen.pipeline.bench.report import Report, ScoredImage, contact_sheet
 from eligen.pipeline.layout import load_layout
-from eligen.pipeline.model_info import default_size, model_folder
+from eligen.pipeline.model_info import declaration, default_size, model_folder
 from eligen.pipeline.outputs import save_png, write_atomic
 from eligen.pipeline.regions import entity_masks
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PARTS = ("polygon", "mask", "four", "many", "seeds8", "auto", "inpaint", "figures", "contact")
-STEPS = 16  # the evaluation protocol's sampling steps (the inpainting and the figures use 24, as the page does)
 CONTACT_LAYOUTS, CONTACT_SEEDS, CONTACT_CELL = 16, 2, 320  # the docs' contact sheet: 4 layouts x 2 seeds a row
 
 
@@ -202,7 +201,7 @@ def run_eval(args: argparse.Namespace, model_args: list[str], name: str, steps: 
             start_from(args.runs / "eval" / "protocol", out, seeds)
         steps.run(f"eval {name}", [
             sys.executable, "-m", "eligen", "eval", str(args.runs / "layouts" / spec.layouts), *model_args,
-            "--seeds", str(seeds), "--steps", str(QUICK_STEPS if args.quick else STEPS), "--device", "cpu",
+            "--seeds", str(seeds), *(["--steps", str(QUICK_STEPS)] if args.quick else []), "--device", "cpu",
             "-o", str(out), *spec.options])
     finally:
         if name == "protocol":
@@ -372,7 +371,7 @@ def main() -> None:
     figures = args.figures or (images / "figures" if args.quick else images)
     setup = {"model": model, "transformer": str(args.transformer.resolve()) if args.transformer else None,
              "weights_sha256": weights_sha256(model, args.transformer), "size": args.size, "quick": args.quick,
-             "steps": QUICK_STEPS if args.quick else STEPS}
+             "steps": QUICK_STEPS if args.quick else declaration(model).steps}
     refused = check_runs(args.runs, setup)
     if refused:
         parser.error(refused)

@@ -86,13 +86,27 @@ def test_recipe_scripts_run_in_order_and_ship_a_loadable_model(tmp_path: Path) -
             "step-000001.safetensors", "step-000002.safetensors"]
         for step in range(3):
             assert (more_runs / name / "eval" / f"step-{step:06d}" / "results.json").is_file()
+
+    # the third stage: shapes_deeper.sh in miniature (the deeper design trained on in two parts, the first ending at
+    # its --stop-at), shipped with a static sigma shift
+    third_runs = tmp_path / "third"
+    run("bash", RECIPES / "shapes_deeper.sh", third_runs, more_runs, SCENES="4", PARTS="3:1 3", KEEP_EVERY="2",
+        TRAIN_ARGS="--batch-size 4 --save-every 1")
+    log = [json.loads(line) for line in (third_runs / "deeper3" / "log.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["total"]) for e in log] == [(1, 3), (2, 3), (3, 3)]
+    assert [p.name for p in (third_runs / "deeper3" / "kept").iterdir()] == ["step-000002.safetensors"]
+    assert blocks(third_runs / "deeper3" / "transformer") == blocks(more_runs / "deeper" / "transformer")
     deeper = tmp_path / "deeper"
     run(sys.executable, RECIPES / "shapes_ship.py", "--base", base, "--eligen", tmp_path / "eligen",
         "--eligen", tmp_path / "eligen2", "--eligen", next_runs / "long", "--eligen", more_runs / "deeper",
-        "--vae", sharp, "--size", "128", "--steps", "16", "-o", deeper)
+        "--eligen", third_runs / "deeper3", "--vae", sharp, "--size", "128", "--steps", "16", "--shift", "3",
+        "-o", deeper)
     declared = json.loads((deeper / "shapes" / "eligen.json").read_text())
     assert (declared["size"], declared["steps"]) == ([128, 128], 16)
     assert json.loads((deeper / "shapes-base" / "eligen.json").read_text())["steps"] == 24
+    scheduler = lambda folder: json.loads((folder / "scheduler" / "scheduler_config.json").read_text())  # noqa: E731
+    assert (scheduler(deeper / "shapes")["use_dynamic_shifting"], scheduler(deeper / "shapes")["shift"]) == (False, 3)
+    assert scheduler(deeper / "shapes-base")["use_dynamic_shifting"]  # the base keeps its resolution-dependent shift
 
     from eligen.pipeline.generate import EligenPipeline
     from eligen.pipeline.layout import parse_layout
