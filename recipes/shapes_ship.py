@@ -1,8 +1,8 @@
 """Assemble the built-in shapes models from a recipe run (last step of docs/shapes.md).
 
     python recipes/shapes_ship.py --base runs/shapes/base --eligen runs/shapes/eligen \
-        [--eligen runs/shapes/eligen2 ...] [--vae runs/shapes/vae-sharp] [--size 128] [--steps 16] \
-        [--shift 3] -o pipeline/shapes/builtin-models
+        [--eligen runs/shapes/eligen2 ...] [--vae runs/shapes/vae-sharp] [--size 128] [--steps 12] \
+        [--shift 9] -o pipeline/shapes/builtin-models
 
 Writes OUT/shapes-base (the base folder as written by shapes_base.py) and OUT/shapes (the same folder with
 the transformer of the last `--eligen` run (`eligen train --full`) in fp16 in place of the base transformer, and
@@ -37,6 +37,8 @@ def main() -> None:
                         "base's resolution-dependent one [default: the base's]")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
+    if args.shift is not None and args.shift <= 0:
+        parser.error(f"--shift: expected a positive number, got {args.shift}")
 
     base, shapes = args.output / "shapes-base", args.output / "shapes"
     for target in (base, shapes):
