@@ -27,36 +27,21 @@ if [ ! -d deeper3-init ]; then  # the deeper design's folder with its trained tr
     cp "$more/deeper/transformer/"* deeper3-init.tmp/transformer/
     mv deeper3-init.tmp deeper3-init
 fi
-newest_step() {  # the step of the newest checkpoint, 0 when there is none
-    local newest
-    newest=$(ls -d deeper3/checkpoints/step-* 2>/dev/null | tail -n 1)
-    if [ -z "$newest" ]; then echo 0; else echo $(( 10#${newest##*step-} )); fi
-}
-keep() {  # copy the checkpoints at multiples of `every` steps to deeper3/kept before they are rotated out
-    local checkpoint step
-    mkdir -p deeper3/kept
-    for checkpoint in deeper3/checkpoints/step-*; do
-        [ -f "$checkpoint/transformer.safetensors" ] || continue
-        step=$(( 10#${checkpoint##*step-} ))
-        [ $(( step % every )) -eq 0 ] && [ ! -f "deeper3/kept/${checkpoint##*/}.safetensors" ] || continue
-        cp "$checkpoint/transformer.safetensors" deeper3/kept/tmp.safetensors
-        mv deeper3/kept/tmp.safetensors "deeper3/kept/${checkpoint##*/}.safetensors"
-    done
-}
+. "$here/shapes_checkpoints.sh"
 part() {  # STEPS [STOP_AT]: continue the run with a schedule over STEPS, up to STOP_AT (default: to the end)
     local at trainer resume=()
-    at=$(newest_step)
+    at=$(newest_step deeper3)
     [ "$at" -lt "${2:-$1}" ] || return 0
     [ "$at" -gt 0 ] && resume=(--resume latest)
     nice -n 5 eligen train --config "$here/shapes-deeper.yaml" --model deeper3-init --data data128c \
         --cache-dir cache-deeper3 -o deeper3 --steps "$1" ${2:+--stop-at "$2"} "${resume[@]}" "${train_args[@]}" &
     trainer=$!
     while kill -0 "$trainer" 2> /dev/null; do
-        keep
+        keep_every deeper3 "$every"
         sleep 20
     done
     wait "$trainer"
-    keep
+    keep_every deeper3 "$every"
 }
 [ -d deeper3/transformer ] && exit 0
 for p in $parts; do

@@ -29,11 +29,7 @@ if [ ! -d warm128 ]; then  # the 8x8 model's weights, declared at 128x128
     python -c "import json; p = 'warm128/eligen.json'; d = json.load(open(p)); d['size'] = [128, 128]
 json.dump(d, open(p, 'w'), indent=2)"
 fi
-newest_step() {  # the step of the newest checkpoint, 0 when there is none
-    local newest
-    newest=$(ls -d long/checkpoints/step-* 2>/dev/null | tail -n 1)
-    if [ -z "$newest" ]; then echo 0; else echo $(( 10#${newest##*step-} )); fi
-}
+. "$here/shapes_checkpoints.sh"
 if [ "${3:-}" = --score ]; then
     newest=$(ls -d long/checkpoints/step-* | tail -n 1)
     exec nice -n 10 eligen eval held128-64-layouts --model warm128 --transformer "$newest/transformer.safetensors" \
@@ -41,7 +37,7 @@ if [ "${3:-}" = --score ]; then
 fi
 part() {  # STEPS [STOP_AT]: continue the run with a schedule over STEPS, up to STOP_AT (default: to the end)
     local at resume=()
-    at=$(newest_step)
+    at=$(newest_step long)
     [ "$at" -lt "${2:-$1}" ] || return 0
     [ "$at" -gt 0 ] && resume=(--resume latest)
     nice -n 10 eligen train --config "$here/shapes-long.yaml" --model warm128 --data data128 \

@@ -35,17 +35,7 @@ train() {  # NAME STEPS: train (or resume) one design until its final weights ar
     nice -n 5 eligen train --config "$here/shapes-more.yaml" --model "$1-init" --data data128b --cache-dir "cache-$1" \
         -o "$1" --steps "$2" "${resume[@]}" "${train_args[@]}" > "$1.log" 2>&1
 }
-keep() {  # NAME: copy its checkpoints at multiples of `every` steps to NAME/kept before they are rotated out
-    local checkpoint step
-    mkdir -p "$1/kept"
-    for checkpoint in "$1"/checkpoints/step-*; do
-        [ -f "$checkpoint/transformer.safetensors" ] || continue
-        step=$(( 10#${checkpoint##*step-} ))
-        [ $(( step % every )) -eq 0 ] && [ ! -f "$1/kept/${checkpoint##*/}.safetensors" ] || continue
-        cp "$checkpoint/transformer.safetensors" "$1/kept/tmp.safetensors"
-        mv "$1/kept/tmp.safetensors" "$1/kept/${checkpoint##*/}.safetensors"
-    done
-}
+. "$here/shapes_checkpoints.sh"
 score() {  # NAME OUT [WEIGHTS]: score NAME's starting folder, with WEIGHTS as its transformer when given
     [ -f "$2/results.json" ] || nice -n 10 eligen eval held128-32-layouts --model "$1-init" ${3:+--transformer "$3"} \
         --seeds 1 --steps 16 --cfg 3 -o "$2" > "$2.log" 2>&1
@@ -54,14 +44,14 @@ score() {  # NAME OUT [WEIGHTS]: score NAME's starting folder, with WEIGHTS as i
 train more "${MORE_STEPS:-2000}" & more=$!
 train deeper "${DEEPER_STEPS:-1600}" & deeper=$!
 while kill -0 "$more" 2> /dev/null || kill -0 "$deeper" 2> /dev/null; do
-    keep more
-    keep deeper
+    keep_every more "$every"
+    keep_every deeper "$every"
     sleep 20
 done
 wait "$more"
 wait "$deeper"
 for name in more deeper; do
-    keep "$name"
+    keep_every "$name" "$every"
     mkdir -p "$name/eval"
     score "$name" "$name/eval/step-000000"
     for kept in "$name"/kept/step-*.safetensors; do
