@@ -184,6 +184,7 @@ def train(
     bucket_step: Annotated[int | None, _option("bucket_step")] = None,
     max_sequence_length: Annotated[int | None, _option("max_sequence_length")] = None,
     timesteps: Annotated[TimestepSampling | None, _option("timesteps")] = None,
+    timestep_shift: Annotated[float | None, _option("timestep_shift")] = None,
     entity_dropout: Annotated[float | None, _option("entity_dropout")] = None,
     caption_dropout: Annotated[float | None, _option("caption_dropout")] = None,
     cache: Annotated[bool | None, _flag("cache")] = None,

@@ -24,7 +24,7 @@ from eligen.pipeline.train.config import TrainConfig
 from eligen.pipeline.train.data import TrainingSet, collate
 from eligen.pipeline.train.example import write_example_dataset
 from eligen.pipeline.train.loop import Trainer, TrainError, batch_conditioning, lr_factor, train
-from eligen.pipeline.train.loss import TRAIN_TIMESTEPS, reference_timesteps
+from eligen.pipeline.train.loss import TRAIN_TIMESTEPS, draw_timestep, reference_timesteps
 from eligen.pipeline.train.state import STATE
 
 EVAL_EPOCH = 10_000  # draws no training step uses
@@ -66,6 +66,17 @@ def test_reference_timesteps_match_diffsynth() -> None:
     assert torch.equal(sigmas, scheduler.sigmas)
     assert torch.allclose(weights, scheduler.linear_timesteps_weights, rtol=0, atol=1e-6)
     assert weights.mean().item() == pytest.approx(1.0)
+
+
+def test_shifted_logit_normal_timesteps_are_the_sampler_shift_of_the_same_draws() -> None:
+    for seed in range(20):
+        t, w = draw_timestep("logit-normal", torch.Generator().manual_seed(seed))
+        shifted, w3 = draw_timestep("logit-normal", torch.Generator().manual_seed(seed), shift=3.0)
+        assert w == w3 == 1.0
+        assert shifted == pytest.approx(3 * t / (1 + 2 * t), rel=1e-12) and shifted >= t  # towards high noise
+    draws = [draw_timestep("logit-normal", torch.Generator().manual_seed(s), shift=3.0)[0] for s in range(2000)]
+    # the median of sigmoid(N(0, 1)) is 0.5, shifted by 3 to 0.75; 2,000 draws put the sample median within 0.03
+    assert sorted(draws)[1000] == pytest.approx(0.75, abs=0.03)
 
 
 class _Velocity(torch.nn.Module):

@@ -79,3 +79,14 @@ def test_a_finished_run_is_not_overwritten(tiny_model: Path, tmp_path: Path) -> 
     assert result.exit_code == 1 and "expected a checkpoint folder" in result.output
     result = runner.invoke(app, ["train", "--config", str(config), "-o", out, "--resume", "latest", "--steps", "2"])
     assert result.exit_code == 0 and "step 2" in result.output
+
+
+def test_timestep_shift_is_for_logit_normal_timesteps(tiny_model: Path, tmp_path: Path) -> None:
+    config, out = _config_file(tmp_path, tiny_model), str(tmp_path / "run")
+    result = runner.invoke(app, ["train", "--config", str(config), "-o", out, "--timesteps", "reference",
+                                 "--timestep-shift", "3"])
+    assert result.exit_code == 2
+    assert "--timestep-shift on the command line: timestep_shift: applies to timesteps: logit-normal only" \
+           in " ".join(result.output.split())
+    result = runner.invoke(app, ["train", "--config", str(config), "-o", out, "--timestep-shift", "0"])
+    assert result.exit_code == 2 and "timestep_shift: input should be greater than 0" in " ".join(result.output.split())

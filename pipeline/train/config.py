@@ -7,7 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ..layout import DEFAULT_MODEL, LayoutError
 
@@ -58,6 +68,9 @@ class TrainConfig(BaseModel):
                                         "trainer's 1000 sigmas for the model's family (FLUX: shift 3; Qwen-Image: "
                                         "exponential shift mu 0.8 to 0.02) with its Gaussian loss weight; "
                                         "logit-normal: weight 1.")
+    timestep_shift: float = Field(1.0, gt=0, description="With --timesteps logit-normal: shift each drawn t to "
+                                  "shift*t / (1 + (shift-1)*t), towards high noise for shift > 1 (the sampler's "
+                                  "static shift, so training can favour the noise levels a model samples at).")
     entity_dropout: Fraction = Field(0.0, description="Fraction of samples trained without their entities (plain "
                                      "FLUX, no mask).")
     caption_dropout: Fraction = Field(0.0, description="Fraction of samples trained with the empty prompt and no "
@@ -89,6 +102,13 @@ class TrainConfig(BaseModel):
                                        "accelerate's launcher (one per GPU).")
     deepspeed: Path | None = Field(None, description="DeepSpeed config JSON (e.g. recipes/deepspeed_zero2.json), "
                                    "passed to accelerate's launcher.")
+
+    @field_validator("timestep_shift")
+    @classmethod
+    def _shift_needs_logit_normal(cls, shift: float, info: ValidationInfo) -> float:
+        if shift != 1.0 and info.data.get("timesteps") != "logit-normal":
+            raise ValueError("applies to timesteps: logit-normal only (the reference draws its family's own sigmas)")
+        return shift
 
     def lora_rank(self, family_rank: int) -> int:
         """The rank asked for, else the model family's."""

@@ -154,12 +154,13 @@ def _run_identity(config: TrainConfig, dataset: Dataset, train_samples: int, bat
         "weight_decay": config.weight_decay, "warmup_steps": config.warmup_steps, "lr_schedule": config.lr_schedule,
         "max_grad_norm": config.max_grad_norm, "resolution": config.resolution, "bucket_step": config.bucket_step,
         "max_sequence_length": max_sequence_length, "seed": config.seed, "timesteps": config.timesteps,
+        "timestep_shift": config.timestep_shift,
         "entity_dropout": config.entity_dropout, "caption_dropout": config.caption_dropout, "holdout": config.holdout,
     }
 
 
 # settings added after runs existed: what runs without them did
-LATER_SETTINGS = {"lr_schedule": "constant", "caption_dropout": 0.0}
+LATER_SETTINGS = {"lr_schedule": "constant", "caption_dropout": 0.0, "timestep_shift": 1.0}
 
 
 def lr_factor(step: int, warmup: int, steps: int, cosine: bool) -> float:
@@ -324,7 +325,7 @@ class Trainer:
         for index in batch["index"]:
             draws = torch.Generator().manual_seed(sample_seed(config.seed, epoch, index, "draws"))
             code = int(torch.rand((), generator=draws).item() < config.entity_dropout)
-            t_i, w_i = draw_timestep(config.timesteps, draws, self.pipe.family.defaults)
+            t_i, w_i = draw_timestep(config.timesteps, draws, self.pipe.family.defaults, config.timestep_shift)
             if config.caption_dropout and torch.rand((), generator=draws).item() < config.caption_dropout:
                 code = 2  # drawn after the others, so runs without caption dropout keep their draws
             drop.append(code)

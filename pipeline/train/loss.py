@@ -5,7 +5,8 @@
 The reference implementation draws t uniformly from its family's 1000 training sigmas and weighs the loss with a
 Gaussian bump over t (`reference_timesteps`): for FLUX the static shift 3 (`sampler.diffsynth_schedule(1000)`), for
 Qwen-Image its own schedule (an exponential shift with mu 0.8, stretched to end at 0.02; `qwen_image_sigmas`).
-Logit-normal t with weight 1 (SD3) is the other choice, the same for every family.
+Logit-normal t with weight 1 (SD3) is the other choice, the same for every family, optionally shifted towards high
+noise as SD3 shifts it for larger images (`shift_timestep`).
 """
 
 from __future__ import annotations
@@ -47,11 +48,16 @@ def reference_timesteps(family: FamilyDefaults = FLUX) -> tuple[torch.Tensor, to
     return sigmas, bump * (TRAIN_TIMESTEPS / bump.sum())
 
 
-def draw_timestep(sampling: TimestepSampling, generator: torch.Generator, family: FamilyDefaults = FLUX
-                  ) -> tuple[float, float]:
-    """(t, loss weight) for one sample of a model of `family`."""
+def shift_timestep(t: float, shift: float) -> float:
+    """`shift t / (1 + (shift - 1) t)`: the sampler's static shift (diffusers' `shift`) applied to a drawn t."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def draw_timestep(sampling: TimestepSampling, generator: torch.Generator, family: FamilyDefaults = FLUX,
+                  shift: float = 1.0) -> tuple[float, float]:
+    """(t, loss weight) for one sample of a model of `family`; logit-normal t is shifted by `shift`."""
     if sampling == "logit-normal":
-        return torch.sigmoid(torch.randn((), generator=generator)).item(), 1.0
+        return shift_timestep(torch.sigmoid(torch.randn((), generator=generator)).item(), shift), 1.0
     sigmas, weights = reference_timesteps(family)
     index = int(torch.randint(TRAIN_TIMESTEPS, (), generator=generator))
     return sigmas[index].item(), weights[index].item()
