@@ -32,12 +32,21 @@ bash "$here/shapes_long.sh" "$runs/next" "$runs/stage5/shapes"
 python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" --eligen "$runs/eligen2" \
     --eligen "$runs/next/long" --vae "$runs/vae-sharp" --size 128 -o "$runs/stage7"  # the built-in models of 6 Dec
 # a second stage on the 16x16 grid: the long run's weights trained on, as they are and with two more blocks, side
-# by side; the first (`more`) is shipped, sampling with a static shift of 9 in 12 steps by default (the third stage,
-# recipes/shapes_deeper.sh, trained the deeper design on for 3,000 steps and is not shipped: it did no better)
+# by side; the first (`more`) is shipped, sampling with a static shift of 9 in 12 steps by default (the third and
+# fourth stages, recipes/shapes_deeper.sh and recipes/shapes_highnoise.sh, trained on the deeper design and `more`
+# with timesteps at high noise; neither is shipped: neither did better)
 bash "$here/shapes_more.sh" "$runs/more" "$runs/stage7/shapes"
-python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" --eligen "$runs/eligen2" \
-    --eligen "$runs/next/long" --eligen "$runs/more/more" --vae "$runs/vae-sharp" --size 128 --steps 12 \
-    --shift 9 -o "$here/../pipeline/shapes/builtin-models"
+ship=(python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" --eligen "$runs/eligen2"
+      --eligen "$runs/next/long" --eligen "$runs/more/more" --vae "$runs/vae-sharp" --size 128 --steps 12 --shift 9)
+"${ship[@]}" -o "$runs/stage9"
+# a decoder for the sampler's last step: `shapes`' VAE decoder trained on that model's one-step estimates, then on
+# the last two steps of its own schedule, into `shapes` only
+python "$here/shapes_decoder.py" "$runs/stage9/shapes" -o "$runs/decoder" --steps 600 --minutes 600
+python "$here/shapes_decoder.py" "$runs/stage9/shapes" -o "$runs/decoder2" --init "$runs/decoder" --last-steps 2 \
+    --lr 1e-4 --steps 600 --minutes 600
+"${ship[@]}" --shapes-vae "$runs/decoder2" -o "$here/../pipeline/shapes/builtin-models"
+# the paper's LoRA against a full fine-tune, on the 16x16 grid (claim 7 of docs/shapes.md)
+bash "$here/shapes_lora_vs_full.sh" "$runs/lora-vs-full" "$runs/stage9/shapes-base"
 eval=(eligen eval --seeds 4)
 "${eval[@]}" "$runs/heldout-layouts" --model shapes-base --global-only --steps 16 -o "$runs/eval-a"
 "${eval[@]}" "$runs/heldout-layouts" --model shapes-base --steps 16 -o "$runs/eval-b"

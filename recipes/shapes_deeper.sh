@@ -28,22 +28,4 @@ if [ ! -d deeper3-init ]; then  # the deeper design's folder with its trained tr
     mv deeper3-init.tmp deeper3-init
 fi
 . "$here/shapes_checkpoints.sh"
-part() {  # STEPS [STOP_AT]: continue the run with a schedule over STEPS, up to STOP_AT (default: to the end)
-    local at trainer resume=()
-    at=$(newest_step deeper3)
-    [ "$at" -lt "${2:-$1}" ] || return 0
-    [ "$at" -gt 0 ] && resume=(--resume latest)
-    nice -n 5 eligen train --config "$here/shapes-deeper.yaml" --model deeper3-init --data data128c \
-        --cache-dir cache-deeper3 -o deeper3 --steps "$1" ${2:+--stop-at "$2"} "${resume[@]}" "${train_args[@]}" &
-    trainer=$!
-    while kill -0 "$trainer" 2> /dev/null; do
-        keep_every deeper3 "$every"
-        sleep 20
-    done
-    wait "$trainer"
-    keep_every deeper3 "$every"
-}
-[ -d deeper3/transformer ] && exit 0
-for p in $parts; do
-    part "${p%%:*}" $([[ $p == *:* ]] && echo "${p#*:}")
-done
+train_parts deeper3 "$here/shapes-deeper.yaml" "$every" "$parts"

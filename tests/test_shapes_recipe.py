@@ -108,6 +108,38 @@ def test_recipe_scripts_run_in_order_and_ship_a_loadable_model(tmp_path: Path) -
     assert (scheduler(deeper / "shapes")["use_dynamic_shifting"], scheduler(deeper / "shapes")["shift"]) == (False, 3)
     assert scheduler(deeper / "shapes-base")["use_dynamic_shifting"]  # the base keeps its resolution-dependent shift
 
+    # the fourth stage: shapes_highnoise.sh in miniature (`more` trained on with timesteps shifted to high noise)
+    run("bash", RECIPES / "shapes_highnoise.sh", third_runs, more_runs, SCENES="4", PARTS="2", KEEP_EVERY="2",
+        TRAIN_ARGS="--batch-size 4 --save-every 1")
+    trained = json.loads((third_runs / "highnoise" / "config.json").read_text())
+    assert (trained["timesteps"], trained["timestep_shift"], trained["steps"]) == ("logit-normal", 3.0, 2)
+    assert blocks(third_runs / "highnoise" / "transformer") == blocks(more_runs / "more" / "transformer")
+
+    # the decoder for the last step: shapes_decoder.py in both modes, the second from the first's decoder, shipped
+    # into `shapes` only
+    decoder, decoder2 = tmp_path / "decoder", tmp_path / "decoder2"
+    run(sys.executable, RECIPES / "shapes_decoder.py", deeper / "shapes", "-o", decoder, "--steps", "2",
+        "--batch-size", "2")
+    run(sys.executable, RECIPES / "shapes_decoder.py", deeper / "shapes", "-o", decoder2, "--init", decoder,
+        "--last-steps", "2", "--steps", "2", "--batch-size", "2")
+    summary = json.loads((decoder2 / "train_summary.json").read_text())
+    assert (summary["steps"], summary["last_steps"]) == (2, 2)
+    run(sys.executable, RECIPES / "shapes_ship.py", "--base", base, "--eligen", tmp_path / "eligen",
+        "--eligen", tmp_path / "eligen2", "--eligen", next_runs / "long", "--eligen", more_runs / "more",
+        "--vae", sharp, "--shapes-vae", decoder2, "--size", "128", "--steps", "12", "--shift", "9", "-o", deeper)
+    vae = lambda folder: load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")  # noqa: E731
+    ours, base_vae = vae(deeper / "shapes"), vae(deeper / "shapes-base")
+    assert all(torch.equal(v, base_vae[k]) for k, v in ours.items() if k.startswith("encoder."))  # the same latents
+    assert any(not torch.equal(v, base_vae[k]) for k, v in ours.items() if k.startswith("decoder."))
+
+    # claim 7 on the 16x16 grid: shapes_lora_vs_full.sh in miniature (both runs trained and scored)
+    lvf = tmp_path / "lvf"
+    run("bash", RECIPES / "shapes_lora_vs_full.sh", lvf, final / "shapes-base", SCENES="4", HELD="2", STEPS="2",
+        TRAIN_ARGS="--batch-size 4")
+    assert (lvf / "lvf-full" / "transformer").is_dir() and (lvf / "lvf-lora" / "lora.safetensors").is_file()
+    for name in ("lvf-full", "lvf-lora"):
+        assert json.loads((lvf / name / "eval" / "results.json").read_text())["options"]["steps"] == 12
+
     from eligen.pipeline.generate import EligenPipeline
     from eligen.pipeline.layout import parse_layout
 
