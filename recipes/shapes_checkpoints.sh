@@ -18,6 +18,13 @@ keep_every() {  # RUN EVERY: copy RUN's checkpoints at multiples of EVERY steps 
     done
 }
 
+design_init() {  # RUN MORE_DIR DESIGN: RUN-init, shapes_more.sh's folder of DESIGN with DESIGN's trained transformer
+    [ -d "$1-init" ] && return 0
+    cp -r "$2/$3-init" "$1-init.tmp"
+    cp "$2/$3/transformer/"* "$1-init.tmp/transformer/"
+    mv "$1-init.tmp" "$1-init"
+}
+
 train_part() {  # RUN CONFIG EVERY STEPS [STOP_AT]: continue `eligen train --config CONFIG` of the folder RUN-init on
     # data128c into RUN with a schedule over STEPS, up to STOP_AT (default: to the end), keeping every EVERY-th
     # checkpoint; extra `eligen train` arguments come from the array train_args

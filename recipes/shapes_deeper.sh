@@ -22,10 +22,6 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$runs"
 cd "$runs"
 [ -d data128c ] || eligen data shapes -o data128c --n "$scenes" --seed 5 --size 128
-if [ ! -d deeper3-init ]; then  # the deeper design's folder with its trained transformer
-    cp -r "$more/deeper-init" deeper3-init.tmp
-    cp "$more/deeper/transformer/"* deeper3-init.tmp/transformer/
-    mv deeper3-init.tmp deeper3-init
-fi
 . "$here/shapes_checkpoints.sh"
+design_init deeper3 "$more" deeper
 train_parts deeper3 "$here/shapes-deeper.yaml" "$every" "$parts"

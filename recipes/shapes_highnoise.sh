@@ -20,10 +20,6 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$runs"
 cd "$runs"
 [ -d data128c ] || eligen data shapes -o data128c --n "$scenes" --seed 5 --size 128
-if [ ! -d highnoise-init ]; then  # the `more` design's folder with its trained transformer
-    cp -r "$more/more-init" highnoise-init.tmp
-    cp "$more/more/transformer/"* highnoise-init.tmp/transformer/
-    mv highnoise-init.tmp highnoise-init
-fi
 . "$here/shapes_checkpoints.sh"
+design_init highnoise "$more" more
 train_parts highnoise "$here/shapes-highnoise.yaml" "$every" "$parts"
