@@ -4,6 +4,7 @@ the package (the shipped weights must stay reproducible)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -121,9 +122,9 @@ def test_recipe_scripts_run_in_order_and_ship_a_loadable_model(tmp_path: Path) -
     run(sys.executable, RECIPES / "shapes_decoder.py", deeper / "shapes", "-o", decoder, "--steps", "2",
         "--batch-size", "2")
     run(sys.executable, RECIPES / "shapes_decoder.py", deeper / "shapes", "-o", decoder2, "--init", decoder,
-        "--last-steps", "2", "--steps", "2", "--batch-size", "2")
+        "--last-steps", "2", "--steps", "2", "--batch-size", "2", "--loss", "l1", "--edge-weight", "4")
     summary = json.loads((decoder2 / "train_summary.json").read_text())
-    assert (summary["steps"], summary["last_steps"]) == (2, 2)
+    assert (summary["steps"], summary["last_steps"], summary["loss"], summary["edge_weight"]) == (2, 2, "l1", 4.0)
     run(sys.executable, RECIPES / "shapes_ship.py", "--base", base, "--eligen", tmp_path / "eligen",
         "--eligen", tmp_path / "eligen2", "--eligen", next_runs / "long", "--eligen", more_runs / "more",
         "--vae", sharp, "--shapes-vae", decoder2, "--size", "128", "--steps", "12", "--shift", "9", "-o", deeper)
@@ -174,3 +175,26 @@ def test_base_script_writes_an_untrained_folder_of_another_design(tmp_path: Path
                            "entities": [{"prompt": "a red circle", "box": [0.15, 0.15, 0.6, 0.6]}]})
     (image,) = pipe.generate(layout, [0])
     assert image.size == (128, 128)
+
+
+def test_decoder_loss_weighs_outline_pixels() -> None:
+    """shapes_decoder.py's pixel loss: with no edge weight it is the plain mean of |e| (+ e^2); with one, an error
+    on a shape's outline counts 1 + W times as much as one inside it."""
+    spec = importlib.util.spec_from_file_location("shapes_decoder", RECIPES / "shapes_decoder.py")
+    assert spec is not None and spec.loader is not None
+    decoder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decoder)
+    images = -torch.ones(1, 3, 12, 12)
+    images[:, :, 4:8, 4:8] = 1.0  # a 4x4 square: its outline is the 6x6 ring around and on its edge (32 pixels)
+    recon = images + 0.1 * torch.randn(1, 3, 12, 12)
+    error = (recon - images).abs()
+    assert torch.allclose(decoder.pixel_loss(recon, images, "l1+mse", 0.0), (error + error**2).mean())
+    assert torch.allclose(decoder.pixel_loss(recon, images, "l1", 0.0), error.mean())
+    inside = images.clone()
+    inside[:, :, 0, 0] += 0.5  # a corner pixel, far from the square
+    outline = images.clone()
+    outline[:, :, 4, 4] += 0.5  # the square's corner
+    ring = 6 * 6 - 2 * 2
+    weight_sum = 12 * 12 + 3.0 * ring  # W = 3
+    assert torch.isclose(decoder.pixel_loss(inside, images, "l1", 3.0), torch.tensor(0.5 / weight_sum))
+    assert torch.isclose(decoder.pixel_loss(outline, images, "l1", 3.0), torch.tensor(4 * 0.5 / weight_sum))
