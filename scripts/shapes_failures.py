@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from eligen.pipeline.bench.layout_items import item_ids
 from eligen.pipeline.layout import load_layout
 from eligen.pipeline.outputs import write_atomic
 from eligen.pipeline.regions import entity_masks
@@ -33,7 +34,11 @@ TILE = 96  # px of one crop on the sheet
 def failures(eval_dir: Path, base: Path, shape: str | None) -> list[dict[str, Any]]:
     """Every entity the run scored as a failure (of `shape`, when given), with its crop and detected pixels."""
     results = json.loads((eval_dir / "results.json").read_text(encoding="utf-8"))
-    files = {Path(f).stem: base / f for f in results["benchmark"]["files"]}
+    if results.get("benchmark", {}).get("kind") != "layouts":
+        raise SystemExit(f"{eval_dir / 'results.json'}: not a run on layout files (expected `eligen eval` of a "
+                         "folder of shapes layouts)")
+    paths = [Path(f) for f in results["benchmark"]["files"]]
+    files = {item: base / path for item, path in zip(item_ids(paths), paths, strict=True)}  # `eligen eval`'s ids
     found = []
     for image_row in results["per_image"]:
         item, seed = image_row["item"], image_row["seed"]

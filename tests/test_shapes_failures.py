@@ -17,19 +17,19 @@ TILE = 96
 
 
 def fake_run(tmp_path: Path) -> Path:
-    """An eval folder of one 64x64 layout, seed 0: "a red square" drawn as a circle (a failure), "a blue circle"
-    drawn right; its results.json names the layout file by a path relative to `tmp_path`."""
+    """An eval folder of one 64x64 layout (`layouts/scene 1.yaml`), seed 0: "a red square" drawn as a circle (a
+    failure), "a blue circle" drawn right; its results.json names the layout file by a path relative to `tmp_path`."""
     layouts, out = tmp_path / "layouts", tmp_path / "eval"
     layouts.mkdir()
     (out / "images").mkdir(parents=True)
-    (layouts / "00000.yaml").write_text(
+    (layouts / "scene 1.yaml").write_text(
         "size: [64, 64]\nprompt: a red square and a blue circle\nentities:\n"
         "  - {prompt: a red square, box: [4, 4, 28, 28]}\n  - {prompt: a blue circle, box: [36, 30, 60, 54]}\n")
     scene = Scene(64, (240, 240, 236), (Shape("circle", "red", (4, 4, 28, 28)),
                                         Shape("circle", "blue", (36, 30, 60, 54))))
-    render(scene).save(out / "images" / "s0_00000.png")
-    results = {"benchmark": {"kind": "layouts", "files": ["layouts/00000.yaml"]},
-               "per_image": [{"item": "00000", "seed": 0, "instances": [
+    render(scene).save(out / "images" / "s0_scene_1.png")  # `eligen eval` ids the file "scene_1"
+    results = {"benchmark": {"kind": "layouts", "files": ["layouts/scene 1.yaml"]},
+               "per_image": [{"item": "scene_1", "seed": 0, "instances": [
                    {"prompt": "a red square", "success": False, "found_shape": "circle", "iou": 1.0},
                    {"prompt": "a blue circle", "success": True, "found_shape": "circle", "iou": 1.0}]}]}
     (out / "results.json").write_text(json.dumps(results))
