@@ -26,7 +26,7 @@ from eligen.pipeline.bench.layout_items import item_ids
 from eligen.pipeline.layout import load_layout
 from eligen.pipeline.outputs import write_atomic
 from eligen.pipeline.regions import entity_masks
-from eligen.pipeline.shapes.detector import box_iou, detect, mask_box, parse_entity
+from eligen.pipeline.shapes.detector import best_component, detect, mask_box, parse_entity
 
 TILE = 96  # px of one crop on the sheet
 
@@ -55,9 +55,7 @@ def failures(eval_dir: Path, base: Path, shape: str | None) -> list[dict[str, An
         components = detect(image)
         for index in failed:
             entity, box = layout.entities[index], mask_box(masks[index])
-            colour, _ = parse_entity(entity.prompt)
-            candidates = [c for c in components if c.colour == colour]
-            best = max(candidates, key=lambda c: box_iou(c.box, box)) if candidates else None
+            best = best_component(components, parse_entity(entity.prompt)[0], box)
             found.append({"item": item, "seed": seed, "prompt": entity.prompt, "box": list(box), "image": image,
                           "found_shape": best.shape if best else None,
                           "fill": round(best.fill, 3) if best else None,

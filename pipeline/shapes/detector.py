@@ -130,6 +130,13 @@ def mask_box(mask: np.ndarray) -> Box:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+def best_component(components: list[Component], colour: str | None, box: tuple[float, ...]) -> Component | None:
+    """The component of `colour` whose box overlaps `box` best: the one an entity is scored with; None when there
+    is none of that colour."""
+    candidates = [c for c in components if c.colour == colour]
+    return max(candidates, key=lambda c: box_iou(c.box, box)) if candidates else None
+
+
 def score_entity(components: list[Component], prompt: str, box: tuple[float, ...],
                  region: np.ndarray | None = None) -> EntityScore:
     """Score one entity: the component of its colour that overlaps its box best, its IoU and shape class.
@@ -138,11 +145,10 @@ def score_entity(components: list[Component], prompt: str, box: tuple[float, ...
     that component's mask IoU with the region and its coverage of it.
     """
     colour, shape = parse_entity(prompt)
-    candidates = [c for c in components if c.colour == colour]
-    if not candidates:
+    best = best_component(components, colour, box)
+    if best is None:
         zero = 0.0 if region is not None else None
         return EntityScore(prompt, colour, shape, None, 0.0, zero, zero)
-    best = max(candidates, key=lambda c: box_iou(c.box, box))
     mask_iou = coverage = None
     if region is not None:
         inter = float((best.pixels & region).sum())
