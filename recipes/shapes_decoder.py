@@ -3,6 +3,9 @@
 
     python recipes/shapes_decoder.py MODEL -o OUT [--steps 600] [--minutes 40] [--sigma 0.3 0.65] [--clean 0.2]
     python recipes/shapes_decoder.py MODEL -o OUT2 --init OUT --last-steps 2 [--lr 1e-4]
+    python recipes/shapes_decoder.py MODEL --pairs PAIRS --n-pairs 24000 --last-steps 2 --part 0/2 --pairs-only
+    python recipes/shapes_decoder.py MODEL -o OUT3 --pairs PAIRS --n-pairs 24000 --last-steps 2 \
+        --layers 2 --mid-attention --bf16
 
 With a static shift of 9 in 12 steps, the sampler's last Euler step goes from sigma 0.45 to 0: the image is decoded
 from the transformer's one-step estimate `x0 = x - sigma v`, which is softer than the encoded scenes the decoder was
@@ -19,13 +22,20 @@ the latents, their scaling and every transformer trained on them stay valid. Ada
 decay, stopping at `--steps` or `--minutes`, whichever comes first. Writes OUT as a VAE folder (for `shapes_ship.py
 --shapes-vae`) with a `train_summary.json`; prints wall time, samples/s and the held-out PSNR from both kinds of
 latents.
+
+Sampling the estimates costs more than training on them, so `--pairs DIR` first fills a cache of `--n-pairs`
+(clean latents, estimate, scene) triples in shards (resumable; `--part I/N --pairs-only` lets N processes fill it
+side by side), then trains on draws from it. `--widen M`, `--layers L` and `--mid-attention` grow the VAE before
+training (`grown`: the encoder still gives the same latents, and the decoder draws what it drew until it is trained).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -34,6 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import parse_layout
@@ -42,6 +54,7 @@ from eligen.pipeline.sampler import denoise, get_noise, get_schedule, pack, unpa
 from eligen.pipeline.shapes.scenes import Scene, layout_data, render, scenes
 
 WARMUP = 20  # steps of linear learning-rate warmup
+PAIR_SEED = 40_000_000  # shard k of a pair cache holds the scenes of seed PAIR_SEED + k
 Tail = tuple[torch.Tensor, torch.Tensor]  # sigmas ending with 0, and the timesteps of all but the last
 
 
@@ -85,6 +98,98 @@ def tails(pipe: EligenPipeline, model: str, sigma: tuple[float, float], last_ste
     return lambda rng: last(rng.randint(1, last_steps)), last(last_steps // 2 + 1)
 
 
+def grown(vae: AutoencoderKL, widen: int, layers: int, attention: bool) -> AutoencoderKL:
+    """`vae` with `widen` times the channels (and groups), `layers` per block and, with `attention`, attention in
+    its mid-blocks, drawing exactly what `vae` draws until its decoder is trained. Every weight of `vae` is kept in
+    the leading slice of its grown tensor, and its old output channels read nothing from the new input channels, so
+    the old channels compute what they did (the new ones form whole groups of their own, so no norm mixes old and
+    new). The new channels start from the new model's random initialisation, ready to be trained; an added resnet
+    layer or attention block starts as the identity (its last projection zero)."""
+    config = dict(vae.config)
+    config.update(block_out_channels=[c * widen for c in config["block_out_channels"]],
+                  norm_num_groups=config["norm_num_groups"] * widen, layers_per_block=layers,
+                  mid_block_add_attention=config["mid_block_add_attention"] or attention)
+    new = AutoencoderKL.from_config(config)
+    old, state = vae.state_dict(), new.state_dict()
+    for name, tensor in state.items():
+        if name in old:
+            kept, grown_tensor = old[name], tensor.clone()
+            if kept.dim() >= 2:
+                grown_tensor[: kept.shape[0], kept.shape[1]:] = 0
+                grown_tensor[: kept.shape[0], : kept.shape[1]] = kept
+            else:
+                grown_tensor[: kept.shape[0]] = kept
+            state[name] = grown_tensor
+        elif name.rsplit(".", 2)[-2] == "conv2" or ".to_out." in name:
+            state[name] = torch.zeros_like(tensor)
+    new.load_state_dict(state)
+    return new
+
+
+def same_latents(vae: AutoencoderKL, other: AutoencoderKL, images: torch.Tensor) -> bool:
+    """Whether two VAEs give `images` the same latents: the same scaling and shift, and encodings equal to 1e-4
+    (a grown copy sums the same products in another order: about 1e-5 apart on latents of order 1-10)."""
+    keys = ("scaling_factor", "shift_factor")
+    if any(vae.config[k] != other.config[k] for k in keys):
+        return False
+    with torch.no_grad():
+        return torch.allclose(vae.encode(images).latent_dist.mode(), other.encode(images).latent_dist.mode(),
+                              atol=1e-4)
+
+
+def pair_shards(count: int, shard_size: int) -> list[int]:
+    """The sizes of the shards that hold `count` pairs."""
+    return [min(shard_size, count - start) for start in range(0, count, shard_size)]
+
+
+def fill_pairs(pipe: EligenPipeline, model: str, folder: Path, count: int, shard_size: int, part: tuple[int, int],
+               draw: Callable[[random.Random], Tail], settings: dict[str, str]) -> None:
+    """Write the missing shards of `part` (i of n: shards k = i mod n) of a cache of `count` (clean, estimate,
+    image) triples into `folder`: shard k holds the scenes of seed PAIR_SEED + k (a fresh scene generator per shard),
+    latents in fp16 and images in uint8, with `settings` (how the estimates were sampled) as its metadata. Each shard
+    is written whole or not at all, so a run stopped half-way resumes where it stopped."""
+    folder.mkdir(parents=True, exist_ok=True)
+    size = with_model_defaults(parse_layout({"prompt": "a"}), model).width
+    index, parts = part
+    for k, n in enumerate(pair_shards(count, shard_size)):
+        path = folder / f"shard-{k:05d}.safetensors"
+        if k % parts != index or path.exists():
+            continue
+        started, rng = time.time(), random.Random(PAIR_SEED + k)
+        clean, estimate = [], []
+        batch = scenes(n, seed=PAIR_SEED + k, size=size)
+        for i, scene in enumerate(batch):
+            c, e = estimate_latents(pipe, model, scene, draw(rng), PAIR_SEED + k * shard_size + i)
+            clean.append(c.half())
+            estimate.append(e.half())
+        images = torch.cat([torch.from_numpy(np.array(render(s))).permute(2, 0, 1)[None] for s in batch])
+        partial = path.with_suffix(".partial")
+        save_file({"clean": torch.cat(clean), "estimate": torch.cat(estimate), "image": images.contiguous()},
+                  str(partial), metadata=settings)
+        os.replace(partial, path)
+        print(json.dumps({"shard": k, "pairs": n, "s": round(time.time() - started, 1)}), flush=True)
+
+
+def load_pairs(folder: Path, count: int, shard_size: int, settings: dict[str, str]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (clean, estimate, image) tensors of a complete cache written by `fill_pairs` with the same settings."""
+    shards = []
+    for k, n in enumerate(pair_shards(count, shard_size)):
+        path = folder / f"shard-{k:05d}.safetensors"
+        if not path.exists():
+            raise SystemExit(f"{folder}: shard {path.name} is missing; fill the cache first (--pairs-only, "
+                             "one call per --part)")
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+        if metadata != settings:
+            raise SystemExit(f"{path}: sampled with {metadata}, not {settings}: use another --pairs folder")
+        tensors = load_file(path)
+        if tensors["clean"].shape[0] != n:
+            raise SystemExit(f"{path}: holds {tensors['clean'].shape[0]} pairs, expected {n} (another --shard-size?)")
+        shards.append(tensors)
+    return tuple(torch.cat([s[key] for s in shards]) for key in ("clean", "estimate", "image"))  # type: ignore[return-value]
+
+
 def pixels(scene: Scene) -> torch.Tensor:
     """(1, 3, H, W) image of the scene in [-1, 1]."""
     return torch.from_numpy(np.array(render(scene))).permute(2, 0, 1)[None].float() / 127.5 - 1
@@ -113,7 +218,7 @@ def psnr(vae: torch.nn.Module, inputs: list[torch.Tensor], targets: list[torch.T
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="the shapes model folder (or built-in name) whose transformer and VAE to use")
-    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("-o", "--output", type=Path, help="the VAE folder to write (not needed with --pairs-only)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--minutes", type=float, default=40.0, help="stop early after this wall time")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -128,6 +233,18 @@ def main() -> None:
     parser.add_argument("--edge-weight", type=float, default=0.0, metavar="W",
                         help="outline pixels of the scene weigh 1 + W in the loss")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--widen", type=int, default=1, metavar="M",
+                        help="grow the VAE to M times its channels before training (see `grown`)")
+    parser.add_argument("--layers", type=int, metavar="L", help="grow it to L layers per block (default: as it is)")
+    parser.add_argument("--mid-attention", action="store_true", help="grow it an attention layer in its mid-blocks")
+    parser.add_argument("--bf16", action="store_true", help="train the decoder under bf16 autocast (weights stay "
+                        "fp32; 2.3x faster for a grown decoder on an AVX-512 BF16 CPU)")
+    parser.add_argument("--pairs", type=Path, metavar="DIR", help="draw the samples from a cache of --n-pairs "
+                        "(clean, estimate, scene) triples in DIR instead of sampling each step")
+    parser.add_argument("--n-pairs", type=int, default=20_000)
+    parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--part", default="0/1", metavar="I/N", help="with --pairs-only: fill shard k if k mod N = I")
+    parser.add_argument("--pairs-only", action="store_true", help="fill the --pairs cache, then stop")
     args = parser.parse_args()
     lo, hi = args.sigma
     if not 0 < lo <= hi < 1:
@@ -136,42 +253,73 @@ def main() -> None:
         parser.error(f"--edge-weight: expected W >= 0, got {args.edge_weight}")
     if args.last_steps is not None and args.last_steps < 1:
         parser.error(f"--last-steps: expected a positive number of steps, got {args.last_steps}")
+    if args.widen < 1 or (args.layers is not None and args.layers < 1):
+        parser.error(f"--widen and --layers: expected positive numbers, got {args.widen} and {args.layers}")
+    try:
+        part = tuple(int(x) for x in args.part.split("/"))
+        assert len(part) == 2 and 0 <= part[0] < part[1]
+    except (ValueError, AssertionError):
+        parser.error(f"--part: expected I/N with 0 <= I < N, got {args.part!r}")
+    if args.pairs_only and args.pairs is None:
+        parser.error("--pairs-only needs --pairs DIR")
+    if not args.pairs_only and args.output is None:
+        parser.error("-o/--output is required (but with --pairs-only)")
 
     torch.manual_seed(args.seed)
     pipe = EligenPipeline.from_pretrained(args.model, device="cpu", dtype="fp32")
-    vae = pipe.family.pipe.vae
+    draw, held_tail = tails(pipe, args.model, (lo, hi), args.last_steps)
+    settings = {"sigma": f"{lo} {hi}", "last_steps": str(args.last_steps), "size": str(
+        with_model_defaults(parse_layout({"prompt": "a"}), args.model).width)}
+    if args.pairs is not None:
+        fill_pairs(pipe, args.model, args.pairs, args.n_pairs, args.shard_size, part, draw, settings)  # type: ignore[arg-type]
+        if args.pairs_only:
+            return
+    size = int(settings["size"])
+    rng = random.Random(args.seed)
+    held = scenes(32, 20_000_000 + args.seed, size=size)
+    vae = copy.deepcopy(pipe.family.pipe.vae)
     if args.init is not None:
         init = AutoencoderKL.from_pretrained(args.init)
-        if any(not torch.equal(a, b) for a, b in zip(init.encoder.state_dict().values(),
-                                                     vae.encoder.state_dict().values(), strict=True)):
-            parser.error(f"--init {args.init}: its encoder is not {args.model}'s, so its latents are not the model's")
-        vae.decoder.load_state_dict(init.decoder.state_dict())
+        if not same_latents(init, vae, torch.cat([pixels(s) for s in held[:4]])):
+            parser.error(f"--init {args.init}: it does not encode as {args.model}'s VAE does, so its decoder was not "
+                         "trained on the model's latents")
+        vae = init
+    if args.widen > 1 or args.layers is not None or args.mid_attention:
+        vae = grown(vae, args.widen, args.layers or vae.config.layers_per_block, args.mid_attention)
     vae.requires_grad_(False)
     vae.decoder.requires_grad_(True)
     optimizer = torch.optim.Adam(vae.decoder.parameters(), lr=args.lr)
-    size = with_model_defaults(parse_layout({"prompt": "a"}), args.model).width  # the model's own size
-    rng = random.Random(args.seed)
-    held = scenes(32, 20_000_000 + args.seed, size=size)
-    draw, held_tail = tails(pipe, args.model, (lo, hi), args.last_steps)
     held_pairs = [estimate_latents(pipe, args.model, s, held_tail, 30_000_000 + i) for i, s in enumerate(held)]
     held_pixels = [pixels(s) for s in held]
     before = {"clean": psnr(vae, [c for c, _ in held_pairs], held_pixels),
               "estimate": psnr(vae, [e for _, e in held_pairs], held_pixels)}
-    start, step, log = time.time(), 0, []
-    while step < args.steps and time.time() - start < args.minutes * 60:
-        progress = max(step / args.steps, (time.time() - start) / (args.minutes * 60))  # whichever ends first
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    cache = load_pairs(args.pairs, args.n_pairs, args.shard_size, settings) if args.pairs is not None else None
+
+    def sample(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of latents to decode and the images they should give."""
+        if cache is not None:
+            clean, estimate, images = cache
+            picks = [rng.randrange(len(images)) for _ in range(args.batch_size)]
+            latents = [(clean if rng.random() < args.clean else estimate)[i:i + 1].float() for i in picks]
+            return torch.cat(latents), images[picks].float() / 127.5 - 1
         batch = scenes(args.batch_size, seed=args.seed * 1_000_003 + step, size=size)
         latents = []
         for i, scene in enumerate(batch):
             noise_seed = (step * args.batch_size + i) * 7 + 1
             clean, estimate = estimate_latents(pipe, args.model, scene, draw(rng), noise_seed)
             latents.append(clean if rng.random() < args.clean else estimate)
+        return torch.cat(latents), torch.cat([pixels(s) for s in batch])
+
+    start, step, log = time.time(), 0, []
+    while step < args.steps and time.time() - start < args.minutes * 60:
+        progress = max(step / args.steps, (time.time() - start) / (args.minutes * 60))  # whichever ends first
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / WARMUP) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        latents, images = sample(step)
         vae.decoder.train()
-        recon = vae.decode(torch.cat(latents).clone()).sample
-        images = torch.cat([pixels(s) for s in batch])
-        loss = pixel_loss(recon, images, args.loss, args.edge_weight)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            recon = vae.decode(latents).sample
+        loss = pixel_loss(recon.float(), images, args.loss, args.edge_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -188,6 +336,9 @@ def main() -> None:
     summary = {"model": str(args.model), "steps": step, "batch_size": args.batch_size, "lr": args.lr,
                "sigma": [lo, hi], "last_steps": args.last_steps, "init": str(args.init) if args.init else None,
                "clean": args.clean, "loss": args.loss, "edge_weight": args.edge_weight, "seed": args.seed,
+               "bf16": args.bf16, "widen": args.widen, "layers": vae.config.layers_per_block,
+               "mid_attention": vae.config.mid_block_add_attention,
+               "pairs": {"folder": str(args.pairs), "n": args.n_pairs} if args.pairs is not None else None,
                "wall_s": round(wall, 1),
                "samples_per_s": round(step * args.batch_size / max(wall, 1e-9), 2),
                "final_loss": log[-1]["loss"] if log else None,
