@@ -126,7 +126,7 @@ def test_recipe_scripts_run_in_order_and_ship_a_loadable_model(tmp_path: Path) -
         "--last-steps", "2", "--steps", "2", "--batch-size", "2", "--loss", "l1", "--edge-weight", "4")
     summary = json.loads((decoder2 / "train_summary.json").read_text())
     assert (summary["steps"], summary["last_steps"], summary["loss"], summary["edge_weight"]) == (2, 2, "l1", 4.0)
-    # a grown decoder trained from a cache of pairs, filled by two workers (the shipped decoder's way)
+    # a decoder trained on a cache of pairs filled by two workers (the shipped decoder4's way), here also grown
     pairs, grown = tmp_path / "pairs", tmp_path / "decoder-grown"
     for part in ("0/2", "1/2"):
         run(sys.executable, RECIPES / "shapes_decoder.py", deeper / "shapes", "--pairs", pairs, "--n-pairs", "3",
