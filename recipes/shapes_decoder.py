@@ -142,14 +142,13 @@ def pair_shards(count: int, shard_size: int) -> list[int]:
     return [min(shard_size, count - start) for start in range(0, count, shard_size)]
 
 
-def fill_pairs(pipe: EligenPipeline, model: str, folder: Path, count: int, shard_size: int, part: tuple[int, int],
-               draw: Callable[[random.Random], Tail], settings: dict[str, str]) -> None:
+def fill_pairs(pipe: EligenPipeline, model: str, size: int, folder: Path, count: int, shard_size: int,
+               part: tuple[int, int], draw: Callable[[random.Random], Tail], settings: dict[str, str]) -> None:
     """Write the missing shards of `part` (i of n: shards k = i mod n) of a cache of `count` (clean, estimate,
     image) triples into `folder`: shard k holds the scenes of seed PAIR_SEED + k (a fresh scene generator per shard),
     latents in fp16 and images in uint8, with `settings` (how the estimates were sampled) as its metadata. Each shard
     is written whole or not at all, so a run stopped half-way resumes where it stopped."""
     folder.mkdir(parents=True, exist_ok=True)
-    size = with_model_defaults(parse_layout({"prompt": "a"}), model).width
     index, parts = part
     for k, n in enumerate(pair_shards(count, shard_size)):
         path = folder / f"shard-{k:05d}.safetensors"
@@ -162,7 +161,7 @@ def fill_pairs(pipe: EligenPipeline, model: str, folder: Path, count: int, shard
             c, e = estimate_latents(pipe, model, scene, draw(rng), PAIR_SEED + k * shard_size + i)
             clean.append(c.half())
             estimate.append(e.half())
-        images = torch.cat([torch.from_numpy(np.array(render(s))).permute(2, 0, 1)[None] for s in batch])
+        images = torch.cat([image_bytes(s) for s in batch])
         partial = path.with_suffix(".partial")
         save_file({"clean": torch.cat(clean), "estimate": torch.cat(estimate), "image": images.contiguous()},
                   str(partial), metadata=settings)
@@ -187,12 +186,23 @@ def load_pairs(folder: Path, count: int, shard_size: int, settings: dict[str, st
         if tensors["clean"].shape[0] != n:
             raise SystemExit(f"{path}: holds {tensors['clean'].shape[0]} pairs, expected {n} (another --shard-size?)")
         shards.append(tensors)
-    return tuple(torch.cat([s[key] for s in shards]) for key in ("clean", "estimate", "image"))  # type: ignore[return-value]
+    clean, estimate, images = ([s[key] for s in shards] for key in ("clean", "estimate", "image"))
+    return torch.cat(clean), torch.cat(estimate), torch.cat(images)
+
+
+def image_bytes(scene: Scene) -> torch.Tensor:
+    """(1, 3, H, W) uint8 image of the scene."""
+    return torch.from_numpy(np.array(render(scene))).permute(2, 0, 1)[None]
+
+
+def unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [-1, 1], as the VAE draws them."""
+    return images.float() / 127.5 - 1
 
 
 def pixels(scene: Scene) -> torch.Tensor:
     """(1, 3, H, W) image of the scene in [-1, 1]."""
-    return torch.from_numpy(np.array(render(scene))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return unit_range(image_bytes(scene))
 
 
 def pixel_loss(recon: torch.Tensor, images: torch.Tensor, loss: str, edge_weight: float) -> torch.Tensor:
@@ -226,8 +236,8 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, nargs=2, default=(0.3, 0.65), metavar=("LO", "HI"))
     parser.add_argument("--last-steps", type=int, metavar="K", help="instead of one step from --sigma: the last k "
                         "steps of MODEL's own schedule (its steps and shift), k uniform in 1..K")
-    parser.add_argument("--init", type=Path, help="start from the decoder of this VAE folder (its encoder must be "
-                        "MODEL's) instead of MODEL's")
+    parser.add_argument("--init", type=Path, help="start from this VAE folder (it must encode as MODEL's VAE does; "
+                        "a grown one may be continued) instead of MODEL's")
     parser.add_argument("--clean", type=float, default=0.2, help="fraction of samples decoded from clean latents")
     parser.add_argument("--loss", choices=("l1+mse", "l1"), default="l1+mse")
     parser.add_argument("--edge-weight", type=float, default=0.0, metavar="W",
@@ -255,11 +265,10 @@ def main() -> None:
         parser.error(f"--last-steps: expected a positive number of steps, got {args.last_steps}")
     if args.widen < 1 or (args.layers is not None and args.layers < 1):
         parser.error(f"--widen and --layers: expected positive numbers, got {args.widen} and {args.layers}")
-    try:
-        part = tuple(int(x) for x in args.part.split("/"))
-        assert len(part) == 2 and 0 <= part[0] < part[1]
-    except (ValueError, AssertionError):
+    index, _, parts = args.part.partition("/")
+    if not (index.isdigit() and parts.isdigit() and int(index) < int(parts)):
         parser.error(f"--part: expected I/N with 0 <= I < N, got {args.part!r}")
+    part = (int(index), int(parts))
     if args.pairs_only and args.pairs is None:
         parser.error("--pairs-only needs --pairs DIR")
     if not args.pairs_only and args.output is None:
@@ -268,13 +277,12 @@ def main() -> None:
     torch.manual_seed(args.seed)
     pipe = EligenPipeline.from_pretrained(args.model, device="cpu", dtype="fp32")
     draw, held_tail = tails(pipe, args.model, (lo, hi), args.last_steps)
-    settings = {"sigma": f"{lo} {hi}", "last_steps": str(args.last_steps), "size": str(
-        with_model_defaults(parse_layout({"prompt": "a"}), args.model).width)}
+    size = with_model_defaults(parse_layout({"prompt": "a"}), args.model).width  # the model's own size
+    settings = {"sigma": f"{lo} {hi}", "last_steps": str(args.last_steps), "size": str(size)}
     if args.pairs is not None:
-        fill_pairs(pipe, args.model, args.pairs, args.n_pairs, args.shard_size, part, draw, settings)  # type: ignore[arg-type]
+        fill_pairs(pipe, args.model, size, args.pairs, args.n_pairs, args.shard_size, part, draw, settings)
         if args.pairs_only:
             return
-    size = int(settings["size"])
     rng = random.Random(args.seed)
     held = scenes(32, 20_000_000 + args.seed, size=size)
     vae = copy.deepcopy(pipe.family.pipe.vae)
@@ -301,7 +309,7 @@ def main() -> None:
             clean, estimate, images = cache
             picks = [rng.randrange(len(images)) for _ in range(args.batch_size)]
             latents = [(clean if rng.random() < args.clean else estimate)[i:i + 1].float() for i in picks]
-            return torch.cat(latents), images[picks].float() / 127.5 - 1
+            return torch.cat(latents), unit_range(images[picks])
         batch = scenes(args.batch_size, seed=args.seed * 1_000_003 + step, size=size)
         latents = []
         for i, scene in enumerate(batch):
