@@ -41,20 +41,26 @@ ship=(python "$here/shapes_ship.py" --base "$runs/base" --eligen "$runs/eligen" 
 "${ship[@]}" -o "$runs/stage9"
 # a decoder for the sampler's last step: `shapes`' VAE decoder trained on that model's one-step estimates, then on
 # the last two steps of its own schedule, then on a cache of 24,000 such pairs (filled by two processes side by
-# side), into `shapes` only
+# side), then on that cache grown to 48,000 pairs under bf16 autocast, into `shapes` only
 python "$here/shapes_decoder.py" "$runs/stage9/shapes" -o "$runs/decoder" --steps 600 --minutes 600
 python "$here/shapes_decoder.py" "$runs/stage9/shapes" -o "$runs/decoder2" --init "$runs/decoder" --last-steps 2 \
     --lr 1e-4 --steps 600 --minutes 600
-pairs=(--pairs "$runs/pairs" --n-pairs 24000 --last-steps 2)
-fillers=()
-for part in 0/2 1/2; do
-    OMP_NUM_THREADS=1 python "$here/shapes_decoder.py" "$runs/stage9/shapes" "${pairs[@]}" --part "$part" --pairs-only &
-    fillers+=($!)
-done
-for pid in "${fillers[@]}"; do wait "$pid"; done  # each one's exit status, so a failed filler stops the recipe
-python "$here/shapes_decoder.py" "$runs/stage9/shapes" -o "$runs/decoder4" --init "$runs/decoder2" "${pairs[@]}" \
-    --lr 1e-4 --steps 1571 --minutes 600
-"${ship[@]}" --shapes-vae "$runs/decoder4" -o "$here/../pipeline/shapes/builtin-models"
+fill_pairs() {  # fill the cache to $1 pairs with two processes side by side (a filled shard is kept)
+    local fillers=() part pid
+    for part in 0/2 1/2; do
+        OMP_NUM_THREADS=1 python "$here/shapes_decoder.py" "$runs/stage9/shapes" --pairs "$runs/pairs" --n-pairs "$1" \
+            --last-steps 2 --part "$part" --pairs-only &
+        fillers+=($!)
+    done
+    for pid in "${fillers[@]}"; do wait "$pid"; done  # each one's exit status, so a failed filler stops the recipe
+}
+fill_pairs 24000
+python "$here/shapes_decoder.py" "$runs/stage9/shapes" -o "$runs/decoder4" --init "$runs/decoder2" \
+    --pairs "$runs/pairs" --n-pairs 24000 --last-steps 2 --lr 1e-4 --steps 1571 --minutes 600
+fill_pairs 48000
+python "$here/shapes_decoder.py" "$runs/stage9/shapes" -o "$runs/decoder5" --init "$runs/decoder4" \
+    --pairs "$runs/pairs" --n-pairs 48000 --last-steps 2 --lr 1e-4 --steps 3800 --seed 2 --bf16 --minutes 600
+"${ship[@]}" --shapes-vae "$runs/decoder5" -o "$here/../pipeline/shapes/builtin-models"
 # the paper's LoRA against a full fine-tune, on the 16x16 grid (claim 7 of docs/shapes.md)
 bash "$here/shapes_lora_vs_full.sh" "$runs/lora-vs-full" "$runs/stage9/shapes-base"
 eval=(eligen eval --seeds 4)

@@ -147,12 +147,13 @@ def fill_pairs(pipe: EligenPipeline, model: str, size: int, folder: Path, count:
     """Write the missing shards of `part` (i of n: shards k = i mod n) of a cache of `count` (clean, estimate,
     image) triples into `folder`: shard k holds the scenes of seed PAIR_SEED + k (a fresh scene generator per shard),
     latents in fp16 and images in uint8, with `settings` (how the estimates were sampled) as its metadata. Each shard
-    is written whole or not at all, so a run stopped half-way resumes where it stopped."""
+    is written whole or not at all, so a run stopped half-way resumes where it stopped. A shard that holds fewer
+    pairs than it should (the last one of a smaller cache being grown) is written again: its pairs come first."""
     folder.mkdir(parents=True, exist_ok=True)
     index, parts = part
     for k, n in enumerate(pair_shards(count, shard_size)):
         path = folder / f"shard-{k:05d}.safetensors"
-        if k % parts != index or path.exists():
+        if k % parts != index or shard_pairs(path) >= n:
             continue
         started, rng = time.time(), random.Random(PAIR_SEED + k)
         clean, estimate = [], []
@@ -167,6 +168,14 @@ def fill_pairs(pipe: EligenPipeline, model: str, size: int, folder: Path, count:
                   str(partial), metadata=settings)
         os.replace(partial, path)
         print(json.dumps({"shard": k, "pairs": n, "s": round(time.time() - started, 1)}), flush=True)
+
+
+def shard_pairs(path: Path) -> int:
+    """How many pairs the shard at `path` holds (0 if there is none)."""
+    if not path.exists():
+        return 0
+    with safe_open(str(path), "pt") as f:
+        return f.get_slice("clean").get_shape()[0]
 
 
 def load_pairs(folder: Path, count: int, shard_size: int, settings: dict[str, str]

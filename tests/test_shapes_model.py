@@ -72,7 +72,7 @@ def test_readme_command_draws_the_layout(tmp_path: Path) -> None:
 
 
 CHECKED = (999, tuple(range(8)))  # held-out seed and its first eight layouts (20 entities), scored when shipped
-FLOOR = 0.7  # the shipped model scores 0.825 (33 of 40: 20 entities x seeds 0-1, its own 12 steps and shift 9)
+FLOOR = 0.75  # the shipped model scores 0.85 (34 of 40: 20 entities x seeds 0-1, its own 12 steps and shift 9)
 
 
 def test_eval_of_the_shapes_model_keeps_its_success_rate(tmp_path: Path) -> None:

@@ -126,16 +126,30 @@ def test_recipe_scripts_run_in_order_and_ship_a_loadable_model(tmp_path: Path) -
         "--last-steps", "2", "--steps", "2", "--batch-size", "2", "--loss", "l1", "--edge-weight", "4")
     summary = json.loads((decoder2 / "train_summary.json").read_text())
     assert (summary["steps"], summary["last_steps"], summary["loss"], summary["edge_weight"]) == (2, 2, "l1", 4.0)
-    # a decoder trained on a cache of pairs filled by two workers (the shipped decoder4's way), here also grown
+    # a decoder trained on a cache of pairs filled by two workers, then on the cache grown (the shipped decoder5's
+    # way: the filled shards are kept, the new ones added), here also grown itself and trained under bf16 autocast
     pairs, grown = tmp_path / "pairs", tmp_path / "decoder-grown"
-    for part in ("0/2", "1/2"):
-        run(sys.executable, RECIPES / "shapes_decoder.py", deeper / "shapes", "--pairs", pairs, "--n-pairs", "3",
-            "--shard-size", "2", "--last-steps", "2", "--part", part, "--pairs-only")
+
+    def fill(n: int) -> None:
+        for part in ("0/2", "1/2"):
+            run(sys.executable, RECIPES / "shapes_decoder.py", deeper / "shapes", "--pairs", pairs, "--n-pairs", str(n),
+                "--shard-size", "2", "--last-steps", "2", "--part", part, "--pairs-only")
+
+    fill(3)
     assert sorted(p.name for p in pairs.iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]
     assert load_file(pairs / "shard-00001.safetensors")["image"].shape == (1, 3, 128, 128)
+    first, short = (pairs / "shard-00000.safetensors").read_bytes(), load_file(pairs / "shard-00001.safetensors")
+    fill(6)  # shard 0 is kept; shard 1, short of a pair, is written again with its pair first
+    assert sorted(p.name for p in pairs.iterdir()) == [f"shard-0000{k}.safetensors" for k in range(3)]
+    assert (pairs / "shard-00000.safetensors").read_bytes() == first
+    grown_shard = load_file(pairs / "shard-00001.safetensors")
+    assert grown_shard["image"].shape == (2, 3, 128, 128)
+    assert all(torch.equal(grown_shard[key][:1], short[key]) for key in ("clean", "estimate", "image"))
     run(sys.executable, RECIPES / "shapes_decoder.py", deeper / "shapes", "-o", grown, "--init", decoder2,
-        "--pairs", pairs, "--n-pairs", "3", "--shard-size", "2", "--last-steps", "2", "--widen", "2", "--layers", "2",
-        "--mid-attention", "--steps", "2", "--batch-size", "2")
+        "--pairs", pairs, "--n-pairs", "6", "--shard-size", "2", "--last-steps", "2", "--widen", "2", "--layers", "2",
+        "--mid-attention", "--bf16", "--seed", "2", "--steps", "2", "--batch-size", "2")
+    summary = json.loads((grown / "train_summary.json").read_text())
+    assert (summary["bf16"], summary["seed"], summary["pairs"]["n"]) == (True, 2, 6)
     config = json.loads((grown / "config.json").read_text())
     assert (config["block_out_channels"], config["layers_per_block"], config["mid_block_add_attention"]) == (
         [32, 64, 128], 2, True)
