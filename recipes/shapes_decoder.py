@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from eligen.pipeline.generate import EligenPipeline
 from eligen.pipeline.layout import parse_layout
@@ -187,14 +187,13 @@ def load_pairs(folder: Path, count: int, shard_size: int, settings: dict[str, st
         if not path.exists():
             raise SystemExit(f"{folder}: shard {path.name} is missing; fill the cache first (--pairs-only, "
                              "one call per --part)")
-        with safe_open(str(path), "pt") as f:
-            metadata = f.metadata()
-        if metadata != settings:
-            raise SystemExit(f"{path}: sampled with {metadata}, not {settings}: use another --pairs folder")
-        tensors = load_file(path)
-        if tensors["clean"].shape[0] != n:
-            raise SystemExit(f"{path}: holds {tensors['clean'].shape[0]} pairs, expected {n} (another --shard-size?)")
-        shards.append(tensors)
+        with safe_open(str(path), "pt") as f:  # settings and size checked before any tensor is read
+            if f.metadata() != settings:
+                raise SystemExit(f"{path}: sampled with {f.metadata()}, not {settings}: use another --pairs folder")
+            held = f.get_slice("clean").get_shape()[0]
+            if held != n:
+                raise SystemExit(f"{path}: holds {held} pairs, expected {n} (another --shard-size?)")
+            shards.append({key: f.get_tensor(key) for key in ("clean", "estimate", "image")})
     clean, estimate, images = ([s[key] for s in shards] for key in ("clean", "estimate", "image"))
     return torch.cat(clean), torch.cat(estimate), torch.cat(images)
 

@@ -255,8 +255,8 @@ def test_grown_vae_encodes_and_decodes_as_before() -> None:
 
 
 def test_pair_cache_refuses_shards_sampled_otherwise(tmp_path: Path) -> None:
-    """A pair cache filled with one sampling setting is not silently used with another, and a missing shard names
-    the way to fill it."""
+    """A pair cache filled with one sampling setting or shard size is not silently used with another, and a missing
+    shard names the way to fill it."""
     from safetensors.torch import save_file
 
     decoder = load_decoder_recipe()
@@ -270,3 +270,5 @@ def test_pair_cache_refuses_shards_sampled_otherwise(tmp_path: Path) -> None:
         decoder.load_pairs(tmp_path, 2, 2, {**settings, "last_steps": "None"})
     with pytest.raises(SystemExit, match=r"shard-00001\.safetensors is missing"):
         decoder.load_pairs(tmp_path, 4, 2, settings)
+    with pytest.raises(SystemExit, match="holds 2 pairs, expected 1"):  # filled with another --shard-size
+        decoder.load_pairs(tmp_path, 1, 1, settings)
